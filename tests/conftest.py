@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny detection dataset made on the fly and a tiny teacher trained on it with stock Ultralytics.
+
+Everything is offline and small (64 px images, a few images, 1 epoch) so the suite runs on a 2-core CPU.
+"""
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+TINY_NAMES = ["square", "disc"]
+
+
+def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, imgsz: int = 64, seed: int = 0) -> Path:
+    """Write a two-class YOLO dataset (filled squares and discs on noise) and return its data.yaml."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 60, (imgsz, imgsz, 3), dtype=np.uint8)
+            lines = []
+            for _ in range(int(rng.integers(1, 4))):
+                cls = int(rng.integers(0, 2))
+                s = int(rng.integers(imgsz // 6, imgsz // 3))
+                x, y = (int(v) for v in rng.integers(0, imgsz - s, 2))
+                color = tuple(int(c) for c in rng.integers(150, 255, 3))
+                if cls == 0:
+                    cv2.rectangle(img, (x, y), (x + s, y + s), color, -1)
+                else:
+                    cv2.circle(img, (x + s // 2, y + s // 2), s // 2, color, -1)
+                lines.append(f"{cls} {(x + s / 2) / imgsz:.6f} {(y + s / 2) / imgsz:.6f} {s / imgsz:.6f} {s / imgsz:.6f}")
+            cv2.imwrite(str(root / "images" / split / f"{i:03d}.jpg"), img)
+            (root / "labels" / split / f"{i:03d}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(TINY_NAMES))
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return data
+
+
+#: Ultralytics arguments every tiny training uses: CPU, no plots, one optimizer step per batch, deterministic.
+TINY_TRAIN = dict(imgsz=64, batch=4, nbs=4, workers=0, device="cpu", plots=False, seed=0, deterministic=True,
+                  mosaic=0.0, amp=False, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """data.yaml of the shared tiny dataset (8 train, 4 val images, 64 px, 2 classes)."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data, tmp_path_factory) -> Path:
+    """best.pt of a yolov8s-width teacher trained 2 epochs on the tiny dataset with stock Ultralytics."""
+    from ultralytics import YOLO
+
+    from yolo_kd.offline import install_local_fonts
+
+    install_local_fonts()
+    project = tmp_path_factory.mktemp("teacher_runs")
+    YOLO("yolov8s.yaml").train(data=str(tiny_data), epochs=2, project=str(project), name="teacher", **TINY_TRAIN)
+    return project / "teacher" / "weights" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_student_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """best.pt of a yolov8n student trained 1 epoch without distillation (for eval/export tests)."""
+    from ultralytics import YOLO
+
+    from yolo_kd.offline import install_local_fonts
+
+    install_local_fonts()
+    project = tmp_path_factory.mktemp("student_runs")
+    YOLO("yolov8n.yaml").train(data=str(tiny_data), epochs=1, project=str(project), name="student", **TINY_TRAIN)
+    return project / "student" / "weights" / "best.pt"
