@@ -1,8 +1,25 @@
 """Distillation losses as pure tensor math: student first, teacher second, no Ultralytics inside.
 
 Each loss can be reused in any training loop; the engine's methods (`yolo_kd.methods`) wire them to YOLO taps.
+All of them detach the teacher themselves and compute in float32 with autocast switched off.
 """
 
+from .cskd import CosineGuidedLoss
+from .cwd import ChannelWiseDivergence
+from .fgd import FGDLoss, GcBlock, fgd_attention, fgd_masks
+from .head import ClassScoreKD, DFLDistillLoss
+from .mgd import MGDLoss
 from .mse import FeatureMSELoss
 
-__all__ = ["FeatureMSELoss"]
+__all__ = [
+    "ChannelWiseDivergence",
+    "ClassScoreKD",
+    "CosineGuidedLoss",
+    "DFLDistillLoss",
+    "FGDLoss",
+    "FeatureMSELoss",
+    "GcBlock",
+    "MGDLoss",
+    "fgd_attention",
+    "fgd_masks",
+]

@@ -1,0 +1,52 @@
+"""The drop-in entry point: one line between ``model = YOLO(...)`` and the user's unchanged ``model.train(...)``."""
+
+from __future__ import annotations
+
+import functools
+
+from .errors import KDConfigError
+from .methods import check_method
+from .recipe import Recipe
+from .teachers import check_teacher_file
+from .trainer import trainer_for
+
+KD_KEYS = ("teacher", "method", "cfg", "weights", "layers", "teacher_imgsz", "schedule", "auto_balance", "class_map")
+
+
+def build_recipe(model=None, **kd) -> Recipe:
+    """Recipe from keyword options, or, to resume, from the `yolo_kd` state in the model's checkpoint."""
+    unknown = sorted(set(kd) - set(KD_KEYS))
+    if unknown:
+        raise KDConfigError(f"unknown yolo-kd option(s) {unknown}: valid ones are {list(KD_KEYS)}")
+    if kd.get("teacher") is None and kd.get("cfg") is None:
+        saved = (getattr(model, "ckpt", None) or {}).get("yolo_kd")
+        if saved:
+            return Recipe.from_dict(saved["recipe"])
+    recipe = Recipe.from_kwargs(**{k: v for k, v in kd.items() if v is not None})
+    for stage in recipe.stages:
+        for m in stage.methods:
+            check_method(m.name, m.params)
+    for name, spec in recipe.teachers.items():
+        check_teacher_file(name, spec)
+    return recipe
+
+
+def distill(model, teacher=None, method: str = "mse", **options):
+    """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` ('fgd', 'fgd+pred', ...).
+
+    Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
+    ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map. Every Ultralytics train
+    argument keeps working. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
+    """
+    recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
+    trainer = trainer_for(recipe)
+    train = functools.partial(_train_with, type(model).train, model, trainer)
+    object.__setattr__(model, "train", train)
+    model.kd_recipe = recipe
+    return model
+
+
+def _train_with(original, model, trainer, **kwargs):
+    if "trainer" in kwargs:
+        raise KDConfigError("yolo_kd.distill sets the trainer; subclass yolo_kd.KDTrainer instead of passing trainer=")
+    return original(model, trainer=trainer, **kwargs)

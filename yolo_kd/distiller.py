@@ -1,0 +1,282 @@
+"""The distiller: the student plus trainable adapters, wrapped like Ultralytics' DistillationModel, with teachers
+held outside the module tree.
+
+One training step: frozen teachers (eval, no grad, FP16 on CUDA under AMP) and the student see the same batch;
+their taps and the batch's GT go through each active method; the weighted terms join the detection loss as extra
+loss items (one column each). In eval mode (validation during training) it returns the student's loss with zero
+KD terms, so the column set never changes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import KDConfigError
+from .methods import build_method
+from .recipe import Recipe
+from .taps import Targets, Taps, head_taps, match_grid, record_layers
+from .teachers import TeacherPool, check_classes, probe
+
+KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
+
+
+class Distiller(nn.Module):
+    """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
+
+    def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict):
+        super().__init__()
+        from ultralytics.utils import LOGGER
+        from ultralytics.utils.torch_utils import copy_attr
+
+        self.student = student
+        self.recipe = recipe
+        self.spans = recipe.resolve_stages(epochs)
+        self.pool = TeacherPool(recipe.teachers)
+        self.stage = None  # index of the active stage, None when no stage covers the epoch
+        self.epoch = 0
+        self.nan_skips = 0
+        self.balance: dict[str, float] = {}  # auto-balance multipliers, fixed at the first KD step
+
+        device = next(student.parameters()).device
+        ch = student.yaml.get("channels", 3)
+        probe_size = int(max(student.stride.max().item(), 32)) * 2
+        s_layers, t_layers = self._layers("student"), self._layers("teacher")
+        s_shapes = probe(student, probe_size, ch, s_layers)
+        t_shapes, self.class_index = {}, {}
+        for name in recipe.teachers:
+            teacher = self.pool.acquire([name], device)[name]
+            self._check_pair(name, teacher, student, ch, names)
+            t_shapes[name] = probe(teacher, probe_size, ch, t_layers)
+            self.pool.release(name)
+            if recipe.class_map:
+                self.class_index[name] = [recipe.class_map[k] for k in sorted(names)]
+        for si, stage in enumerate(recipe.stages):
+            if stage.combine == "mean" and len({str(t_shapes[n]) for n in stage.teachers}) > 1:
+                raise KDConfigError(f"stage {si + 1} combine: mean needs teachers with equal channels and heads, "
+                                    f"got {[t_shapes[n].channels for n in stage.teachers]}: use combine: sum")
+        methods = {}
+        for si, stage in enumerate(recipe.stages):
+            for teacher in self._method_teachers(si):
+                for m in stage.methods:
+                    key = f"{teacher}__{m.name}"
+                    if key not in methods:
+                        methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
+                        self._check_head(m.name, methods[key], s_shapes, t_shapes[teacher], teacher)
+        self.methods = nn.ModuleDict(methods).to(device)
+        self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
+        copy_attr(self, student)
+        LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
+                    f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
+
+    # ------------------------------------------------------------------ construction checks
+    def _layers(self, who: str) -> list[int] | None:
+        return self.recipe.layers[who] if self.recipe.layers else None
+
+    def _method_teachers(self, si: int) -> list[str]:
+        """Teachers that own adapters in stage `si`: each one (combine=sum) or the first (combine=mean)."""
+        stage = self.recipe.stages[si]
+        return stage.teachers[:1] if stage.combine == "mean" else stage.teachers
+
+    def _check_pair(self, name, teacher, student, ch, names) -> None:
+        t_ch = teacher.yaml.get("channels", 3)
+        if t_ch != ch:
+            raise KDConfigError(f"teacher '{name}' takes {t_ch}-channel images but the student takes {ch}: "
+                                "use a teacher trained with the same channels")
+        check_classes(name, teacher, names, self.recipe.class_map)
+        s_strides, t_strides = student.stride.tolist(), teacher.stride.tolist()
+        if not self.recipe.layers and s_strides != t_strides:
+            raise KDConfigError(
+                f"teacher '{name}' has Detect levels at strides {t_strides} but the student at {s_strides}: use a "
+                "teacher with the same levels, or pick matching layers with layers={student: [...], teacher: [...]}"
+            )
+
+    def _check_head(self, method, module, s_shapes, t_shapes, teacher) -> None:
+        if module.needs_head and s_shapes.reg_max != t_shapes.reg_max:
+            raise KDConfigError(
+                f"method '{method}' compares box outputs but teacher '{teacher}' has reg_max={t_shapes.reg_max} and "
+                f"the student reg_max={s_shapes.reg_max} (YOLO26 has no DFL): pick a teacher of the same head family"
+            )
+
+    # ------------------------------------------------------------------ schedule
+    def set_epoch(self, epoch: int) -> str | None:
+        """Select the stage covering `epoch`; returns a log line when the stage changes (teachers swap lazily)."""
+        self.epoch = epoch
+        stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None)
+        if stage == self.stage:
+            return None
+        self.stage = stage
+        active = set(self.recipe.stages[stage].teachers) if stage is not None else set()
+        for name in list(self.pool.loaded):
+            if name not in active:
+                self.pool.release(name)
+        if stage is None:
+            return f"yolo-kd: epoch {epoch + 1}: no KD stage, training the student alone"
+        s, (a, b) = self.recipe.stages[stage], self.spans[stage]
+        methods = ", ".join(f"{m.name}x{m.weight:g}" for m in s.methods) or "none"
+        return (f"yolo-kd: stage {stage + 1}/{len(self.spans)} '{s.name}' epochs {a + 1}-{b}: "
+                f"teachers {s.teachers or 'none'}, methods {methods}")
+
+    # ------------------------------------------------------------------ forward / loss
+    def forward(self, x, *args, **kwargs):
+        """Loss for a batch dict (training or validation), student predictions for an image tensor."""
+        if isinstance(x, dict):
+            return self.loss(x, *args, **kwargs)
+        return self.student.predict(x, *args, **kwargs)
+
+    def loss(self, batch: dict, preds=None):
+        """(detection loss vector ++ [KD total * batch size], items with one entry per KD term)."""
+        zero = torch.zeros((), device=batch["img"].device)
+        stage = self.recipe.stages[self.stage] if self.stage is not None else None
+        if not self.training or stage is None or not stage.methods:
+            if preds is None:
+                preds = self.student(batch["img"])
+            det_loss, items = self.student.loss(batch, preds)
+            items.update({t: zero for t in self.term_names})
+            return torch.cat([det_loss, zero.view(1)]), items
+
+        img = batch["img"]
+        t_taps = self._teacher_taps(stage, img)
+        with record_layers(self.student, self._layers("student")) as s_layer_feats:
+            preds = self.student(img)
+        s_taps = head_taps(preds, s_layer_feats)
+        det_loss, items = self.student.loss(batch, preds)
+        targets = Targets.from_batch(batch)
+        factor = self.recipe.schedule.factor(self.epoch, *self.spans[self.stage])
+        values = {t: zero for t in self.term_names}
+        for teacher, taps, teacher_weight in t_taps:
+            for m in stage.methods:
+                terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
+                for term, v in terms.items():
+                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_loss))
+                    if not torch.isfinite(v):
+                        self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
+                        continue
+                    values[term] = values[term] + v
+        kd = torch.stack(list(values.values())).sum() if values else zero
+        items.update({k: v.detach() for k, v in values.items()})
+        return torch.cat([det_loss, (kd * img.shape[0]).view(1).to(det_loss.dtype)]), items
+
+    def _teacher_taps(self, stage, img: torch.Tensor) -> list[tuple[str, Taps, float]]:
+        """Per method-owning teacher: (its taps on the student's grid, its weight); averaged when combine=mean."""
+        half = img.is_cuda and torch.is_autocast_enabled("cuda")
+        teachers = self.pool.acquire(stage.teachers, img.device, half=half)
+        taps = {}
+        with torch.no_grad():
+            for name, teacher in teachers.items():
+                t_img = self._teacher_input(name, img).to(next(teacher.parameters()).dtype)
+                with record_layers(teacher, self._layers("teacher")) as feats:
+                    out = teacher(t_img)
+                taps[name] = self._map_classes(name, head_taps(out, feats))
+        s_grid = None
+        if any(self.recipe.teachers[n].imgsz for n in taps):
+            s_grid = self._student_grid(img)
+        if s_grid is not None:
+            taps = {n: match_grid(t, s_grid) for n, t in taps.items()}
+        weights = dict(zip(stage.teachers, stage.teacher_weights))
+        if stage.combine == "mean":
+            mean = average_taps([taps[n] for n in stage.teachers], [weights[n] for n in stage.teachers])
+            return [(stage.teachers[0], mean, 1.0)]
+        return [(n, taps[n], weights[n]) for n in stage.teachers]
+
+    def _teacher_input(self, name: str, img: torch.Tensor) -> torch.Tensor:
+        """The student's augmented batch resized to the teacher's own input size (same letterbox, same boxes)."""
+        size = self.recipe.teachers[name].imgsz
+        if not size or size == img.shape[-1]:
+            return img
+        scale = size / max(img.shape[-2:])
+        stride = int(self.student.stride.max())
+        hw = [max(stride, int(round(d * scale / stride)) * stride) for d in img.shape[-2:]]
+        return F.interpolate(img, size=hw, mode="bilinear", align_corners=False)
+
+    def _student_grid(self, img: torch.Tensor) -> Taps:
+        """Empty-feature stand-ins with the student's level grid sizes, for resampling teacher maps."""
+        strides = self.student.stride.tolist()
+        return Taps(feats=[img.new_empty(0, 0, int(img.shape[-2] // s), int(img.shape[-1] // s)) for s in strides])
+
+    def _map_classes(self, name: str, taps: Taps) -> Taps:
+        idx = self.class_index.get(name)
+        if idx is None or taps.scores is None:
+            return taps
+        return Taps(feats=taps.feats, scores=taps.scores[:, idx], boxes=taps.boxes)
+
+    def _balance(self, term: str, value: torch.Tensor, det_loss: torch.Tensor) -> float:
+        """Auto balance: fix, at a term's first step, the multiplier that makes it `auto_balance` x detection loss."""
+        target = self.recipe.auto_balance
+        if target is None:
+            return 1.0
+        if term not in self.balance:
+            v = float(value.detach().float())
+            det = float(det_loss.detach().float().sum()) / max(det_loss.numel(), 1)
+            self.balance[term] = target * det / v if v > 0 and det > 0 else 1.0
+        return self.balance[term]
+
+    # ------------------------------------------------------------------ state for resume (plain tensors)
+    def kd_state(self) -> dict:
+        """Plain-data KD state stored in last.pt: loadable where yolo_kd is not installed."""
+        return {
+            "recipe": self.recipe.to_dict(),
+            "adapters": {k: v.detach().float().cpu().clone() for k, v in self.methods.state_dict().items()},
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "balance": dict(self.balance),
+            "nan_skips": self.nan_skips,
+        }
+
+    def load_kd_state(self, state: dict) -> None:
+        """Restore adapters and auto-balance multipliers saved by `kd_state`."""
+        self.methods.load_state_dict({k: v.to(p.device) for (k, v), p in
+                                      zip(state["adapters"].items(), self.methods.state_dict().values())})
+        self.balance = dict(state.get("balance") or {})
+        self.nan_skips = int(state.get("nan_skips", 0))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A student-only state dict (as Ultralytics' NaN recovery passes) loads into the student."""
+        if state_dict and not any(k.startswith(("student.", "methods.")) for k in state_dict):
+            return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ------------------------------------------------------------------ the student's surface, for Ultralytics
+    @property
+    def model(self):
+        """The student's layers (Ultralytics reads `model.model[-1]` for the head)."""
+        return self.student.model
+
+    @property
+    def criterion(self):
+        return self.student.criterion
+
+    @criterion.setter
+    def criterion(self, value):
+        self.student.criterion = value
+
+    def init_criterion(self):
+        return self.student.init_criterion()
+
+    @property
+    def end2end(self):
+        return getattr(self.student, "end2end", False)
+
+    @end2end.setter
+    def end2end(self, value):
+        self.student.end2end = value
+
+    def set_head_attr(self, **kwargs):
+        self.student.set_head_attr(**kwargs)
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        return self.student.fuse(verbose=verbose, imgsz=imgsz)
+
+
+def average_taps(taps: list[Taps], weights: list[float]) -> Taps:
+    """Weighted mean of several teachers' taps (equal shapes required): one averaged target for the student."""
+    total = sum(weights)
+
+    def mean(xs):
+        if any(x is None for x in xs):
+            return None
+        return sum(w * x.float() for w, x in zip(weights, xs)) / total
+
+    return Taps(feats=[mean(list(f)) for f in zip(*(t.feats for t in taps))],
+                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]))

@@ -1,0 +1,361 @@
+"""The one description of a distillation run: teachers, stages, methods, weights, layers, schedule.
+
+A recipe is plain data (picklable, YAML-serialisable) and is validated completely before training starts; every
+problem raises `KDConfigError` naming the field and the fix. Two spellings build the same object:
+
+- keyword shorthand (drop-in and command line): ``teacher="t.pt", method="fgd+pred", weights={"fgd": 2.0}``
+- a YAML file (``cfg=recipe.yaml``)::
+
+      teachers:
+        color: {model: weights/color_teacher.pt}
+        scale: {model: weights/scale_teacher.pt, imgsz: 640}
+      schedule: {decay: cosine, final: 0.1, warmup_epochs: 1}
+      stages:
+        - {epochs: [0, 40], teachers: [color], methods: {fgd: 1.0}}
+        - {epochs: [40, 80], teachers: [scale], methods: {cskd: 1.0, pred: {weight: 0.5, temperature: 2.0}}}
+        - {epochs: [80, 100]}            # no distillation for the last epochs
+
+Stage spans are ``epochs: [start, end)`` or ``fraction: [start, end)`` of the run; spans are resolved against the
+run's epoch count by `Recipe.resolve_stages`, which rejects overlaps and out-of-range spans.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KDConfigError
+
+RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
+STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
+TEACHER_KEYS = {"model", "imgsz"}
+SCHEDULE_KEYS = {"decay", "final", "warmup_epochs"}
+DECAYS = ("constant", "linear", "cosine")
+COMBINES = ("sum", "mean")
+
+
+@dataclass
+class TeacherSpec:
+    """A frozen teacher: its checkpoint path and, optionally, its own input size."""
+
+    model: str
+    imgsz: int | None = None
+
+
+@dataclass
+class MethodSpec:
+    """One distillation method in a stage: registry name, weight, and keyword parameters for the method."""
+
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageSpec:
+    """A span of training with its teachers and methods. `span` is in epochs, or in run fractions if `unit` says so.
+
+    combine="sum": each teacher's losses are computed and summed with `teacher_weights`;
+    combine="mean": the teachers' taps are averaged (weighted) into one target, then each method runs once.
+    """
+
+    span: tuple[float, float]
+    unit: str = "epochs"
+    teachers: list[str] = field(default_factory=list)
+    methods: list[MethodSpec] = field(default_factory=list)
+    teacher_weights: list[float] = field(default_factory=list)
+    combine: str = "sum"
+    name: str = ""
+
+
+@dataclass
+class Schedule:
+    """KD weight multiplier over a stage: warm-up (linear from 0) then constant / linear / cosine decay to `final`."""
+
+    decay: str = "constant"
+    final: float = 1.0
+    warmup_epochs: float = 0.0
+
+    def factor(self, epoch: float, start: float, end: float) -> float:
+        """Multiplier at `epoch` (fractional) of a stage spanning [start, end) epochs."""
+        length = max(end - start, 1e-9)
+        t = min(max((epoch - start) / length, 0.0), 1.0)
+        if self.decay == "linear":
+            f = 1.0 + (self.final - 1.0) * t
+        elif self.decay == "cosine":
+            f = self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * t))
+        else:
+            f = 1.0
+        if self.warmup_epochs > 0 and epoch - start < self.warmup_epochs:
+            f *= max(epoch - start, 0.0) / self.warmup_epochs
+        return f
+
+
+@dataclass
+class Recipe:
+    """Teachers by name, stages in order, optional tap layers, weight schedule, auto balance and class mapping."""
+
+    teachers: dict[str, TeacherSpec]
+    stages: list[StageSpec]
+    layers: dict[str, list[int]] | None = None
+    schedule: Schedule = field(default_factory=Schedule)
+    auto_balance: float | None = None
+    class_map: dict[int, int] | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_kwargs(cls, teacher=None, method="mse", weights=None, cfg=None, layers=None, teacher_imgsz=None,
+                    schedule=None, auto_balance=None, class_map=None) -> Recipe:
+        """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
+        if cfg is not None:
+            data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
+            if teacher is not None:
+                raise KDConfigError("give the teacher either as teacher=... or inside cfg=..., not both")
+            for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
+                               ("class_map", class_map)):
+                if value is not None:
+                    data[key] = value
+            return cls.from_dict(data)
+        if teacher is None:
+            raise KDConfigError("no teacher given: pass teacher=path/to/teacher.pt (or cfg=recipe.yaml with teachers)")
+        methods = parse_methods(method, weights)
+        data = {
+            "teachers": {"teacher": {"model": str(teacher), "imgsz": teacher_imgsz}},
+            "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
+            "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
+        }
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        """Validate a recipe dict (as loaded from YAML) and build it."""
+        if not isinstance(data, dict):
+            raise KDConfigError(f"a recipe must be a mapping with keys {sorted(RECIPE_KEYS)}, got {type(data).__name__}")
+        _check_keys(data, RECIPE_KEYS, "recipe")
+        teachers = _parse_teachers(data.get("teachers"))
+        stages = [_parse_stage(i, s, teachers) for i, s in enumerate(_as_list(data.get("stages"), "stages"))]
+        if not stages:
+            raise KDConfigError("recipe has no stages: add stages: [{fraction: [0, 1], teachers: [...], methods: {...}}]")
+        used = {t for s in stages for t in s.teachers}
+        unused = sorted(set(teachers) - used)
+        if unused:
+            raise KDConfigError(f"teachers {unused} are defined but used by no stage: add them to a stage or remove them")
+        return cls(
+            teachers=teachers,
+            stages=stages,
+            layers=_parse_layers(data.get("layers")),
+            schedule=_parse_schedule(data.get("schedule")),
+            auto_balance=_parse_positive(data.get("auto_balance"), "auto_balance", allow_none=True),
+            class_map=_parse_class_map(data.get("class_map")),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain-data form (round-trips through `from_dict`); stored in last.pt so resume needs no recipe file."""
+        return {
+            "teachers": {k: asdict(v) for k, v in self.teachers.items()},
+            "stages": [
+                {
+                    ("fraction" if s.unit == "fraction" else "epochs"): list(s.span),
+                    "teachers": list(s.teachers),
+                    "methods": {m.name: {"weight": m.weight, **m.params} for m in s.methods},
+                    "teacher_weights": list(s.teacher_weights),
+                    "combine": s.combine,
+                    "name": s.name,
+                }
+                for s in self.stages
+            ],
+            "layers": self.layers,
+            "schedule": asdict(self.schedule),
+            "auto_balance": self.auto_balance,
+            "class_map": self.class_map,
+        }
+
+    # ------------------------------------------------------------------ resolving against a run
+    def resolve_stages(self, epochs: int) -> list[tuple[int, int]]:
+        """Stage spans as integer epoch ranges [start, end) for a run of `epochs`; rejects overlap and overflow."""
+        spans = []
+        for i, s in enumerate(self.stages):
+            a, b = s.span
+            if s.unit == "fraction":
+                a, b = round(a * epochs), round(b * epochs)
+            a, b = int(a), int(b)
+            if b > epochs:
+                raise KDConfigError(
+                    f"stage {i + 1} ends at epoch {b} but the run has epochs={epochs}: shorten the stage or raise epochs"
+                )
+            if b <= a:
+                raise KDConfigError(f"stage {i + 1} spans epochs [{a}, {b}) which is empty at epochs={epochs}")
+            spans.append((a, b))
+        order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+        for prev, cur in zip(order, order[1:]):
+            if spans[cur][0] < spans[prev][1]:
+                raise KDConfigError(
+                    f"stages {prev + 1} {list(spans[prev])} and {cur + 1} {list(spans[cur])} overlap: "
+                    "make each stage start where the previous one ends"
+                )
+        return spans
+
+    @property
+    def method_names(self) -> list[str]:
+        """Every method used by any stage, in first-use order."""
+        names = []
+        for s in self.stages:
+            names += [m.name for m in s.methods if m.name not in names]
+        return names
+
+
+# ---------------------------------------------------------------------- parsing helpers
+def load_yaml(path) -> dict:
+    """Read a recipe YAML file, with a clear error for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise KDConfigError(f"recipe file '{path}' not found: check the cfg= path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise KDConfigError(f"recipe file '{path}' is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from e
+    return data or {}
+
+
+def parse_methods(method, weights=None) -> dict[str, Any]:
+    """'fgd+pred' (or a list) plus optional weights (a number for all, or {name: weight}) -> {name: weight}."""
+    names = method.split("+") if isinstance(method, str) else list(method)
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names:
+        raise KDConfigError("method is empty: use e.g. method=fgd or method=fgd+pred")
+    if weights is None or isinstance(weights, (int, float)):
+        w = 1.0 if weights is None else weights
+        return {n: {"weight": w} for n in names}
+    if not isinstance(weights, dict):
+        raise KDConfigError(f"weights must be a number or a mapping {{method: weight}}, got {weights!r}")
+    extra = sorted(set(weights) - set(names))
+    if extra:
+        raise KDConfigError(f"weights given for {extra} which are not in method={'+'.join(names)}: add or remove them")
+    return {n: {"weight": weights.get(n, 1.0)} for n in names}
+
+
+def _check_keys(d: dict, allowed: set, where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise KDConfigError(f"unknown key(s) {unknown} in {where}: valid keys are {sorted(allowed)}")
+
+
+def _as_list(value, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise KDConfigError(f"'{where}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def _parse_positive(value, where: str, allow_none=False, allow_zero=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise KDConfigError(f"'{where}' must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise KDConfigError(f"'{where}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+def _parse_teachers(value) -> dict[str, TeacherSpec]:
+    if not isinstance(value, dict) or not value:
+        raise KDConfigError("recipe needs 'teachers': a mapping {name: path.pt} or {name: {model: path.pt, imgsz: 640}}")
+    teachers = {}
+    for name, spec in value.items():
+        if isinstance(spec, (str, Path)):
+            spec = {"model": str(spec)}
+        if not isinstance(spec, dict):
+            raise KDConfigError(f"teacher '{name}' must be a path or {{model: path.pt, imgsz: N}}, got {spec!r}")
+        _check_keys(spec, TEACHER_KEYS, f"teacher '{name}'")
+        if not spec.get("model"):
+            raise KDConfigError(f"teacher '{name}' has no 'model': give the checkpoint path, e.g. model: teacher.pt")
+        imgsz = spec.get("imgsz")
+        if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0):
+            raise KDConfigError(f"teacher '{name}' imgsz must be a positive integer, got {imgsz!r}")
+        teachers[str(name)] = TeacherSpec(model=str(spec["model"]), imgsz=imgsz)
+    return teachers
+
+
+def _parse_stage(i: int, s, teachers: dict) -> StageSpec:
+    where = f"stage {i + 1}"
+    if not isinstance(s, dict):
+        raise KDConfigError(f"{where} must be a mapping with keys {sorted(STAGE_KEYS)}")
+    _check_keys(s, STAGE_KEYS, where)
+    if ("epochs" in s) == ("fraction" in s):
+        raise KDConfigError(f"{where} needs exactly one of 'epochs: [start, end]' or 'fraction: [start, end]'")
+    unit = "epochs" if "epochs" in s else "fraction"
+    span = s[unit]
+    if not (isinstance(span, (list, tuple)) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span)):
+        raise KDConfigError(f"{where} {unit} must be [start, end], got {span!r}")
+    a, b = float(span[0]), float(span[1])
+    if a < 0 or b <= a or (unit == "fraction" and b > 1.0):
+        raise KDConfigError(f"{where} {unit} [{span[0]}, {span[1]}] is out of range: need 0 <= start < end"
+                            + (" <= 1" if unit == "fraction" else ""))
+    names = [str(t) for t in _as_list(s.get("teachers"), f"{where} teachers")]
+    missing = [t for t in names if t not in teachers]
+    if missing:
+        raise KDConfigError(f"{where} uses teachers {missing} not defined under 'teachers': {sorted(teachers)}")
+    methods_raw = s.get("methods") or {}
+    if isinstance(methods_raw, str):
+        methods_raw = parse_methods(methods_raw)
+    if not isinstance(methods_raw, dict):
+        raise KDConfigError(f"{where} methods must be a mapping {{name: weight}} or 'fgd+pred', got {methods_raw!r}")
+    methods = []
+    for name, spec in methods_raw.items():
+        params = dict(spec) if isinstance(spec, dict) else {"weight": spec}
+        weight = _parse_positive(params.pop("weight", 1.0), f"{where} {name} weight")
+        methods.append(MethodSpec(name=str(name), weight=weight, params=params))
+    if bool(names) != bool(methods):
+        raise KDConfigError(f"{where} needs both teachers and methods, or neither (a no-KD stage)")
+    tw = s.get("teacher_weights") or [1.0] * len(names)
+    if not isinstance(tw, list) or len(tw) != len(names):
+        raise KDConfigError(f"{where} teacher_weights must be a list with one weight per teacher ({len(names)})")
+    tw = [_parse_positive(w, f"{where} teacher_weights") for w in tw]
+    combine = s.get("combine", "sum")
+    if combine not in COMBINES:
+        raise KDConfigError(f"{where} combine={combine!r} is unknown: use one of {list(COMBINES)}")
+    return StageSpec(span=(a, b), unit=unit, teachers=names, methods=methods, teacher_weights=tw, combine=combine,
+                     name=str(s.get("name") or f"stage{i + 1}"))
+
+
+def _parse_layers(value) -> dict[str, list[int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"student", "teacher"}:
+        raise KDConfigError("layers must be {student: [i, j, ...], teacher: [i, j, ...]} with equal lengths")
+    s, t = value["student"], value["teacher"]
+    if not (isinstance(s, list) and isinstance(t, list) and len(s) == len(t) and s
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in s + t)):
+        raise KDConfigError("layers.student and layers.teacher must be non-empty integer lists of equal length")
+    return {"student": list(s), "teacher": list(t)}
+
+
+def _parse_schedule(value) -> Schedule:
+    if value is None:
+        return Schedule()
+    if isinstance(value, str):
+        value = {"decay": value}
+    if not isinstance(value, dict):
+        raise KDConfigError(f"schedule must be a mapping with keys {sorted(SCHEDULE_KEYS)}, got {value!r}")
+    _check_keys(value, SCHEDULE_KEYS, "schedule")
+    decay = value.get("decay", "constant")
+    if decay not in DECAYS:
+        raise KDConfigError(f"schedule decay={decay!r} is unknown: use one of {list(DECAYS)}")
+    final = _parse_positive(value.get("final", 1.0 if decay == "constant" else 0.01), "schedule final")
+    warmup = _parse_positive(value.get("warmup_epochs", 0.0), "schedule warmup_epochs")
+    return Schedule(decay=decay, final=final, warmup_epochs=warmup)
+
+
+def _parse_class_map(value) -> dict[int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, int) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items()
+    ):
+        raise KDConfigError("class_map must map dataset class index -> teacher class index, e.g. {0: 2, 1: 0}")
+    return {int(k): int(v) for k, v in value.items()}

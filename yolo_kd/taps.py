@@ -1,0 +1,135 @@
+"""What the losses read: Detect-head features and raw predictions, or chosen layers, plus the batch's GT boxes.
+
+Default taps need no hooks: a YOLO head's raw output already carries its inputs (`feats`, P3/P4/P5), class logits
+(`scores`, N x nc x A) and box outputs (`boxes`, N x 4*reg_max x A). For YOLO26 the dense `one2many` branch is used.
+Other layers are read with `record_layers`, picklable hooks that exist only inside its `with` block.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Taps:
+    """One model's view of one batch: feature maps per level, class logits and raw box outputs (or None)."""
+
+    feats: list[torch.Tensor]
+    scores: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+
+
+@dataclass
+class TapShapes:
+    """Static facts about a model's taps, known before training: channels per level, classes, DFL bins."""
+
+    channels: list[int]
+    nc: int
+    reg_max: int
+
+
+@dataclass
+class Targets:
+    """Ground truth of a batch: per image, boxes (n_i, 4) xyxy normalised to [0, 1] and class indices (n_i,)."""
+
+    boxes: list[torch.Tensor]
+    cls: list[torch.Tensor]
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> Targets:
+        """Split Ultralytics' flat `bboxes` (normalised xywh), `cls` and `batch_idx` into per-image lists."""
+        n = batch["img"].shape[0]
+        xywh = batch["bboxes"].float()
+        xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1).clamp(0, 1)
+        idx = batch["batch_idx"].long().view(-1)
+        labels = batch["cls"].long().view(-1)
+        return cls(boxes=[xyxy[idx == i] for i in range(n)], cls=[labels[idx == i] for i in range(n)])
+
+
+def head_output(output) -> dict:
+    """The raw prediction dict of a Detect head in train (dict) or eval ((decoded, dict)) form, dense branch."""
+    if isinstance(output, (tuple, list)):
+        output = output[1]
+    if "one2many" in output:
+        output = output["one2many"]
+    return output
+
+
+def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
+    """Taps from a model's output; `layer_feats` (from `record_layers`) replaces the head inputs when given."""
+    raw = head_output(output)
+    return Taps(feats=list(layer_feats) if layer_feats else list(raw["feats"]), scores=raw["scores"],
+                boxes=raw["boxes"])
+
+
+def detect_head(model: nn.Module) -> nn.Module:
+    """The model's last layer, which must be a Detect head (YOLOv8/11/26)."""
+    from ultralytics.nn.modules.head import Detect
+
+    head = model.model[-1]
+    if not isinstance(head, Detect) or type(head).__name__ not in {"Detect", "v10Detect"}:
+        raise TypeError(type(head).__name__)
+    return head
+
+
+class RecordingHook:
+    """Picklable forward hook: stores a layer's output under its slot in a shared dict."""
+
+    def __init__(self, outputs: dict, slot: int):
+        self.outputs, self.slot = outputs, slot
+
+    def __call__(self, module, inputs, output):
+        self.outputs[self.slot] = output
+
+
+@contextmanager
+def record_layers(model: nn.Module, layers: list[int] | None):
+    """Yield a list that holds the outputs of `model.model[i]` for `layers`, in order, once the block exits.
+
+    Hooks exist only inside the block, so EMA copies, checkpoints and exports never carry them.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+    feats: list[torch.Tensor] = []
+    handles = [model.model[i].register_forward_hook(RecordingHook(outputs, s)) for s, i in enumerate(layers or [])]
+    try:
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+        feats.extend(outputs[s] for s in sorted(outputs))
+
+
+def match_grid(teacher: Taps, student: Taps) -> Taps:
+    """Resample the teacher's maps onto the student's grid, per level (teacher at its own, larger input size).
+
+    Features are area-averaged (adaptive average pooling) when the teacher grid is larger, bilinearly interpolated
+    when smaller; per-anchor predictions are reshaped to their level grids and resampled the same way, so anchor k
+    of the student and of the resampled teacher sit at the same normalised position.
+    """
+    if all(t.shape[-2:] == s.shape[-2:] for t, s in zip(teacher.feats, student.feats)):
+        return teacher
+    t_sizes = [tuple(t.shape[-2:]) for t in teacher.feats]
+    s_sizes = [tuple(s.shape[-2:]) for s in student.feats]
+    feats = [_resample(t, size) for t, size in zip(teacher.feats, s_sizes)]
+
+    def per_anchor(x):
+        if x is None:
+            return None
+        parts = torch.split(x, [h * w for h, w in t_sizes], dim=-1)
+        out = [_resample(p.reshape(*p.shape[:2], *ts), ss).flatten(2) for p, ts, ss in zip(parts, t_sizes, s_sizes)]
+        return torch.cat(out, -1)
+
+    return Taps(feats=feats, scores=per_anchor(teacher.scores), boxes=per_anchor(teacher.boxes))
+
+
+def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
