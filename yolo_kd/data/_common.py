@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from yolo_kd.errors import KDConfigError
+from ultralytics.utils import LOGGER  # noqa: F401  (the logger the rest of yolo-kd prints through)
 
-LOGGER = logging.getLogger("yolo_kd.data")
+from yolo_kd.errors import KDConfigError
 
 #: Image suffixes the converters read (lower case), in the order they are tried.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

@@ -9,7 +9,10 @@ A_S(F) = H*W * softmax_hw(mean_c |F| / T) and A_C(F) = C * softmax_c(mean_hw |F|
     L_glob = 1/N sum (GC_s(F_S') - GC_t(F_T))^2          (GC: a GcBlock each for student and teacher)
     L      = alpha L_fg + beta L_bg + gamma L_at + lambda L_glob
 
-Masks (`fgd_masks`) follow the authors' code after its fix to [h, w] indexing. Differences from that code:
+Masks (`fgd_masks`) follow the authors' code after its fix to [h, w] indexing. Where paper and code differ the code
+is followed: the paper's scale mask is 1/(H_r W_r) of the box size, the code's 1/((hmax+1-hmin)(wmax+1-wmin)) counts
+the covered cells plus one row and column; the paper writes one relation module R, the code trains one GcBlock for
+the student and one for the teacher. Differences from the authors' code:
 - Box coordinates are clamped to [0, 1] of the network input before scaling. The authors' slicing already clips the
   far edge to the grid but a negative index would wrap around; for in-range boxes the masks are identical (including
   the "+1" cell on the far side and the area term that counts it even when it lies outside the grid).
@@ -28,20 +31,23 @@ from torch import nn
 from ._fp32 import no_autocast
 
 
-def fgd_masks(boxes: list[torch.Tensor], h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fgd_masks(boxes: list[torch.Tensor], h: int, w: int,
+              device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground and background masks of FGD for an H x W grid.
 
     `boxes` holds one (n_i, 4) tensor per image, xyxy normalised to [0, 1] of the network input. For each box,
     x1' = x1*W, x2' = x2*W, y1' = y1*H, y2' = y2*H; wmin = floor(x1'), wmax = ceil(x2'), hmin = floor(y1'),
     hmax = ceil(y2'); cells [hmin..hmax] x [wmin..wmax] (inclusive, clipped to the grid) get
     max(current, 1 / ((hmax + 1 - hmin) * (wmax + 1 - wmin))). The background mask is 1 where the foreground is 0,
-    divided by the number of such cells of the image. Returns two float32 (N, H, W) tensors on the boxes' device.
+    divided by the number of such cells of the image. Returns two float32 (N, H, W) tensors on `device` (default:
+    the boxes' device).
     """
-    device = boxes[0].device if boxes else torch.device("cpu")
+    if device is None:
+        device = boxes[0].device if boxes else torch.device("cpu")
     n = len(boxes)
-    counts = torch.tensor([len(b) for b in boxes], device=device, dtype=torch.long)
-    m = max(int(counts.max()) if n else 0, 1)
-    valid = torch.arange(m, device=device)[None, :] < counts[:, None]  # (N, M)
+    lengths = [len(b) for b in boxes]
+    m = max(lengths + [1])
+    valid = torch.arange(m, device=device)[None, :] < torch.tensor(lengths, device=device).reshape(n, 1)  # (N, M)
     padded = torch.zeros(n, m, 4, device=device)
     if n:
         padded[valid] = torch.cat([b.reshape(-1, 4) for b in boxes]).to(device, torch.float32)
@@ -127,7 +133,7 @@ class FGDLoss(nn.Module):
         with no_autocast(student_feat):
             s = self.align(student_feat.float())
             t = teacher_feat.detach().float()
-            mask_fg, mask_bg = (m.to(t.device)[:, None] for m in fgd_masks(boxes, h, w))
+            mask_fg, mask_bg = (m[:, None] for m in fgd_masks(boxes, h, w, t.device))
             sp_s, ch_s = fgd_attention(s, self.temp)
             sp_t, ch_t = fgd_attention(t, self.temp)
             sq = (s - t).pow(2) * sp_t[:, None] * ch_t[:, :, None, None]

@@ -56,8 +56,8 @@ class DFLDistillLoss(nn.Module):
     def __init__(self, reg_max: int = 16, temperature: float = 10.0):
         super().__init__()
         if reg_max <= 1:
-            raise KDConfigError(f"DFLDistillLoss needs reg_max > 1, got {reg_max}: YOLO26 heads have reg_max=1 (no DFL): "
-                                "LD does not apply; use ClassScoreKD/CosineGuidedLoss on boxes instead")
+            raise KDConfigError(f"DFLDistillLoss needs reg_max > 1, got {reg_max}: YOLO26 heads have reg_max=1 "
+                                "(no DFL): LD does not apply; use ClassScoreKD/CosineGuidedLoss on boxes instead")
         self.reg_max = reg_max
         self.temperature = temperature
 

@@ -1,0 +1,146 @@
+"""Issue 2: the distillation engine inside the real Ultralytics trainer (tiny data, 1-2 epochs, CPU)."""
+
+import csv
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TRAIN
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
+
+import yolo_kd
+from yolo_kd.distiller import Distiller
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def state_of(path: Path) -> dict:
+    return {k: v.clone() for k, v in torch.load(path, map_location="cpu", weights_only=False)["model"].state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
+    """A 2-epoch drop-in distillation run; records adapter weights and optimizer membership along the way."""
+    project = tmp_path_factory.mktemp("kd_mse")
+    teacher_before = state_of(tiny_teacher)
+    seen = {}
+
+    def on_pretrain_end(trainer):
+        distiller = trainer.model
+        seen["adapters_before"] = {k: v.clone() for k, v in distiller.methods.state_dict().items()}
+        in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        seen["adapters_in_optimizer"] = all(id(p) in in_opt for p in distiller.methods.parameters())
+        seen["teacher_params_in_optimizer"] = any(
+            id(p) in in_opt for t in distiller.pool.loaded.values() for p in t.parameters())
+
+    def on_batch_end(trainer):
+        for t in trainer.model.pool.loaded.values():
+            seen.setdefault("teacher_modes", set()).add(t.training)
+            seen.setdefault("teacher_grads", set()).add(any(p.grad is not None for p in t.parameters()))
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_pretrain_routine_end", on_pretrain_end)
+    model.add_callback("on_train_batch_end", on_batch_end)
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method="mse")
+    model.train(data=str(tiny_data), epochs=2, project=str(project), name="run", **TINY_TRAIN)
+    return {"dir": project / "run", "trainer": model.trainer, "seen": seen, "teacher_before": teacher_before,
+            "teacher": tiny_teacher}
+
+
+def test_teacher_frozen_and_bit_identical(mse_run):
+    after = state_of(mse_run["teacher"])
+    before = mse_run["teacher_before"]
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert mse_run["seen"]["teacher_modes"] == {False}  # always eval
+    assert mse_run["seen"]["teacher_grads"] == {False}  # never a gradient
+    assert not mse_run["seen"]["teacher_params_in_optimizer"]
+
+
+def test_adapters_trained_and_in_optimizer(mse_run):
+    distiller = mse_run["trainer"].model
+    assert isinstance(distiller, Distiller)
+    assert mse_run["seen"]["adapters_in_optimizer"]
+    before = mse_run["seen"]["adapters_before"]
+    after = distiller.methods.state_dict()
+    assert len(before) > 0
+    assert any(not torch.equal(before[k], after[k]) for k in before), "adapters did not change"
+    ema_adapters = mse_run["trainer"].ema.ema.methods.state_dict()  # adapters are kept in the EMA
+    assert ema_adapters.keys() == after.keys()
+
+
+def test_kd_columns_finite_nonzero(mse_run):
+    rows = read_csv(mse_run["dir"] / "results.csv")
+    assert len(rows) == 2
+    for row in rows:
+        v = float(row["train/mse"])
+        assert v == v and 0 < v < float("inf")
+        assert row["kd_stage"] == "1"
+
+
+def test_checkpoints_are_plain_ultralytics(mse_run):
+    weights = mse_run["dir"] / "weights"
+    for name in ("best.pt", "last.pt"):
+        with zipfile.ZipFile(weights / name) as z:
+            pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        assert b"yolo_kd." not in pkl, f"{name} references yolo_kd classes"
+        assert b"RecordingHook" not in pkl
+    ckpt = torch.load(weights / "best.pt", map_location="cpu", weights_only=False)
+    assert type(ckpt["model"]).__name__ == "DetectionModel"
+    n_student = sum(p.numel() for p in ckpt["model"].parameters())
+    plain = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    assert n_student == sum(p.numel() for p in plain.parameters())  # no teacher, no adapters
+
+
+def test_best_loads_where_yolo_kd_cannot_be_imported(mse_run, tiny_data):
+    best = mse_run["dir"] / "weights" / "best.pt"
+    image = next((Path(tiny_data).parent / "images" / "val").glob("*.jpg"))
+    code = (
+        "import sys; sys.modules['yolo_kd'] = None\n"  # any 'import yolo_kd' now raises ImportError
+        "from ultralytics import YOLO\n"
+        f"r = YOLO({str(best)!r}).predict({str(image)!r}, imgsz=64, conf=0.0, verbose=False)\n"
+        "assert r[0].boxes is not None\n"
+        "import yolo_kd\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ImportError" in out.stderr or "ModuleNotFoundError" in out.stderr, out.stderr[-2000:]
+    assert "assert r[0]" not in out.stderr and "YOLO(" not in out.stderr.split("import yolo_kd")[0][-200:]
+
+
+def test_zero_weight_equals_plain_run(tiny_data, tiny_teacher, tmp_path):
+    args = dict(data=str(tiny_data), epochs=1, project=str(tmp_path), **TINY_TRAIN)
+    YOLO("yolov8n.yaml").train(name="plain", **args)
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method="mse", weights=0.0)
+    model.train(name="kd0", **args)
+    plain, kd = read_csv(tmp_path / "plain" / "results.csv"), read_csv(tmp_path / "kd0" / "results.csv")
+    for key in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss"):
+        assert float(plain[0][key]) == pytest.approx(float(kd[0][key]), rel=1e-6, abs=1e-9), key
+    assert float(kd[0]["train/mse"]) == 0.0
+
+
+def test_cli_entry_point(tiny_data, tiny_teacher, tmp_path):
+    cmd = [sys.executable, "-m", "yolo_kd.cli", "train", "model=yolov8n.yaml", f"teacher={tiny_teacher}",
+           f"data={tiny_data}", "method=mse", "epochs=1", f"project={tmp_path}", "name=cli"]
+    cmd += [f"{k}={v}" for k, v in TINY_TRAIN.items()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = read_csv(tmp_path / "cli" / "results.csv")[0]
+    assert float(row["train/mse"]) > 0
+
+
+def test_cli_user_error_is_one_line(tmp_path, tiny_data):
+    out = subprocess.run([sys.executable, "-m", "yolo_kd.cli", "train", "model=yolov8n.yaml",
+                          f"teacher={tmp_path / 'missing.pt'}", f"data={tiny_data}", f"project={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not found" in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "train").exists() and list(tmp_path.iterdir()) == []

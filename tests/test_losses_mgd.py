@@ -1,0 +1,90 @@
+"""MGD against an explicit reference: same-seed mask, 3x3 convolutions written as loops over kernel offsets."""
+
+import numpy as np
+import pytest
+import torch
+
+from yolo_kd.losses import MGDLoss
+
+
+def _conv1x1(x, conv):
+    w, b = conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy()
+    return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]
+
+
+def _conv3x3(x, conv):
+    """Zero-padded 3x3 cross-correlation, one kernel offset at a time."""
+    w, b = conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy()
+    n, _, h, wd = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd)) + b[None, :, None, None]
+    for dy in range(3):
+        for dx in range(3):
+            out += np.einsum("oc,nchw->nohw", w[:, :, dy, dx], padded[:, :, dy:dy + h, dx:dx + wd])
+    return out
+
+
+def ref_mgd(loss, s, t, seed):
+    s, t = s.double().numpy(), t.double().numpy()
+    if isinstance(loss.align, torch.nn.Conv2d):
+        s = _conv1x1(s, loss.align)
+    n, _, h, w = t.shape
+    rand = torch.rand((n, 1, h, w), generator=torch.Generator().manual_seed(seed)).double().numpy()
+    keep = np.where(rand > 1 - loss.lambda_mgd, 0.0, 1.0)  # the authors' rule: drop where rand > 1 - lambda
+    conv1, _, conv2 = loss.generation
+    rebuilt = _conv3x3(np.maximum(_conv3x3(s * keep, conv1), 0), conv2)
+    return loss.alpha * ((rebuilt - t) ** 2).sum() / n
+
+
+def feats(cs=3, ct=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, cs, 5, 6, generator=g), torch.randn(2, ct, 5, 6, generator=g)
+
+
+@pytest.mark.parametrize("cs", [3, 4])
+def test_value_matches_reference_with_the_same_seed(cs):
+    torch.manual_seed(0)
+    loss = MGDLoss(cs, 4, alpha=1e-2)
+    assert isinstance(loss.align, torch.nn.Conv2d) == (cs != 4)
+    s, t = feats(cs)
+    out = loss(s, t, generator=torch.Generator().manual_seed(7))
+    assert out.item() == pytest.approx(ref_mgd(loss, s, t, 7), rel=1e-5)
+
+
+def test_mask_drops_lambda_of_positions_and_seed_is_reproducible():
+    loss = MGDLoss(4, 4)
+    mask = loss.random_mask(4, 64, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 1, 64, 64) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert (1 - mask.mean().item()) == pytest.approx(0.65, abs=0.02)
+    s, t = feats(4)
+    first = loss(s, t, generator=torch.Generator().manual_seed(3))
+    assert loss(s, t, generator=torch.Generator().manual_seed(3)).item() == first.item()
+    assert loss(s, t, generator=torch.Generator().manual_seed(4)).item() != first.item()
+
+
+def test_gradients_reach_student_align_and_generator_not_teacher():
+    loss = MGDLoss(3, 4)
+    s, t = feats()
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    loss(s, t, generator=torch.Generator().manual_seed(0)).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+    for name, p in loss.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_zero_features_half_inputs_and_autocast():
+    loss = MGDLoss(3, 4)
+    z = torch.zeros(2, 3, 5, 6, requires_grad=True)
+    out = loss(z, torch.zeros(2, 4, 5, 6))
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(z.grad).all()
+    s, t = feats()
+    ref = loss(s, t, generator=torch.Generator().manual_seed(1))
+    half = loss(s.half(), t.half(), generator=torch.Generator().manual_seed(1))
+    assert half.dtype == torch.float32 and half.item() == pytest.approx(ref.item(), rel=1e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = loss(s, t, generator=torch.Generator().manual_seed(1))
+    assert auto.dtype == torch.float32 and auto.item() == pytest.approx(ref.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="equal N, H, W"):
+        loss(s[:, :, :4], t)
