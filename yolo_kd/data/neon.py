@@ -50,7 +50,7 @@ _WHAT = "NEON trees"
 
 
 # ------------------------------------------------------------------------------------------------------- tiling
-def tile_origins(length: int, tile: int, overlap: int = 0, edge: str = "shift") -> list:
+def tile_origins(length: int, tile: int, overlap: int = 0, edge: str = "pad") -> list:
     """Start offsets of the tiles along one axis.
 
     Tiles step by tile - overlap. edge="shift": the last tile is moved back inside the image (it overlaps its
@@ -97,7 +97,7 @@ def _boxes(ann: VocAnnotation, width: int, height: int) -> np.ndarray:
 
 
 def write_tiles(image: np.ndarray, boxes: np.ndarray, out_images: Path, out_labels: Path, stem: str, tile: int,
-                overlap: int, min_visible: float, edge: str, pad_value: int = 114) -> tuple:
+                overlap: int, min_visible: float, edge: str = "pad", pad_value: int = 114) -> tuple:
     """Cut one image into tile x tile PNGs with YOLO labels; return (tiles written, boxes written)."""
     height, width = image.shape[:2]
     n_tiles = n_boxes = 0

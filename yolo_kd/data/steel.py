@@ -99,11 +99,11 @@ def _inclusion(rng, w, h, sc):
 
 
 def _patches(rng, w, h, sc):
-    coarse = cv2.resize(rng.uniform(0, 1, (5, 5)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    coarse = cv2.resize(rng.uniform(0, 1, (6, 6)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r2 = ((xx + 0.5) / w * 2 - 1) ** 2 + ((yy + 0.5) / h * 2 - 1) ** 2
-    field = 0.5 * coarse + (1 - r2)  # < 0.55 on the canvas border: the blob never touches it
-    mask = np.clip((field - rng.uniform(0.55, 0.7)) * 6, 0, 1)
+    field = 0.8 * np.clip(coarse, 0, 1) + (1 - r2)  # <= 0.8 on the canvas border: the blob never touches it
+    mask = np.clip((field - rng.uniform(0.85, 1.05)) * 5, 0, 1)
     mask = cv2.GaussianBlur(mask, (0, 0), 1.2 * sc)
     fine = cv2.GaussianBlur(rng.uniform(0, 1, (h, w)).astype(np.float32), (0, 0), 1.5 * sc)
     mask *= 0.65 + 0.7 * (fine - fine.mean())

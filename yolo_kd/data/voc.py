@@ -194,29 +194,32 @@ def find_voc_samples(src, what: str, fix: str) -> list:
 def assign_splits(samples: list, val_fraction: float, seed: int, what: str) -> None:
     """Keep the source's own train/val folders when every sample has one; else split deterministically by seed.
 
-    The fallback split is stratified by each image's first object class, shuffled with numpy's generator(seed).
+    The fallback split is stratified by each image's first object class: every class group is shuffled with numpy's
+    generator(seed), its members are spread evenly over [0, 1), and the round(N * val_fraction) lowest (at least one,
+    at most N - 1) become val, so each class gets about val_fraction of its images in val.
     """
     splits = {s.split for s in samples}
-    if None not in splits and splits == {"train", "val"}:
+    if splits == {"train", "val"}:
         return
     if splits != {None}:
         LOGGER.warning("%s: the source's folders give no complete train/val split; splitting all %d images anew "
                        "(val_fraction=%s, seed=%d)", what, len(samples), val_fraction, seed)
+    if len(samples) < 2:
+        raise KDConfigError(f"{what}: {len(samples)} image(s) cannot be split into non-empty train and val sets; "
+                            f"add images")
     rng = np.random.default_rng(seed)
     groups = defaultdict(list)
-    for s in samples:
-        groups[s.ann.objects[0].name if s.ann.objects else ""].append(s)
+    for s in sorted(samples, key=lambda s: str(s.ann.xml)):
+        groups[s.ann.objects[0].name.strip().lower() if s.ann.objects else ""].append(s)
+    keyed = []
     for key in sorted(groups):
         group = groups[key]
-        n_val = int(round(len(group) * val_fraction))
-        if val_fraction > 0 and len(group) >= 2:
-            n_val = min(max(n_val, 1), len(group) - 1)
-        order = rng.permutation(len(group))
-        for rank_, idx in enumerate(order):
-            group[idx].split = "val" if rank_ < n_val else "train"
-    if not any(s.split == "val" for s in samples) or not any(s.split == "train" for s in samples):
-        raise KDConfigError(f"{what}: {len(samples)} image(s) cannot be split into non-empty train and val sets; "
-                            f"add images or change val_fraction=")
+        for rank_, idx in enumerate(rng.permutation(len(group))):
+            keyed.append(((rank_ + 0.5) / len(group), rng.random(), group[idx]))
+    keyed.sort(key=lambda k: k[:2])
+    n_val = min(max(int(round(len(samples) * val_fraction)), 1), len(samples) - 1)
+    for i, (_, _, sample) in enumerate(keyed):
+        sample.split = "val" if i < n_val else "train"
 
 
 def _fraction(value, what: str) -> float:

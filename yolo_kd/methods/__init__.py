@@ -60,4 +60,4 @@ def build_method(name: str, params: dict, student, teacher) -> Method:
         raise KDConfigError(f"method '{name}' cannot be built with {params}: {e}") from e
 
 
-from . import feature  # noqa: E402,F401  (registers the built-in methods)
+from . import cskd, feature, head  # noqa: E402,F401  (registers the built-in methods)

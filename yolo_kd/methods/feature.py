@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..losses import FeatureMSELoss
+from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss
 from . import Method, register
 
 
@@ -31,3 +31,55 @@ class FeatureMSE(Method):
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
         values = [self.loss(a(fs), ft) for a, fs, ft in zip(self.align, s.feats, t.feats)]
         return {"mse": torch.stack(values).mean()}
+
+
+@register("fgd")
+class FocalGlobal(Method):
+    """FGD (Yang et al., CVPR 2022) per level, summed over levels; GT boxes give the focal masks.
+
+    Each level has its own FGDLoss (1x1 align when channels differ, student and teacher GcBlocks): all trainable.
+    Published coefficients are kept; `scale` rescales all four together (the authors' own tuning advice), since
+    FGD's sums grow with the feature area and YOLO grids differ from the detectors FGD was tuned on.
+    """
+
+    terms = ("fgd",)
+
+    def __init__(self, student, teacher, temp=0.5, alpha=1e-3, beta=5e-4, gamma=1e-3, lam=5e-6, scale=1.0):
+        super().__init__(student, teacher)
+        self.levels = nn.ModuleList(
+            FGDLoss(cs, ct, temp=temp, alpha=alpha * scale, beta=beta * scale, gamma=gamma * scale, lam=lam * scale)
+            for cs, ct in zip(student.channels, teacher.channels)
+        )
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        return {"fgd": sum(loss(fs, ft, targets.boxes) for loss, fs, ft in zip(self.levels, s.feats, t.feats))}
+
+
+@register("cwd")
+class ChannelWise(Method):
+    """CWD (Shu et al., ICCV 2021): per level, align then tau^2/(N*C) sum KL of per-channel spatial softmaxes."""
+
+    terms = ("cwd",)
+
+    def __init__(self, student, teacher, tau=1.0):
+        super().__init__(student, teacher)
+        self.align = channel_aligners(student.channels, teacher.channels)
+        self.loss = ChannelWiseDivergence(tau=tau)
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        return {"cwd": sum(self.loss(a(fs), ft) for a, fs, ft in zip(self.align, s.feats, t.feats))}
+
+
+@register("mgd")
+class MaskedGenerative(Method):
+    """MGD (Yang et al., ECCV 2022): per level, align, mask 65% of positions, regenerate the teacher map."""
+
+    terms = ("mgd",)
+
+    def __init__(self, student, teacher, alpha=2e-5, lambda_mgd=0.65):
+        super().__init__(student, teacher)
+        self.levels = nn.ModuleList(MGDLoss(cs, ct, alpha=alpha, lambda_mgd=lambda_mgd)
+                                    for cs, ct in zip(student.channels, teacher.channels))
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        return {"mgd": sum(loss(fs, ft) for loss, fs, ft in zip(self.levels, s.feats, t.feats))}
