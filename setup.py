@@ -16,7 +16,7 @@ setup(
     install_requires=[
         "ultralytics>=8.4.190,<8.5",  # engine hooks tested on 8.4.190; 8.4.x internals moved between patches
         "torch>=2.0",
-        "opencv-python-headless>=4.8",
+        "opencv-python>=4.6",
         "pycocotools>=2.0.7",
         "albumentations>=1.4",
         "numpy>=1.23",
