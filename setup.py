@@ -12,7 +12,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["yolo_kd", "yolo_kd.*"]),
-    package_data={"yolo_kd": ["recipes/*.yaml"]},
     install_requires=[
         "ultralytics>=8.4.190,<8.5",  # engine hooks tested on 8.4.190; 8.4.x internals moved between patches
         "torch>=2.0",

@@ -77,3 +77,16 @@ def tiny_student_ckpt(tiny_data, tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("student_runs")
     YOLO("yolov8n.yaml").train(data=str(tiny_data), epochs=1, project=str(project), name="student", **TINY_TRAIN)
     return project / "student" / "weights" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_b(tiny_data, tmp_path_factory) -> Path:
+    """A second teacher of another family and width (yolo11n) for multi-teacher tests."""
+    from ultralytics import YOLO
+
+    from yolo_kd.offline import install_local_fonts
+
+    install_local_fonts()
+    project = tmp_path_factory.mktemp("teacher_b_runs")
+    YOLO("yolo11n.yaml").train(data=str(tiny_data), epochs=2, project=str(project), name="teacher_b", **TINY_TRAIN)
+    return project / "teacher_b" / "weights" / "best.pt"

@@ -213,11 +213,13 @@ class Distiller(nn.Module):
         return self.balance[term]
 
     # ------------------------------------------------------------------ state for resume (plain tensors)
-    def kd_state(self) -> dict:
-        """Plain-data KD state stored in last.pt: loadable where yolo_kd is not installed."""
+    def kd_state(self, adapters: nn.Module | None = None) -> dict:
+        """Plain-data KD state stored in last.pt (loadable where yolo_kd is not installed); `adapters` defaults to
+        this distiller's methods (the trainer passes the EMA's, which Ultralytics resumes from)."""
+        adapters = self.methods if adapters is None else adapters
         return {
             "recipe": self.recipe.to_dict(),
-            "adapters": {k: v.detach().float().cpu().clone() for k, v in self.methods.state_dict().items()},
+            "adapters": {k: v.detach().float().cpu().clone() for k, v in adapters.state_dict().items()},
             "stage": self.stage,
             "epoch": self.epoch,
             "balance": dict(self.balance),

@@ -67,7 +67,7 @@ class KDTrainer(DetectionTrainer):
             saved = super().save_model()
         finally:
             self.model, self.ema.ema = model, ema
-        add_kd_state(self.last, ema.kd_state())
+        add_kd_state(self.last, unwrap_model(model).kd_state(adapters=ema.methods))
         return saved
 
     def _load_checkpoint_state(self, ckpt):

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from ultralytics.utils import LOGGER  # noqa: F401  (the logger the rest of yolo-kd prints through)
+from ultralytics.utils import LOGGER  # the logger the rest of yolo-kd prints through
 
 from yolo_kd.errors import KDConfigError
 
@@ -69,7 +69,7 @@ def prepare_root(root, what: str) -> Path:
         raise KDConfigError(f"{what}: no output folder given; pass root=<folder>")
     root = Path(root).expanduser().resolve()
     if root.exists() and not root.is_dir():
-        raise KDConfigError(f"{what}: root={root} is a file, not a folder; pass root=<a folder to write the dataset in>")
+        raise KDConfigError(f"{what}: root={root} is a file, not a folder; pass root=<a folder for the dataset>")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -88,7 +88,8 @@ def positive_int(value, name: str, what: str, minimum: int = 1) -> int:
         if number != float(value):
             raise ValueError
     except (TypeError, ValueError):
-        raise KDConfigError(f"{what}: {name}={value!r} is not a whole number; pass {name}=<integer >= {minimum}>") from None
+        raise KDConfigError(f"{what}: {name}={value!r} is not a whole number; "
+                            f"pass {name}=<integer >= {minimum}>") from None
     if number < minimum:
         raise KDConfigError(f"{what}: {name}={number} is too small; pass {name}=<integer >= {minimum}>")
     return number

@@ -199,8 +199,8 @@ def prepare_neon_trees(root, tile: int = 400, overlap: int = 0, val_images: Sequ
     val_images = _parse_val_images(val_images)
     unknown = sorted(set(val_images) - set(NEON_IMAGES))
     if unknown or not val_images or set(val_images) >= set(NEON_IMAGES):
-        raise KDConfigError(f"{_WHAT}: val_images={list(val_images)} must name some but not all of {list(NEON_IMAGES)}; "
-                            f"pass e.g. val_images={NEON_VAL_IMAGES[0]}")
+        raise KDConfigError(f"{_WHAT}: val_images={list(val_images)} must name some but not all of "
+                            f"{list(NEON_IMAGES)}; pass e.g. val_images={NEON_VAL_IMAGES[0]}")
     root = prepare_root(root, _WHAT)
     header = stamp(generator="neon-trees", deepforest=DEEPFOREST_VERSION, tile=tile, overlap=overlap,
                    val_images=",".join(sorted(val_images)), min_visible=min_visible, edge=edge)

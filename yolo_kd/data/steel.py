@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from yolo_kd.errors import KDConfigError
+
 from ._common import LOGGER, positive_int, prepare_root, reuse_existing, split_dirs, stamp, write_data_yaml, yolo_line
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI for updates on import otherwise
@@ -195,6 +197,9 @@ def _augmenter(seed: int):
     """Image-only albumentations pipeline: texture, blur, noise, lighting (boxes are never touched)."""
     import albumentations as A
 
+    if int(A.__version__.split(".")[0]) < 2:  # seed= and std_range= arrived in 2.0
+        raise KDConfigError(f"{_WHAT}: albumentations {A.__version__} is too old (seeded pipelines need 2.x); run "
+                            f"pip install 'albumentations>=2.0'")
     return A.Compose([
         A.OneOf([A.Sharpen(alpha=(0.1, 0.3), lightness=(0.9, 1.1)),
                  A.Emboss(alpha=(0.1, 0.3), strength=(0.2, 0.6)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from yolo_kd.evaluation.cocoeval import STAT_DESCRIPTIONS, STAT_NAMES
 from yolo_kd.evaluation.table import format_table
 
@@ -35,17 +37,20 @@ def per_class_table(results: dict[str, dict]) -> str:
 
 def difference_notes(results: dict[str, dict]) -> list[str]:
     """Why pycocotools' mAP50-95 differs from Ultralytics' on the same detections (same run, same boxes)."""
-    notes = [
-        "Why pycocotools and Ultralytics mAP50-95 differ on the SAME detections:",
-        "  - interpolation: pycocotools samples the precision envelope at 101 recall points (0:0.01:1, step"
-        " function) and averages them; Ultralytics linearly interpolates the envelope at 101 points and integrates"
-        " with the trapezoid rule (and appends a zero-precision point after the last recall), so the two areas differ"
-        " most when there are few GT boxes or the PR curve has big steps.",
-        "  - detections per image: COCO keeps the top maxDets=100 per image; Ultralytics scores all (max_det="
+    bullets = [
+        "interpolation: pycocotools reads the precision envelope as a step function at 101 recall points"
+        " (0:0.01:1, precision at the first recall >= r, 0 past the last recall) and averages them; Ultralytics"
+        " linearly interpolates the envelope between its points (with a precision-1 sentinel at recall 0) at 101"
+        " points and integrates with the trapezoid rule, so the areas differ most with few GT boxes or a steppy"
+        " PR curve.",
+        "detections per image: COCO keeps the top maxDets=100 per image; Ultralytics scores all (max_det="
         f"{next(iter(results.values()))['run'].get('max_det', 300)}).",
-        "  - area ranges only change AP_small/medium/large (Ultralytics has none); classes without GT are -1 in COCO"
+        "area ranges only change AP_small/medium/large (Ultralytics has none); classes without GT are -1 in COCO"
         " and absent from Ultralytics' mean.",
     ]
+    notes = ["Why pycocotools and Ultralytics mAP50-95 differ on the SAME detections:"]
+    for b in bullets:
+        notes += textwrap.wrap(b, width=110, initial_indent="  - ", subsequent_indent="    ")
     for label, r in results.items():
         over = r.get("images_over_100_dets", 0)
         extra = f"; {over} image(s) have >100 detections, COCO ignores the rest" if over else ""

@@ -82,16 +82,25 @@ def evaluate_checkpoint(model: str | Path, evalset: EvalSet, out_dir: str | Path
 
 
 def model_labels(models: list[str]) -> list[str]:
-    """Short unique column names: the run folder for runs/<name>/weights/best.pt, else the file stem."""
-    labels = []
-    for m in models:
-        p = Path(m)
-        label = p.parent.parent.name if p.parent.name == "weights" and p.parent.parent.name else p.stem
+    """Short unique column names: the run folder for runs/<run>/weights/best.pt, else the file stem
+    (run/stem when two files of one run are compared, then a numeric suffix for any remaining clash)."""
+
+    def short(p: Path, long: bool) -> str:
+        run = p.parent.parent.name if p.parent.name == "weights" and p.parent.parent.name else ""
+        if run and not long:
+            return run
+        return f"{run or p.parent.name}/{p.stem}" if long and (run or p.parent.name) else p.stem
+
+    paths = [Path(m) for m in models]
+    labels = [short(p, False) for p in paths]
+    labels = [short(p, True) if labels.count(label) > 1 else label for p, label in zip(paths, labels)]
+    unique: list[str] = []
+    for label in labels:
         base, i = label, 2
-        while label in labels:
+        while label in unique:
             label, i = f"{base}_{i}", i + 1
-        labels.append(label)
-    return labels
+        unique.append(label)
+    return unique
 
 
 def make_run_dir(project: str | None, name: str | None, default_project: str, default_name: str,
@@ -129,7 +138,7 @@ def val_command(overrides: dict) -> dict:
     val_args = {k: args[k] for k in ("imgsz", "batch", "conf", "iou", "max_det", "device")}
     results = {}
     for label, model in zip(model_labels(models), models):
-        results[label] = evaluate_checkpoint(model, evalset, run_dir / label, **val_args)
+        results[label] = evaluate_checkpoint(model, evalset, run_dir / label.replace("/", "_"), **val_args)
 
     metrics_path = run_dir / "coco_metrics.json"
     metrics_path.write_text(json.dumps({"data": str(args["data"]), "split": evalset.split, "models": results},

@@ -75,14 +75,17 @@ EXPORT_SPEC = {
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
-    return {e.name: e.stat().st_mtime_ns for e in os.scandir(folder)}
+    return {e.name: e.stat(follow_symlinks=False).st_mtime_ns for e in os.scandir(folder)}
 
 
-def _remove_new_entries(folder: Path, before: dict[str, int]) -> list[str]:
-    """Delete what appeared in `folder` (or was rewritten in it) since `before`: a failed export's partial output."""
+def _remove_new_entries(folder: Path, before: dict[str, int], stem: str, keep: str) -> list[str]:
+    """Delete the export artifacts (`<stem>*` entries other than `keep`) that appeared in `folder` or were rewritten
+    in it since `before`: a failed export's partial output. Unrelated files are never touched."""
     removed = []
     for entry in os.scandir(folder):
-        if entry.name in before and entry.stat().st_mtime_ns == before[entry.name]:
+        if not entry.name.startswith(stem) or entry.name == keep:
+            continue
+        if entry.name in before and entry.stat(follow_symlinks=False).st_mtime_ns == before[entry.name]:
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
@@ -133,11 +136,14 @@ def export_command(overrides: dict) -> dict:
         _check_data(data, args["split"], int8, fmt)
 
     from ultralytics import YOLO
+    from ultralytics.utils.checks import check_imgsz
 
     yolo = YOLO(str(model))
     if yolo.task != "detect":
         raise KDConfigError(f"model={model} is a '{yolo.task}' model: yolo-kd exports detection models only")
-    imgsz = args["imgsz"] or int(yolo.overrides.get("imgsz", 640) or 640)
+    stride = int(max(getattr(yolo.model, "stride", [32])))
+    imgsz = check_imgsz(args["imgsz"] or int(yolo.overrides.get("imgsz", 640) or 640), stride=stride, min_dim=1)
+    calib = calibration_images(str(data), args["calib"]) if int8 and fmt == "onnx" else None  # fail before export
     device = args["device"] or ("0" if fmt == "engine" else "cpu")
     kwargs = {"format": ULTRALYTICS_FORMAT[fmt], "imgsz": imgsz, "batch": 1, "device": device,
               "simplify": args["simplify"]}
@@ -156,12 +162,11 @@ def export_command(overrides: dict) -> dict:
             raise RuntimeError(f"Ultralytics {fmt} export produced no file")
         if int8 and fmt == "onnx":
             files["onnx_fp32"] = str(exported)
-            calib = calibration_images(str(data), args["calib"])
             files["onnx_int8"] = str(quantize_onnx_int8(exported, calib))
         else:
             files[f"{fmt}_{'int8' if int8 else 'fp32'}"] = str(exported)
     except BaseException:
-        removed = _remove_new_entries(folder, before)
+        removed = _remove_new_entries(folder, before, model.stem, model.name)
         if removed:
             print(f"yolo-kd export: failed, removed partial output {', '.join(sorted(removed))} from {folder}")
         raise
