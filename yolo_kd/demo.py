@@ -1,0 +1,205 @@
+"""`yolo-kd demo [defect|agriculture] [profile=default|quick|full]`: teacher vs undistilled baseline vs distilled.
+
+Fully offline: it makes (or converts) the domain's dataset, trains or reuses a cached teacher (weights/), trains the
+baseline student and the distilled student with identical settings, evaluates all three with pycocotools and
+prints and saves a table (mAP50-95, mAP50, params, GFLOPs, CPU latency per image) plus two figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import KDConfigError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budgets of one demo run."""
+
+    n_train: int
+    n_val: int
+    imgsz: int
+    teacher_epochs: int
+    student_epochs: int
+    batch: int
+    multi_teacher: bool = False
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A demo domain: its dataset, models, distillation recipe and profiles."""
+
+    teacher: str
+    student: str
+    method: str
+    profiles: dict
+
+
+DOMAINS = {
+    "defect": Domain(
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd+pred",
+        profiles={
+            "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
+            "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=8, student_epochs=8, batch=8),
+            "full": Profile(n_train=400, n_val=100, imgsz=160, teacher_epochs=40, student_epochs=30, batch=16,
+                            multi_teacher=True),
+        },
+    ),
+    "agriculture": Domain(
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd+pred",
+        profiles={
+            "quick": Profile(n_train=0, n_val=0, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
+            "default": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=15, student_epochs=15, batch=8),
+            "full": Profile(n_train=0, n_val=0, imgsz=320, teacher_epochs=60, student_epochs=40, batch=8),
+        },
+    ),
+}
+
+
+def demo_command(domain: str = "defect", overrides: dict | None = None) -> dict:
+    """Run a demo; overrides: profile, project, device, epochs (students), teacher_epochs, imgsz, seed."""
+    overrides = dict(overrides or {})
+    if domain not in DOMAINS:
+        raise KDConfigError(f"unknown demo '{domain}': choose from {sorted(DOMAINS)}")
+    spec = DOMAINS[domain]
+    profile_name = overrides.pop("profile", "default")
+    if profile_name not in spec.profiles:
+        raise KDConfigError(f"unknown profile '{profile_name}': choose from {sorted(spec.profiles)}")
+    profile = spec.profiles[profile_name]
+    for key, field in (("epochs", "student_epochs"), ("teacher_epochs", "teacher_epochs"), ("imgsz", "imgsz")):
+        if key in overrides:
+            profile = replace(profile, **{field: int(overrides.pop(key))})
+    project = Path(overrides.pop("project", "runs/kd_demo")) / f"{domain}_{profile_name}"
+    device, seed = overrides.pop("device", "cpu"), int(overrides.pop("seed", 0))
+    weights_dir = Path(overrides.pop("weights", "weights"))
+    if overrides:
+        raise KDConfigError(f"unknown demo option(s) {sorted(overrides)}: use profile, project, device, epochs, "
+                            "teacher_epochs, imgsz, seed, weights")
+    return run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir)
+
+
+def make_data(domain: str, profile: Profile, root: Path, seed: int) -> Path:
+    """The domain's dataset: procedural steel defects, or real NEON tree crowns tiled from the deepforest wheel."""
+    if domain == "defect":
+        from .data.steel import make_steel_dataset
+
+        return make_steel_dataset(root, n_train=profile.n_train, n_val=profile.n_val, imgsz=max(profile.imgsz, 128),
+                                  seed=seed)
+    from .data.neon import prepare_neon_trees
+
+    return prepare_neon_trees(root)
+
+
+def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir) -> dict:
+    """Train teacher (or reuse), baseline and distilled student; evaluate; write table and figures."""
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    from .api import distill
+
+    project.mkdir(parents=True, exist_ok=True)
+    data = make_data(domain, profile, project / "data", seed)
+    train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
+                      seed=seed, deterministic=True, workers=2, plots=False, val=False, project=str(project),
+                      exist_ok=True, close_mosaic=max(1, profile.student_epochs // 5))
+    teacher = cached_teacher(weights_dir / f"{domain}_teacher_{profile_name}.pt", spec.teacher,
+                             dict(train_args, epochs=profile.teacher_epochs, name="teacher"))
+    models = {"teacher": teacher}
+    YOLO(spec.student).train(**train_args, epochs=profile.student_epochs, name="baseline")
+    models["baseline"] = project / "baseline" / "weights" / "best.pt"
+    student = YOLO(spec.student)
+    distill(student, teacher=str(teacher), method=spec.method)
+    student.train(**train_args, epochs=profile.student_epochs, name="distilled")
+    models[f"distilled ({spec.method})"] = project / "distilled" / "weights" / "best.pt"
+    if profile.multi_teacher:
+        models["multi-teacher"] = multi_teacher_student(spec, profile, teacher, weights_dir, domain, profile_name,
+                                                        train_args)
+    LOGGER.info("yolo-kd demo: evaluating with pycocotools")
+    report = evaluate_models(models, data, profile.imgsz, project)
+    report.update({"domain": domain, "profile": profile_name, "data": str(data)})
+    (project / "demo_results.json").write_text(json.dumps(report, indent=2))
+    print(report["table"])
+    print(f"saved: {project / 'demo_table.md'}, {report['pr_curves']}, {report['predictions']}")
+    return report
+
+
+def cached_teacher(cache: Path, cfg: str, args: dict) -> Path:
+    """Reuse weights/<domain>_teacher_<profile>.pt when present, else train it and store it there."""
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    if cache.is_file():
+        LOGGER.info(f"yolo-kd demo: reusing cached teacher {cache}")
+        return cache
+    YOLO(cfg).train(**args)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(args["project"]) / args["name"] / "weights" / "best.pt", cache)
+    return cache
+
+
+def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, profile_name, train_args) -> Path:
+    """Stepwise: the colour/texture teacher (the default one, strong HSV) first, a multi-scale teacher second."""
+    from ultralytics import YOLO
+
+    from .api import distill
+
+    scale_teacher = cached_teacher(
+        weights_dir / f"{domain}_scale_teacher_{profile_name}.pt", spec.teacher,
+        dict(train_args, epochs=profile.teacher_epochs, name="scale_teacher", scale=0.9, multi_scale=0.25))
+    recipe = {
+        "teachers": {"color": str(color_teacher), "scale": str(scale_teacher)},
+        "stages": [{"name": "color", "fraction": [0.0, 0.45], "teachers": ["color"], "methods": spec.method},
+                   {"name": "scale", "fraction": [0.45, 0.9], "teachers": ["scale"], "methods": spec.method},
+                   {"name": "student-alone", "fraction": [0.9, 1.0]}],
+    }
+    student = YOLO(spec.student)
+    distill(student, cfg=recipe)
+    student.train(**train_args, epochs=profile.student_epochs, name="multi_teacher")
+    return Path(train_args["project"]) / "multi_teacher" / "weights" / "best.pt"
+
+
+def evaluate_models(models: dict[str, Path], data: Path, imgsz: int, project: Path) -> dict:
+    """pycocotools mAP, params, GFLOPs and CPU latency per model; table (markdown) and figures."""
+    from ultralytics import YOLO
+    from ultralytics.data.utils import check_det_dataset
+
+    from .evaluation import evaluate_checkpoint, load_eval_set
+    from .evaluation.coco_format import list_image_files
+    from .evaluation.table import format_table
+    from .export.benchmark import measure_latency, model_complexity
+    from .plots import plot_pr_curves, plot_predictions
+
+    evalset = load_eval_set(data, split="val", work_dir=project / "eval")
+    rows, curves = {}, {}
+    for label, ckpt in models.items():
+        res = evaluate_checkpoint(ckpt, evalset, project / "eval" / label.split()[0], imgsz=imgsz)
+        size = model_complexity(ckpt, imgsz)
+        latency = measure_latency(ckpt, imgsz, warmup=5, runs=30)
+        rows[label] = {"mAP50-95": res["coco"]["mAP50-95"], "mAP50": res["coco"]["mAP50"],
+                       "params_M": size["params"] / 1e6, "GFLOPs": size["gflops"],
+                       "cpu_ms": latency["median_ms"], "checkpoint": str(ckpt)}
+        metrics = YOLO(str(ckpt)).val(data=str(data), imgsz=imgsz, plots=False, verbose=False,
+                                      project=str(project / "eval"), name=f"ultra_{label.split()[0]}", exist_ok=True)
+        px, prec = metrics.box.curves_results[0][:2]
+        curves[label] = (px, prec.mean(0) if len(prec) else prec)
+    headers = ["model", "mAP50-95", "mAP50", "params (M)", "GFLOPs", "CPU ms/img"]
+    table = format_table(headers, [[k, v["mAP50-95"], v["mAP50"], v["params_M"], v["GFLOPs"], v["cpu_ms"]]
+                                   for k, v in rows.items()])
+    (project / "demo_table.md").write_text(markdown_table(headers, rows))
+    val_images = [Path(p) for p in list_image_files(check_det_dataset(str(data))["val"])[:4]]
+    pr = plot_pr_curves(curves, project / "pr_curves.png", f"PR curves (IoU 0.5), {len(evalset.gt['images'])} val images")
+    grid = plot_predictions({k.split()[0]: YOLO(str(v)) for k, v in models.items()}, val_images,
+                            project / "predictions.png", imgsz)
+    return {"models": rows, "table": table, "pr_curves": str(pr), "predictions": str(grid)}
+
+
+def markdown_table(headers: list[str], rows: dict) -> str:
+    """The demo table as markdown."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for label, v in rows.items():
+        lines.append(f"| {label} | {v['mAP50-95']:.4f} | {v['mAP50']:.4f} | {v['params_M']:.2f} | {v['GFLOPs']:.2f} "
+                     f"| {v['cpu_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
