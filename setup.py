@@ -17,7 +17,7 @@ setup(
         "torch>=2.0",
         "opencv-python>=4.6",
         "pycocotools>=2.0.7",
-        "albumentations>=1.4",
+        "albumentations>=2.0",  # seeded Compose and GaussNoise(std_range) in the steel generator
         "numpy>=1.23",
         "matplotlib>=3.6",
         "pyyaml>=6.0",

@@ -20,6 +20,8 @@ from .recipe import TeacherSpec
 from .taps import TapShapes, detect_head, head_taps, record_layers
 
 FEATURE_LOSS_TASKS = {"detect"}
+HEAD_TASKS = {"Segment": "segment", "Segment26": "segment", "Pose": "pose", "Pose26": "pose", "OBB": "obb",
+              "OBB26": "obb", "Classify": "classify"}
 
 
 def check_teacher_file(name: str, spec: TeacherSpec) -> None:
@@ -60,8 +62,9 @@ def load_teacher(name: str, spec: TeacherSpec) -> nn.Module:
     try:
         detect_head(model)
     except TypeError as e:
-        raise KDConfigError(f"teacher '{name}' ends in a {e} head, not a YOLO Detect head: use a YOLOv8/11/26 "
-                            "detection checkpoint") from None
+        kind = HEAD_TASKS.get(str(e), str(e))
+        raise KDConfigError(f"teacher '{name}' is a '{kind}' model ({e} head) but yolo-kd distils detection: use a "
+                            "YOLOv8/11/26 detect checkpoint trained on your data's classes") from None
     return freeze(model)
 
 

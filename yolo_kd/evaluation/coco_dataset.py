@@ -99,7 +99,9 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def load_coco_dataset(annotation_json: str | Path, work_dir: str | Path, images_dir: str | Path | None = None) -> EvalSet:
+def load_coco_dataset(
+    annotation_json: str | Path, work_dir: str | Path, images_dir: str | Path | None = None
+) -> EvalSet:
     """Evaluation split from a COCO instances json + images folder.
 
     Ground truth is the json itself (crowd regions stay as COCO ignore regions, missing `area`/`iscrowd`/`id` are

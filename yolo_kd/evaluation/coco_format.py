@@ -79,7 +79,7 @@ def list_image_files(img_path: str | Path | Sequence[str | Path]) -> list[str]:
 def yolo_labels_to_coco(
     image_files: Sequence[str | Path], names: Sequence[str], category_ids: Sequence[int] | None = None
 ) -> tuple[dict, dict[str, int]]:
-    """Build a COCO ground-truth dict from images and their YOLO label files (found by Ultralytics' /images/ -> /labels/).
+    """COCO ground-truth dict from images and their YOLO label files (Ultralytics' /images/ -> /labels/ rule).
 
     Image ids are 1..N in the given order; category ids default to 1..nc (class index + 1). Boxes are COCO
     [x, y, w, h] in pixels of the original image, `area = w * h`, `iscrowd = 0`, annotation ids 1..M.
@@ -177,7 +177,9 @@ def detections_to_coco_results(
     for det in detections:
         key = image_key(det["im_file"])
         if key not in image_ids:
-            raise KDConfigError(f"prediction for {det['im_file']} which is not in the ground truth: evaluate the same split")
+            raise KDConfigError(
+                f"prediction for {det['im_file']} which is not in the ground truth: evaluate the same split"
+            )
         image_id = image_ids[key]
         boxes = np.asarray(det["bboxes"], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(det["conf"], dtype=np.float64).reshape(-1)

@@ -57,7 +57,9 @@ def load_detector(model: str | Path, nc: int | None = None):
         yolo = YOLO(str(path), task="detect")
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise KDConfigError(f"model={model} cannot be loaded ({first}): pass an Ultralytics checkpoint or export") from e
+        raise KDConfigError(
+            f"model={model} cannot be loaded ({first}): pass an Ultralytics checkpoint or export"
+        ) from e
     if yolo.task != "detect":
         raise KDConfigError(f"model={model} is a '{yolo.task}' model: yolo-kd evaluates detection models only")
     names = yolo.names if isinstance(yolo.names, dict) else dict(enumerate(yolo.names or []))

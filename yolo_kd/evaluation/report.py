@@ -11,7 +11,9 @@ from yolo_kd.evaluation.table import format_table
 def stats_table(results: dict[str, dict]) -> str:
     """The 12 pycocotools stats (rows) for each model (columns), then Ultralytics' mAP for the same run."""
     labels = list(results)
-    rows = [[f"{name:<10} {STAT_DESCRIPTIONS[name]}", *(results[m]["coco"][name] for m in labels)] for name in STAT_NAMES]
+    rows = [
+        [f"{name:<10} {STAT_DESCRIPTIONS[name]}", *(results[m]["coco"][name] for m in labels)] for name in STAT_NAMES
+    ]
     rows.append(["Ultralytics mAP50-95", *(results[m]["ultralytics"]["mAP50-95"] for m in labels)])
     rows.append(["Ultralytics mAP50", *(results[m]["ultralytics"]["mAP50"] for m in labels)])
     rows.append(["delta mAP50-95 COCO-Ultralytics (points)", *(f"{results[m]['delta_points']:+.2f}" for m in labels)])

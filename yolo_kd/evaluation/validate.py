@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from yolo_kd.errors import KDConfigError
-from yolo_kd.evaluation.coco_dataset import load_coco_dataset
-from yolo_kd.evaluation.coco_format import EvalSet, detections_to_coco_results, yolo_dataset_to_coco
+from yolo_kd.evaluation.coco_dataset import find_images_dir, load_coco_dataset, read_coco_json
+from yolo_kd.evaluation.coco_format import EvalSet, detections_to_coco_results, resolve_yolo_data, yolo_dataset_to_coco
 from yolo_kd.evaluation.cocoeval import coco_evaluate
 from yolo_kd.evaluation.options import as_bool, as_float, as_int, as_str, parse_overrides
-from yolo_kd.evaluation.predict import ultralytics_val
+from yolo_kd.evaluation.predict import load_detector, ultralytics_val
 from yolo_kd.evaluation.report import difference_notes, per_class_table, stats_table
 
 VAL_SPEC = {
@@ -36,6 +36,20 @@ VAL_SPEC = {
     "device": (as_str, None),
     "images": (as_str, None),
 }
+
+
+def check_data(data: str | Path, split: str = "val", images: str | Path | None = None) -> int:
+    """Validate data= (and images=) without writing anything; returns the number of classes."""
+    path = Path(data)
+    if path.suffix.lower() == ".json":
+        coco = read_coco_json(path)
+        find_images_dir(path, coco, images)
+        return len(coco["categories"])
+    if path.suffix.lower() not in {".yaml", ".yml"}:
+        raise KDConfigError(f"data={data} must be a YOLO data.yaml or a COCO instances_*.json")
+    if images is not None:
+        raise KDConfigError("images= is only for a COCO json dataset: a data.yaml names its own image folders")
+    return len(resolve_yolo_data(path, split)["names"])
 
 
 def load_eval_set(data: str | Path, split: str = "val", work_dir: str | Path | None = None,
@@ -82,18 +96,13 @@ def evaluate_checkpoint(model: str | Path, evalset: EvalSet, out_dir: str | Path
 
 
 def model_labels(models: list[str]) -> list[str]:
-    """Short unique column names: the run folder for runs/<run>/weights/best.pt, else the file stem
-    (run/stem when two files of one run are compared, then a numeric suffix for any remaining clash)."""
-
-    def short(p: Path, long: bool) -> str:
-        run = p.parent.parent.name if p.parent.name == "weights" and p.parent.parent.name else ""
-        if run and not long:
-            return run
-        return f"{run or p.parent.name}/{p.stem}" if long and (run or p.parent.name) else p.stem
-
+    """Short unique column names: the run folder of runs/<run>/weights/best.pt, else the file stem; <folder>/<stem>
+    where those clash (best.pt and last.pt of one run), then a numeric suffix for anything still equal."""
     paths = [Path(m) for m in models]
-    labels = [short(p, False) for p in paths]
-    labels = [short(p, True) if labels.count(label) > 1 else label for p, label in zip(paths, labels)]
+    runs = [p.parent.parent.name if p.parent.name == "weights" else "" for p in paths]
+    labels = [run or p.stem for run, p in zip(runs, paths)]
+    labels = [f"{run or p.parent.name}/{p.stem}" if labels.count(label) > 1 else label
+              for run, p, label in zip(runs, paths, labels)]
     unique: list[str] = []
     for label in labels:
         base, i = label, 2
@@ -105,7 +114,7 @@ def model_labels(models: list[str]) -> list[str]:
 
 def make_run_dir(project: str | None, name: str | None, default_project: str, default_name: str,
                  exist_ok: bool) -> Path:
-    """A run folder named the way Ultralytics names its runs (increment_path: val, val2, val3...)."""
+    """A run folder named the way Ultralytics names its runs (increment_path: val, val-2, val-3...)."""
     from ultralytics.utils.files import increment_path
 
     run_dir = increment_path(Path(project or default_project) / (name or default_name), exist_ok=exist_ok)
@@ -129,6 +138,9 @@ def val_command(overrides: dict) -> dict:
     for m in models:
         if not Path(m).is_file():
             raise KDConfigError(f"model={m} does not exist: pass the path of a trained checkpoint (e.g. best.pt)")
+    nc = check_data(args["data"], args["split"], args["images"])  # every user mistake fails before any file is written
+    for m in models:
+        load_detector(m, nc)
 
     run_dir = make_run_dir(args["project"], args["name"], "runs/kd_val", "val", args["exist_ok"])
     evalset = load_eval_set(args["data"], args["split"], work_dir=run_dir, images=args["images"])

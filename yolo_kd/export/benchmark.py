@@ -32,7 +32,8 @@ def model_complexity(checkpoint: str | Path, imgsz: int | tuple[int, int]) -> di
     model = deepcopy(YOLO(str(checkpoint)).model).float().eval()
     model = model.fuse(verbose=False, imgsz=imgsz) if hasattr(model, "fuse") else model
     params = sum(p.numel() for p in model.parameters())
-    return {"params": int(params), "gflops": float(get_flops(model, list(imgsz) if isinstance(imgsz, tuple) else imgsz))}
+    gflops = get_flops(model, list(imgsz) if isinstance(imgsz, tuple) else imgsz)
+    return {"params": int(params), "gflops": float(gflops)}
 
 
 def _time_calls(call, warmup: int, runs: int, sync=None) -> list[float]:

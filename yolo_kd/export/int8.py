@@ -1,13 +1,19 @@
 """ONNX INT8 static quantisation (onnxruntime `quantize_static`, QDQ) calibrated on letterboxed training images.
 
 What is quantised: the Conv layers (weights INT8 per output channel, since conv filters have very different ranges;
-activations INT8 per tensor, the only kind the CPU kernels take), except the Detect head's decode tail. The tail is
+activations per tensor, the only kind the CPU kernels take), except the Detect head's decode tail. The tail is
 found by walking back from the graph outputs to the head's last Convs: reshapes, concats, the DFL softmax and its
 fixed-weight Conv, anchor arithmetic, the class sigmoid. It stays FP32 because the output concatenates box pixels
 (0..imgsz) with class probabilities (0..1): one INT8 scale over both rounds every score to ~0 (the failure
 Ultralytics' own `onnx_int8_quantize` avoids the same way). Element-wise ops (SiLU's Sigmoid/Mul, Concat, Resize,
-MaxPool) also stay FP32 between quantised Convs: measured on yolov8n at 320 px, 2 CPU threads, quantising them
-too was slower (42.6 ms vs 30.2 ms, FP32 73.2 ms) and lost more mAP (-0.66 vs -0.22 points at 64 px).
+MaxPool) also stay FP32 between quantised Convs: quantising them too was slower and lost more mAP when measured.
+
+Activation type (`activation=`), measured on yolov8n (2-core AVX2 x86 without VNNI, 1 thread, 320 px; mAP50-95 of
+a 64 px model, FP32 0.7372):
+  - "int8"  (S8S8, onnxruntime's default; the default here): -0.2 points; 47-51 ms vs FP32 31 ms on this CPU,
+    since AVX2 without VNNI has no fast S8S8 kernel. ARM64 and VNNI x86 CPUs run it fast.
+  - "uint8" (U8S8 with reduce_range=True, 7-bit weights, onnxruntime's advice against U8S8 saturation on such
+    CPUs): -1.1 points; 25 ms. Without reduce_range it lost 3.1 points.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def select_calibration_images(image_files: Sequence[str], calib: int | float) ->
     """`calib` images spread evenly over `image_files` (int: a count; float in (0, 1]: a fraction)."""
     files = list(image_files)
     if not files:
-        raise KDConfigError("no calibration images: the data.yaml train split is empty, add images or pick another data=")
+        raise KDConfigError("no calibration images: the train split of data= is empty, add images or use other data=")
     n = max(1, round(len(files) * calib)) if isinstance(calib, float) else min(int(calib), len(files))
     idx = np.linspace(0, len(files) - 1, n).round().astype(int)
     return [files[i] for i in sorted(set(idx.tolist()))]
@@ -112,6 +118,7 @@ def quantize_onnx_int8(
     calibration_images: Sequence[str | Path],
     output_path: str | Path | None = None,
     per_channel: bool = True,
+    activation: str = "int8",
 ) -> Path:
     """Statically quantise an FP32 YOLO ONNX to INT8 (QDQ) and keep its Ultralytics metadata.
 
@@ -120,6 +127,7 @@ def quantize_onnx_int8(
         calibration_images: image files to calibrate activation ranges on (letterboxed like Ultralytics).
         output_path: defaults to `<stem>_int8.onnx` beside the FP32 file.
         per_channel: per-output-channel weight scales.
+        activation: "int8" (S8S8) or "uint8" (U8S8 + reduce_range, faster on AVX2 x86 without VNNI).
 
     Returns:
         Path of the INT8 model. On any failure nothing is left at `output_path`.
@@ -128,6 +136,8 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if activation not in {"int8", "uint8"}:
+        raise KDConfigError(f"int8_act={activation} is not supported: use int8_act=int8 or int8_act=uint8")
     onnx_path = Path(onnx_path)
     output_path = Path(output_path) if output_path else onnx_path.with_name(f"{onnx_path.stem}_int8.onnx")
     fp32 = onnx.load(str(onnx_path))
@@ -146,8 +156,9 @@ def quantize_onnx_int8(
                 make_calibration_reader(calibration_images, imgsz, input_name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QInt8 if activation == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                reduce_range=activation == "uint8",
                 calibrate_method=CalibrationMethod.MinMax,
                 nodes_to_exclude=exclude,
                 extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
@@ -158,7 +169,8 @@ def quantize_onnx_int8(
             int8.metadata_props.add(key=prop.key, value=prop.value)
         int8.metadata_props.add(
             key="quantization",
-            value=f"int8 static QDQ onnxruntime, per_channel={per_channel}, {len(calibration_images)} calibration images",
+            value=f"int8 static QDQ onnxruntime, activations {activation}, weights int8 per_channel={per_channel}, "
+            f"{len(calibration_images)} calibration images",
         )
         onnx.save(int8, str(output_path))
     except BaseException:

@@ -103,7 +103,9 @@ def check_export_requirements(fmt: str, int8: bool = False, evaluate: bool = Fal
     missing = missing_requirements(fmt, int8, evaluate)
     if missing:
         what = f"format={fmt}{' int8=True' if int8 else ''}"
-        raise KDConfigError(f"{what} needs {', '.join(missing)} which is not installed: pip install {' '.join(missing)}")
+        raise KDConfigError(
+            f"{what} needs {', '.join(missing)} which is not installed: pip install {' '.join(missing)}"
+        )
     if fmt == "tflite" and not (sys.platform == "darwin" or (sys.platform.startswith("linux")
                                                                 and platform.machine().lower() in {"x86_64", "amd64"})):
         raise KDConfigError("format=tflite (LiteRT) exports only on Linux x86-64 or macOS: export on such a machine")
@@ -111,5 +113,7 @@ def check_export_requirements(fmt: str, int8: bool = False, evaluate: bool = Fal
         import torch
 
         if not torch.cuda.is_available():
-            raise KDConfigError("format=engine (TensorRT) needs an NVIDIA GPU with CUDA: run it on a CUDA machine with device=0")
+            raise KDConfigError(
+                "format=engine (TensorRT) needs an NVIDIA GPU with CUDA: run it on a CUDA machine with device=0"
+            )
     return fmt

@@ -1,0 +1,22 @@
+"""Issues 2 and 5: the demos' quick profiles run end to end and write their table and figures."""
+
+import json
+
+import pytest
+
+from yolo_kd.demo import demo_command
+
+
+@pytest.mark.parametrize("domain", ["defect", "agriculture"])
+def test_demo_quick_profile(domain, tmp_path):
+    report = demo_command(domain, {"profile": "quick", "project": str(tmp_path), "weights": str(tmp_path / "w")})
+    out = tmp_path / f"{domain}_quick"
+    assert (out / "demo_table.md").read_text().count("\n") == 2 + 3
+    assert (out / "pr_curves.png").stat().st_size > 1000 and (out / "predictions.png").stat().st_size > 1000
+    saved = json.loads((out / "demo_results.json").read_text())
+    assert list(saved["models"]) == list(report["models"]) and len(saved["models"]) == 3
+    for row in saved["models"].values():
+        assert 0 <= row["mAP50-95"] <= 1 and row["params_M"] > 0 and row["cpu_ms"] > 0
+    teacher, baseline = saved["models"]["teacher"], saved["models"]["baseline"]
+    assert teacher["params_M"] > 2 * baseline["params_M"]
+    assert (tmp_path / "w" / f"{domain}_teacher_quick.pt").is_file()  # cached for the next run
