@@ -115,3 +115,18 @@ def test_shipped_recipe_parses():
     recipe = Recipe.from_kwargs(cfg="recipes/multi_teacher_stepwise.yaml")
     assert recipe.resolve_stages(100) == [(0, 45), (45, 90), (90, 100)]
     assert [s.teachers for s in recipe.stages] == [["color"], ["scale"], []]
+
+
+def test_combine_mean_averages_teacher_targets(tiny_data, tiny_teacher, tiny_teacher_b, tmp_path):
+    same = {"teachers": {"a": str(tiny_teacher), "b": str(tiny_teacher)},
+            "stages": [{"fraction": [0, 1], "teachers": ["a", "b"], "combine": "mean", "methods": "mse+pred"}]}
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, cfg=same)
+    model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="mean", **TINY_TRAIN)
+    assert set(model.trainer.model.methods) == {"a__mse", "a__pred"}  # one set of adapters for the mean target
+    assert float(rows(tmp_path / "mean" / "results.csv")[0]["train/mse"]) > 0
+    mixed = {**same, "teachers": {"a": str(tiny_teacher), "b": str(tiny_teacher_b)}}
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, cfg=mixed)
+    with pytest.raises(yolo_kd.KDConfigError, match="combine: mean needs teachers with equal channels"):
+        model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="mixed", **TINY_TRAIN)

@@ -101,8 +101,9 @@ def model_labels(models: list[str]) -> list[str]:
     paths = [Path(m) for m in models]
     runs = [p.parent.parent.name if p.parent.name == "weights" else "" for p in paths]
     labels = [run or p.stem for run, p in zip(runs, paths)]
-    labels = [f"{run or p.parent.name}/{p.stem}" if labels.count(label) > 1 else label
-              for run, p, label in zip(runs, paths, labels)]
+    folders = [run or p.parent.name for run, p in zip(runs, paths)]
+    labels = [f"{folder}/{p.stem}" if folder and labels.count(label) > 1 else label
+              for folder, p, label in zip(folders, paths, labels)]
     unique: list[str] = []
     for label in labels:
         base, i = label, 2
