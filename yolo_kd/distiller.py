@@ -228,8 +228,9 @@ class Distiller(nn.Module):
 
     def load_kd_state(self, state: dict) -> None:
         """Restore adapters and auto-balance multipliers saved by `kd_state`."""
-        self.methods.load_state_dict({k: v.to(p.device) for (k, v), p in
-                                      zip(state["adapters"].items(), self.methods.state_dict().values())})
+        live = self.methods.state_dict()
+        self.methods.load_state_dict({k: v.to(device=live[k].device, dtype=live[k].dtype)
+                                      for k, v in state["adapters"].items() if k in live})
         self.balance = dict(state.get("balance") or {})
         self.nan_skips = int(state.get("nan_skips", 0))
 
