@@ -53,40 +53,31 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
 
 
-@pytest.fixture(scope="session")
-def tiny_teacher(tiny_data, tmp_path_factory) -> Path:
-    """best.pt of a yolov8s-width teacher trained 2 epochs on the tiny dataset with stock Ultralytics."""
+def train_tiny(tmp_path_factory, cfg: str, data: Path, epochs: int, name: str) -> Path:
+    """Train `cfg` on the tiny dataset with stock Ultralytics; return its best.pt."""
     from ultralytics import YOLO
 
     from yolo_kd.offline import install_local_fonts
 
     install_local_fonts()
-    project = tmp_path_factory.mktemp("teacher_runs")
-    YOLO("yolov8s.yaml").train(data=str(tiny_data), epochs=2, project=str(project), name="teacher", **TINY_TRAIN)
-    return project / "teacher" / "weights" / "best.pt"
+    project = tmp_path_factory.mktemp(f"{name}_runs")
+    YOLO(cfg).train(data=str(data), epochs=epochs, project=str(project), name=name, **TINY_TRAIN)
+    return project / name / "weights" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_data, tmp_path_factory) -> Path:
+    """best.pt of a yolov8s-width teacher trained 2 epochs on the tiny dataset with stock Ultralytics."""
+    return train_tiny(tmp_path_factory, "yolov8s.yaml", tiny_data, 2, "teacher")
 
 
 @pytest.fixture(scope="session")
 def tiny_student_ckpt(tiny_data, tmp_path_factory) -> Path:
     """best.pt of a yolov8n student trained 1 epoch without distillation (for eval/export tests)."""
-    from ultralytics import YOLO
-
-    from yolo_kd.offline import install_local_fonts
-
-    install_local_fonts()
-    project = tmp_path_factory.mktemp("student_runs")
-    YOLO("yolov8n.yaml").train(data=str(tiny_data), epochs=1, project=str(project), name="student", **TINY_TRAIN)
-    return project / "student" / "weights" / "best.pt"
+    return train_tiny(tmp_path_factory, "yolov8n.yaml", tiny_data, 1, "student")
 
 
 @pytest.fixture(scope="session")
 def tiny_teacher_b(tiny_data, tmp_path_factory) -> Path:
     """A second teacher of another family and width (yolo11n) for multi-teacher tests."""
-    from ultralytics import YOLO
-
-    from yolo_kd.offline import install_local_fonts
-
-    install_local_fonts()
-    project = tmp_path_factory.mktemp("teacher_b_runs")
-    YOLO("yolo11n.yaml").train(data=str(tiny_data), epochs=2, project=str(project), name="teacher_b", **TINY_TRAIN)
-    return project / "teacher_b" / "weights" / "best.pt"
+    return train_tiny(tmp_path_factory, "yolo11n.yaml", tiny_data, 2, "teacher_b")

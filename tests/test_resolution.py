@@ -18,8 +18,7 @@ def test_teacher_maps_land_on_student_grid_at_same_cells():
         return m
 
     teacher = Taps(feats=[grid(16)], scores=grid(16).flatten(2), boxes=grid(16).flatten(2).repeat(1, 4, 1))
-    student = Taps(feats=[grid(8)])
-    out = match_grid(teacher, student)
+    out = match_grid(teacher, [(8, 8)])
     assert out.feats[0].shape[-2:] == (8, 8)
     assert torch.equal(out.feats[0], grid(8))  # same cells, exactly (area pooling of an aligned box)
     assert out.scores.shape == (1, 1, 64) and torch.equal(out.scores, grid(8).flatten(2))

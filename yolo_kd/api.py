@@ -42,7 +42,6 @@ def distill(model, teacher=None, method: str = "mse", **options):
     trainer = trainer_for(recipe)
     train = functools.partial(_train_with, type(model).train, model, trainer)
     object.__setattr__(model, "train", train)
-    model.kd_recipe = recipe
     return model
 
 

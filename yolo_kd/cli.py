@@ -81,39 +81,41 @@ def main(argv: list[str] | None = None) -> int:
     command, tokens = argv[0], argv[1:]
     try:
         positional, overrides = parse_overrides(tokens)
-        return run(command, positional, overrides) or 0
+        run(command, positional, overrides)
+        return 0
     except KDConfigError as e:
         print(f"yolo-kd {command}: error: {e}", file=sys.stderr)
         return 2
 
 
-def run(command: str, positional: list[str], overrides: dict):
-    """Dispatch one subcommand."""
+def run(command: str, positional: list[str], overrides: dict) -> None:
+    """Dispatch one subcommand; each is imported only when used."""
     if command == "train":
-        return train_command(overrides)
-    if command == "val":
+        train_command(overrides)
+    elif command == "val":
         from .evaluation import val_command
 
-        return val_command(overrides) and None
-    if command == "export":
+        val_command(overrides)
+    elif command == "export":
         from .export import export_command
 
-        return export_command(overrides) and None
-    if command == "demo":
+        export_command(overrides)
+    elif command == "demo":
         from .demo import demo_command
 
-        return demo_command(positional[0] if positional else "defect", overrides) and None
-    if command == "bench":
+        demo_command(positional[0] if positional else "defect", overrides)
+    elif command == "bench":
         from .bench import bench_command
 
-        return bench_command(overrides) and None
-    if command == "data":
+        bench_command(overrides)
+    elif command == "data":
         from .data import data_command
 
         if not positional:
             raise KDConfigError("say which dataset: yolo-kd data steel|neon-trees|neu-det|gc10-det|plantdoc ...")
-        return data_command({"dataset": positional[0], **overrides}) and None
-    raise KDConfigError(f"unknown command '{command}': use one of train, val, export, demo, bench, data")
+        data_command({"dataset": positional[0], **overrides})
+    else:
+        raise KDConfigError(f"unknown command '{command}': use one of train, val, export, demo, bench, data")
 
 
 if __name__ == "__main__":

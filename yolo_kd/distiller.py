@@ -169,11 +169,9 @@ class Distiller(nn.Module):
                 with record_layers(teacher, self._layers("teacher")) as feats:
                     out = teacher(t_img)
                 taps[name] = self._map_classes(name, head_taps(out, feats))
-        s_grid = None
         if any(self.recipe.teachers[n].imgsz for n in taps):
-            s_grid = self._student_grid(img)
-        if s_grid is not None:
-            taps = {n: match_grid(t, s_grid) for n, t in taps.items()}
+            grid = [(int(img.shape[-2] // s), int(img.shape[-1] // s)) for s in self.student.stride.tolist()]
+            taps = {n: match_grid(t, grid) for n, t in taps.items()}
         weights = dict(zip(stage.teachers, stage.teacher_weights))
         if stage.combine == "mean":
             mean = average_taps([taps[n] for n in stage.teachers], [weights[n] for n in stage.teachers])
@@ -189,11 +187,6 @@ class Distiller(nn.Module):
         stride = int(self.student.stride.max())
         hw = [max(stride, int(round(d * scale / stride)) * stride) for d in img.shape[-2:]]
         return F.interpolate(img, size=hw, mode="bilinear", align_corners=False)
-
-    def _student_grid(self, img: torch.Tensor) -> Taps:
-        """Empty-feature stand-ins with the student's level grid sizes, for resampling teacher maps."""
-        strides = self.student.stride.tolist()
-        return Taps(feats=[img.new_empty(0, 0, int(img.shape[-2] // s), int(img.shape[-1] // s)) for s in strides])
 
     def _map_classes(self, name: str, taps: Taps) -> Taps:
         idx = self.class_index.get(name)
@@ -221,7 +214,6 @@ class Distiller(nn.Module):
             "recipe": self.recipe.to_dict(),
             "adapters": {k: v.detach().float().cpu().clone() for k, v in adapters.state_dict().items()},
             "stage": self.stage,
-            "epoch": self.epoch,
             "balance": dict(self.balance),
             "nan_skips": self.nan_skips,
         }

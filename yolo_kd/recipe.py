@@ -199,14 +199,6 @@ class Recipe:
                 )
         return spans
 
-    @property
-    def method_names(self) -> list[str]:
-        """Every method used by any stage, in first-use order."""
-        names = []
-        for s in self.stages:
-            names += [m.name for m in s.methods if m.name not in names]
-        return names
-
 
 # ---------------------------------------------------------------------- parsing helpers
 def load_yaml(path) -> dict:

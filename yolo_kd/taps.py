@@ -104,17 +104,17 @@ def record_layers(model: nn.Module, layers: list[int] | None):
         feats.extend(outputs[s] for s in sorted(outputs))
 
 
-def match_grid(teacher: Taps, student: Taps) -> Taps:
-    """Resample the teacher's maps onto the student's grid, per level (teacher at its own, larger input size).
+def match_grid(teacher: Taps, sizes: list[tuple[int, int]]) -> Taps:
+    """Resample the teacher's maps onto the student's grid `sizes` (H, W per level), for a teacher at its own size.
 
     Features are area-averaged (adaptive average pooling) when the teacher grid is larger, bilinearly interpolated
     when smaller; per-anchor predictions are reshaped to their level grids and resampled the same way, so anchor k
     of the student and of the resampled teacher sit at the same normalised position.
     """
-    if all(t.shape[-2:] == s.shape[-2:] for t, s in zip(teacher.feats, student.feats)):
-        return teacher
     t_sizes = [tuple(t.shape[-2:]) for t in teacher.feats]
-    s_sizes = [tuple(s.shape[-2:]) for s in student.feats]
+    s_sizes = [tuple(s) for s in sizes]
+    if t_sizes == s_sizes:
+        return teacher
     feats = [_resample(t, size) for t, size in zip(teacher.feats, s_sizes)]
 
     def per_anchor(x):

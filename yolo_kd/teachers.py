@@ -140,9 +140,7 @@ class TeacherPool:
 
     def release(self, name: str) -> None:
         """Drop a teacher from memory."""
-        m = self.loaded.pop(name, None)
-        if m is not None:
-            del m
+        if self.loaded.pop(name, None) is not None:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
