@@ -9,12 +9,15 @@ KD terms, so the column set never changes.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import KDConfigError
 from .methods import build_method
+from .preflight import check_teacher_imgsz
 from .recipe import Recipe
 from .taps import Targets, Taps, head_taps, match_grid, record_layers
 from .teachers import TeacherPool, check_classes, probe
@@ -85,6 +88,7 @@ class Distiller(nn.Module):
             raise KDConfigError(f"teacher '{name}' takes {t_ch}-channel images but the student takes {ch}: "
                                 "use a teacher trained with the same channels")
         check_classes(name, teacher, names, self.recipe.class_map)
+        check_teacher_imgsz(name, self.recipe.teachers[name].imgsz, int(teacher.stride.max()))
         s_strides, t_strides = student.stride.tolist(), teacher.stride.tolist()
         if not self.recipe.layers and s_strides != t_strides:
             raise KDConfigError(
@@ -144,12 +148,13 @@ class Distiller(nn.Module):
         det_loss, items = self.student.loss(batch, preds)
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.epoch, *self.spans[self.stage])
+        det_item = det_loss.detach().float().mean() / img.shape[0]  # mean detection loss item, as logged
         values = {t: zero for t in self.term_names}
         for teacher, taps, teacher_weight in t_taps:
             for m in stage.methods:
                 terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
                 for term, v in terms.items():
-                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_loss))
+                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_item))
                     if not torch.isfinite(v):
                         self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
                         continue
@@ -166,6 +171,8 @@ class Distiller(nn.Module):
         with torch.no_grad():
             for name, teacher in teachers.items():
                 t_img = self._teacher_input(name, img).to(next(teacher.parameters()).dtype)
+                if t_img.is_cuda:
+                    t_img = t_img.contiguous(memory_format=torch.channels_last)
                 with record_layers(teacher, self._layers("teacher")) as feats:
                     out = teacher(t_img)
                 taps[name] = self._map_classes(name, head_taps(out, feats))
@@ -194,15 +201,21 @@ class Distiller(nn.Module):
             return taps
         return Taps(feats=taps.feats, scores=taps.scores[:, idx], boxes=taps.boxes)
 
-    def _balance(self, term: str, value: torch.Tensor, det_loss: torch.Tensor) -> float:
-        """Auto balance: fix, at a term's first step, the multiplier that makes it `auto_balance` x detection loss."""
+    def _balance(self, term: str, value: torch.Tensor, det_item: torch.Tensor) -> float:
+        """Auto balance: at a term's first usable step, fix the multiplier that makes it `auto_balance` x the mean
+        detection loss item (box/cls/dfl as logged). Under DDP the ranks agree on one multiplier (mean of their
+        values); a step where the term is zero or non-finite fixes nothing and the next step tries again."""
         target = self.recipe.auto_balance
         if target is None:
             return 1.0
         if term not in self.balance:
-            v = float(value.detach().float())
-            det = float(det_loss.detach().float().sum()) / max(det_loss.numel(), 1)
-            self.balance[term] = target * det / v if v > 0 and det > 0 else 1.0
+            pair = torch.stack([value.detach().float().reshape(()), det_item.float().reshape(())])
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(pair)  # every rank reaches a term's first steps together
+            v, det = pair.tolist()
+            if not (math.isfinite(v) and math.isfinite(det) and v > 0 and det > 0):
+                return 1.0
+            self.balance[term] = target * det / v
         return self.balance[term]
 
     # ------------------------------------------------------------------ state for resume (plain tensors)

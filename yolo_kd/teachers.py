@@ -69,12 +69,26 @@ def load_teacher(name: str, spec: TeacherSpec) -> nn.Module:
 
 
 def freeze(model: nn.Module) -> nn.Module:
-    """Eval mode, no gradients, FP32: the teacher's weights can never change."""
+    """Eval mode, no gradients, FP32, BatchNorm folded into its conv: the teacher's weights can never change."""
     model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if hasattr(model, "criterion"):
         model.criterion = None
+    return fuse_conv_bn(model)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold each Conv's BatchNorm into its weights (inference speed). Unlike Ultralytics' `fuse()`, Detect heads are
+    left whole: YOLO26's one2many branch, which `fuse()` drops, is what the KD losses read."""
+    from ultralytics.nn.modules import Conv, DWConv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    for m in model.modules():
+        if type(m) in (Conv, DWConv) and hasattr(m, "bn"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
     return model
 
 
@@ -122,7 +136,7 @@ class TeacherPool:
         self.loads = 0  # how many times a teacher was loaded (for tests and logs)
 
     def acquire(self, names: list[str], device: torch.device, half: bool = False) -> dict[str, nn.Module]:
-        """Make exactly `names` resident on `device` (FP16 when `half`); others are released."""
+        """Make exactly `names` resident on `device` (FP16 when `half`, channels_last on CUDA); others are released."""
         for n in list(self.loaded):
             if n not in names:
                 self.release(n)
@@ -133,6 +147,8 @@ class TeacherPool:
             m = self.loaded[n]
             if next(m.parameters()).device != device:
                 m.to(device)
+                if device.type == "cuda":
+                    m.to(memory_format=torch.channels_last)
             want = torch.float16 if half else torch.float32
             if next(m.parameters()).dtype != want:
                 m.to(want)

@@ -1,0 +1,97 @@
+"""`yolo-kd bench`: real tiny runs of baseline, Ultralytics' built-in KD and a yolo-kd method, scored by pycocotools,
+reported as markdown/JSON/plot; a re-run reuses finished runs; bad options fail before anything runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from yolo_kd import KDConfigError
+from yolo_kd.bench import bench_command
+from yolo_kd.bench.report import summarize
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_data, tiny_teacher, tmp_path_factory):
+    project = tmp_path_factory.mktemp("bench")
+    opts = dict(data=str(tiny_data), teacher=str(tiny_teacher), epochs=1, imgsz=64, batch=4, seeds="1",
+                methods="fgd+pred", workers=0, project=str(project), step_rounds=1, step_steps=1, step_batch=2)
+    return project / "bench", opts, bench_command(dict(opts))
+
+
+def test_bench_trains_every_candidate_and_reports(bench):
+    out, _, summary = bench
+    labels = [r["label"] for r in summary["runs"]]
+    assert labels == ["baseline", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred"]
+    builtin_args = json.loads((out / "Ultralytics_KD_dis_6_s1" / "job.json").read_text())["train_args"]
+    assert builtin_args["distill_model"] == summary["teacher"]["checkpoint"]
+    for run in summary["runs"]:
+        assert 0.0 <= run["mAP50-95"] <= run["mAP50"] <= 1.0
+        assert run["sec_per_epoch"] > 0 and run["peak_mem_mb"] > 100
+    rows = summary["rows"]
+    assert rows["baseline"]["overhead"][0] == pytest.approx(1.0)
+    kd = rows["yolo-kd fgd+pred"]
+    base_map = rows["baseline"]["mAP50-95"][0]
+    assert kd["gain_points"][0] == pytest.approx(100 * (kd["mAP50-95"][0] - base_map))
+    text = (out / "bench.md").read_text()
+    assert "| yolo-kd fgd+pred |" in text and "## Targets" in text and "## Step time" in text
+    assert json.loads((out / "bench.json").read_text())["settings"]["seeds"] == [1]
+    assert (out / "bench.png").stat().st_size > 10_000
+
+
+def test_step_benchmark_ratios(bench):
+    step = bench[2]["step"]
+    rows = step["rows"]
+    assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred", "yolo-kd fgd+pred (teacher at 128)"]
+    assert rows["student"]["ratio"] == pytest.approx(1.0)
+    for label, row in rows.items():
+        assert row["ms"] > 0
+        if label != "student":
+            assert 0 < row["teacher_share"] < 1
+    assert step["teacher_forward_ms"]["yolo-kd@128"] > step["teacher_forward_ms"]["yolo-kd"]
+
+
+def test_rerun_reuses_finished_runs(bench):
+    out, opts, first = bench
+    results = sorted(out.glob("*_s1/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again = bench_command({**opts, "step": False})
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert [r["mAP50-95"] for r in again["runs"]] == [r["mAP50-95"] for r in first["runs"]]
+
+
+def test_summary_pairs_seeds_with_their_baseline():
+    runs = [dict(label="baseline", kind="baseline", seed=s, **{"mAP50-95": m, "mAP50": 2 * m}, sec_per_epoch=t,
+                 peak_mem_mb=1.0) for s, m, t in ((1, 0.10, 10.0), (2, 0.20, 20.0))]
+    runs += [dict(label="kd", kind="yolo-kd", seed=s, **{"mAP50-95": m, "mAP50": 2 * m}, sec_per_epoch=t,
+                  peak_mem_mb=2.0) for s, m, t in ((1, 0.13, 15.0), (2, 0.21, 24.0))]
+    rows = summarize(runs, {"mAP50-95": 0.35, "mAP50": 0.7})
+    kd = rows["kd"]
+    assert kd["gain_points"][0] == pytest.approx(2.0)  # (3 + 1) / 2 points
+    assert kd["overhead"][0] == pytest.approx((1.5 + 1.2) / 2)
+    assert kd["gap_closed"] == pytest.approx(0.02 / (0.35 - 0.15))
+    assert kd["mAP50-95"][1] == pytest.approx(0.0565685, rel=1e-4)
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"teacher": "t.pt"}, "bench needs data="),
+    ({"data": "defect", "teacher": "t.pt", "methods": "fgd,nope"}, "unknown method 'nope'"),
+    ({"data": "defect", "teacher": "t.pt", "lr": 0.1}, r"unknown bench option\(s\) \['lr'\]"),
+    ({"data": "defect", "teacher": "t.pt", "dis": 1.0, "distill_model": "x.pt"}, "distill_model"),
+])
+def test_bad_bench_options(opts, match, tmp_path):
+    with pytest.raises(KDConfigError, match=match):
+        bench_command({**opts, "project": str(tmp_path)})
+    assert not any(tmp_path.iterdir())
+
+
+def test_tools_script_is_the_command(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "tools" / "bench.py"
+    proc = subprocess.run([sys.executable, str(script), "teacher=t.pt", f"project={tmp_path}"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "yolo-kd bench: error: bench needs data=: e.g. data=defect teacher=teacher.pt (or " \
+                                  "teacher=yolov8s.yaml to train one first)"

@@ -1,0 +1,120 @@
+"""One benchmark training run per subprocess: train (baseline, Ultralytics' built-in KD or yolo-kd), then score the
+result with pycocotools. A fresh process per run keeps runs independent and makes peak memory a per-run figure.
+
+`python -m yolo_kd.bench.runs job.json` runs the job described in job.json and writes its result.json next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Job:
+    """One run: `kind` is 'baseline', 'builtin' (Ultralytics distill_model=/dis=), 'yolo-kd' or 'teacher'."""
+
+    label: str
+    kind: str
+    model: str
+    seed: int
+    train_args: dict
+    kd: dict = field(default_factory=dict)
+    eval_imgsz: int = 640
+    train: bool = True
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.train_args["project"]) / self.train_args["name"]
+
+
+class EpochTimer:
+    """Callbacks recording each epoch's training-loop seconds (from epoch start to epoch end, no validation)."""
+
+    def __init__(self):
+        self.started, self.seconds = 0.0, []
+
+    def start(self, trainer) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self, trainer) -> None:
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak CUDA memory allocated by this process, or its peak resident set size on CPU (MB)."""
+    import torch
+
+    if torch.cuda.is_available() and str(device) not in {"cpu", "mps"}:
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_job(job: Job) -> dict:
+    """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools."""
+    from ultralytics import YOLO
+
+    from ..api import distill
+    from ..evaluation import evaluate_checkpoint, load_eval_set
+
+    timer = EpochTimer()
+    checkpoint = Path(job.model)
+    if job.train:
+        model = YOLO(job.model)
+        model.add_callback("on_train_epoch_start", timer.start)
+        model.add_callback("on_train_epoch_end", timer.stop)
+        if job.kind == "yolo-kd":
+            distill(model, **job.kd)
+        model.train(**job.train_args)
+        checkpoint = job.folder / "weights" / "best.pt"
+    data, device = job.train_args["data"], job.train_args.get("device", "cpu")
+    evaluation = evaluate_checkpoint(checkpoint, load_eval_set(data), job.folder / "eval", imgsz=job.eval_imgsz,
+                                     device=device)
+    return {
+        "label": job.label, "kind": job.kind, "seed": job.seed, "checkpoint": str(checkpoint),
+        "mAP50-95": evaluation["coco"]["mAP50-95"], "mAP50": evaluation["coco"]["mAP50"],
+        "epoch_seconds": timer.seconds,
+        "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
+        "peak_mem_mb": peak_memory_mb(device) if job.train else None,
+    }
+
+
+def launch(job: Job, python: str = sys.executable) -> dict:
+    """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one."""
+    folder = job.folder
+    result_file = folder / "result.json"
+    if result_file.is_file():
+        saved = json.loads(result_file.read_text())
+        if saved.get("job") == asdict(job):
+            return saved["result"]
+    folder.mkdir(parents=True, exist_ok=True)
+    job_file = folder / "job.json"
+    job_file.write_text(json.dumps(asdict(job), indent=2))
+    log = folder / "bench.log"
+    with open(log, "w") as out:
+        code = subprocess.run([python, "-m", "yolo_kd.bench.runs", str(job_file)], stdout=out, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    if code != 0 or not result_file.is_file():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"bench run '{job.label}' seed {job.seed} failed (exit {code}); log {log}:\n{tail}")
+    return json.loads(result_file.read_text())["result"]
+
+
+def main(job_file: str) -> None:
+    """Subprocess entry (importing yolo_kd has set Ultralytics up air-gapped): run the job, write result.json with
+    the job in it, so a changed job is never mistaken for a finished one."""
+    spec = json.loads(Path(job_file).read_text())
+    job = Job(**spec)
+    result = run_job(job)
+    (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

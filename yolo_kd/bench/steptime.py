@@ -1,0 +1,140 @@
+"""Step-time microbenchmark: forward + backward seconds per training step of the plain student, Ultralytics'
+built-in KD and each yolo-kd method, in one process, on one fixed batch, timed round-robin so that drift in the
+machine's speed hits every candidate alike. Reported as ratios to the plain student, with the teacher forward's share.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+
+
+def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes_per_image: int = 4,
+                    seed: int = 0) -> dict:
+    """A training batch as Ultralytics' loss reads it: images in [0, 1], normalised xywh boxes, classes, image index."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch * boxes_per_image
+    wh = 0.05 + 0.3 * torch.rand(n, 2, generator=g)
+    xy = wh / 2 + (1 - wh) * torch.rand(n, 2, generator=g)
+    return {
+        "img": torch.rand(batch, 3, imgsz, imgsz, generator=g).to(device),
+        "cls": torch.randint(0, nc, (n, 1), generator=g).float().to(device),
+        "bboxes": torch.cat([xy, wh], 1).to(device),
+        "batch_idx": torch.arange(batch).repeat_interleave(boxes_per_image).float().to(device),
+    }
+
+
+def build_student(model: str, nc: int, imgsz: int, dis: float, device: torch.device):
+    """The student as the trainer sets it up: a DetectionModel with the data's nc and the train args attached."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.utils import DEFAULT_CFG
+
+    if model.endswith((".yaml", ".yml")):
+        student = DetectionModel(model, nc=nc, verbose=False)
+    else:
+        weights, _ = load_checkpoint(model)
+        student = DetectionModel(weights.yaml, nc=nc, verbose=False)
+        student.load(weights, verbose=False)
+    student.args = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "dis": dis})
+    return student.to(device).train()
+
+
+class Candidate:
+    """One timed configuration: a module whose `loss(batch)` is run forward and backward."""
+
+    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None):
+        self.label, self.module, self.teacher_forward = label, module, teacher_forward
+
+    def step(self, batch: dict, amp: bool) -> None:
+        self.module.zero_grad(set_to_none=True)
+        with torch.autocast("cuda") if amp else nullcontext():
+            loss, _ = self.module.loss(batch)
+        loss.sum().backward()
+
+
+def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict, int]:
+    """Plain student, Ultralytics' DistillationModel and one Distiller per method (+ one with the teacher at
+    `teacher_imgsz`), all from the same initial student weights; the teachers (for their forward's share); nc."""
+    from ultralytics.nn.distill_model import DistillationModel
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from ..distiller import Distiller
+    from ..recipe import Recipe
+    from ..teachers import freeze
+
+    teacher_ckpt, _ = load_checkpoint(opts["teacher"])
+    names = dict(teacher_ckpt.names)
+    student0 = build_student(opts["model"], len(names), opts["imgsz"], opts["dis"], device)
+    out = [Candidate("student", copy.deepcopy(student0))]
+    builtin = DistillationModel(teacher_model=opts["teacher"], student_model=copy.deepcopy(student0)).to(device).train()
+    teacher_forwards = {"Ultralytics built-in": builtin.teacher_model}
+    out.append(Candidate(f"Ultralytics KD (dis={opts['dis']:g})", builtin, "Ultralytics built-in"))
+    ours = freeze(teacher_ckpt.to(device))
+    teacher_forwards["yolo-kd"] = ours
+    runs = [(m, None) for m in opts["methods"]]
+    if opts.get("teacher_imgsz"):
+        runs.append((opts["methods"][0], opts["teacher_imgsz"]))
+    for method, t_size in runs:
+        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, teacher_imgsz=t_size)
+        distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
+        distiller.set_epoch(0)
+        label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
+        out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd"))
+    return out, teacher_forwards, len(names)
+
+
+def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int = 5, batch: int = 8) -> dict:
+    """Median ms per step of each candidate, its ratio to the plain student and its teacher forward's share.
+
+    opts: model, teacher, methods (list), imgsz, dis, teacher_imgsz (optional).
+    """
+    dev = torch.device("cuda:0" if device not in {"cpu", "mps"} and torch.cuda.is_available() else "cpu")
+    amp = dev.type == "cuda"
+    cands, teachers, nc = candidates(opts, dev)
+    data = synthetic_batch(batch, opts["imgsz"], nc, dev)
+    t_size = opts.get("teacher_imgsz")
+    t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"]}
+    if t_size:
+        teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
+        t_inputs[f"yolo-kd@{t_size}"] = torch.nn.functional.interpolate(data["img"], size=(t_size, t_size),
+                                                                        mode="bilinear", align_corners=False)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def teacher_call(key):
+        def call():
+            with torch.no_grad(), torch.autocast("cuda") if amp else nullcontext():
+                x = t_inputs[key]
+                teachers[key](x.contiguous(memory_format=torch.channels_last) if amp and key != "Ultralytics built-in"
+                              else x)
+        return call
+
+    timed = [(c.label, lambda c=c: c.step(data, amp)) for c in cands]
+    timed += [(f"teacher forward: {k}", teacher_call(k)) for k in teachers]
+    times = {label: [] for label, _ in timed}
+    for r in range(rounds + 1):  # round 0 warms up (criterion build, allocator, lazy teacher load)
+        for label, call in timed:
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                call()
+            sync()
+            if r:
+                times[label].append(1000 * (time.perf_counter() - start) / steps)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    base = ms["student"]
+    rows = {}
+    for c in cands:
+        t_ms = ms[f"teacher forward: {c.teacher_forward}"] if c.teacher_forward else None
+        rows[c.label] = {"ms": ms[c.label], "ratio": ms[c.label] / base,
+                         "teacher_share": t_ms / ms[c.label] if t_ms else None}
+    return {"device": str(dev), "amp": amp, "batch": batch, "imgsz": opts["imgsz"], "teacher_imgsz": t_size,
+            "steps": steps, "rounds": rounds, "rows": rows,
+            "teacher_forward_ms": {k: ms[f"teacher forward: {k}"] for k in teachers}}
