@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import KDConfigError
+from .preflight import MIN_GRID, check_teacher_imgsz
 
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
@@ -269,6 +270,7 @@ def _parse_teachers(value) -> dict[str, TeacherSpec]:
         imgsz = spec.get("imgsz")
         if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0):
             raise KDConfigError(f"teacher '{name}' imgsz must be a positive integer, got {imgsz!r}")
+        check_teacher_imgsz(str(name), imgsz, MIN_GRID)  # the exact stride is checked once the teacher is loaded
         teachers[str(name)] = TeacherSpec(model=str(spec["model"]), imgsz=imgsz)
     return teachers
 

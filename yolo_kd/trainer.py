@@ -5,7 +5,9 @@
   DDP, the optimizer and the EMA are set up, so adapters are trained, synced, EMA'd and resumable;
 - saves checkpoints with the plain student in place of the distiller (stock Ultralytics can load them) and adds the
   adapters' state as plain tensors under `yolo_kd` in last.pt, which resume and NaN recovery read back;
-- selects the KD stage each epoch and logs it as the `kd_stage` column of results.csv.
+- selects the KD stage each epoch and logs it as the `kd_stage` column of results.csv;
+- refuses, before training, inputs Ultralytics only warns about: an image size off the stride grid, a train split
+  without labels (`yolo_kd.preflight`).
 
 A run's recipe rides on the trainer class (`trainer_for(recipe)`), which Ultralytics passes to DDP workers.
 """
@@ -16,11 +18,13 @@ import os
 from pathlib import Path
 
 import torch
+from ultralytics.cfg import get_cfg
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import LOGGER, RANK
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .distiller import KD_STATE_KEY, Distiller
+from .preflight import MIN_GRID, check_imgsz, check_train_labels, early_checks
 from .recipe import Recipe
 from .teachers import check_teacher_file
 
@@ -30,16 +34,24 @@ class KDTrainer(DetectionTrainer):
 
     recipe: Recipe | None = None
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
         if self.recipe is None:
             raise TypeError("use yolo_kd.trainer_for(recipe) or yolo_kd.distill(...) to make a KD trainer")
+        early_checks(get_cfg(cfg, overrides))  # before Ultralytics creates or writes the run directory
+        super().__init__(cfg, overrides, _callbacks)
         for name, spec in self.recipe.teachers.items():
             check_teacher_file(name, spec)
         self.recipe.resolve_stages(self.epochs)
         self._kd_resume_state = None
-        self.add_callback("on_train_epoch_start", select_stage)
-        self.add_callback("on_train_epoch_end", log_stage)
+        for event, callback in (("on_train_epoch_start", select_stage), ("on_train_epoch_end", log_stage)):
+            if callback not in self.callbacks[event]:  # DDP workers receive the parent's callbacks already added
+                self.add_callback(event, callback)
+
+    def get_dataset(self):
+        """Ultralytics' dataset check, then ours: a train split without a single label cannot be distilled."""
+        data = super().get_dataset()
+        check_train_labels(data)
+        return data
 
     # ------------------------------------------------------------------ model set-up
     def setup_model(self):
@@ -53,6 +65,7 @@ class KDTrainer(DetectionTrainer):
         """Set nc/names/args on the student, then wrap it (before freeze, AMP, DDP, optimizer and EMA)."""
         super().set_model_attributes()
         if not isinstance(self.model, Distiller):
+            check_imgsz(self.args.imgsz, max(int(self.model.stride.max()), MIN_GRID))  # Ultralytics' grid size
             self.model = Distiller(self.model, self.recipe, epochs=self.epochs, names=self.data["names"])
             self.model.to(self.device)
             if self._kd_resume_state:
@@ -60,14 +73,19 @@ class KDTrainer(DetectionTrainer):
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self):
-        """Write Ultralytics' checkpoints with the student alone, then add the KD state to last.pt."""
-        model, ema = self.model, self.ema.ema
-        self.model, self.ema.ema = unwrap_model(model).student, ema.student
+        """Write Ultralytics' checkpoints with the student alone; last.pt gets the KD state and appears atomically.
+
+        Ultralytics writes last.pt in place; it is redirected to a temp file that receives the KD state and then
+        replaces last.pt, so a kill at any moment leaves either the previous complete last.pt or the new one.
+        """
+        model, ema, last = self.model, self.ema.ema, self.last
+        tmp = last.with_name(f".{last.name}.partial")
+        self.model, self.ema.ema, self.last = unwrap_model(model).student, ema.student, tmp
         try:
             saved = super().save_model()
         finally:
-            self.model, self.ema.ema = model, ema
-        add_kd_state(self.last, unwrap_model(model).kd_state(adapters=ema.methods))
+            self.model, self.ema.ema, self.last = model, ema, last
+        add_kd_state(tmp, unwrap_model(model).kd_state(adapters=ema.methods), last)
         return saved
 
     def _load_checkpoint_state(self, ckpt):
@@ -84,13 +102,12 @@ class KDTrainer(DetectionTrainer):
                 self.ema.ema.load_kd_state(state)
 
 
-def add_kd_state(path: Path, state: dict) -> None:
-    """Add the KD state to a checkpoint file atomically (temp file + rename), so a kill never leaves it torn."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+def add_kd_state(src: Path, state: dict, dest: Path) -> None:
+    """Add the KD state to the temp checkpoint `src`, then rename it onto `dest` (atomic: a kill never tears it)."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
     ckpt[KD_STATE_KEY] = state
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    torch.save(ckpt, src)
+    os.replace(src, dest)
 
 
 def select_stage(trainer) -> None:

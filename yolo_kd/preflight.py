@@ -1,0 +1,107 @@
+"""Checks of a run's inputs that Ultralytics only warns about (or silently fixes), done before training starts.
+
+Distillation compares student and teacher maps cell by cell, so a silently rounded image size or a dataset without
+a single box (FGD's focal masks, CSKD's assigned anchors) gives a run that trains but distils nothing useful.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from pathlib import Path
+
+from .errors import KDConfigError
+
+MIN_GRID = 32  # Ultralytics trains at multiples of max(largest model stride, 32) (BaseTrainer._setup_train)
+
+
+def image_size(imgsz) -> int | None:
+    """The training size Ultralytics uses for `imgsz` (int, '640', [h, w] -> max), or None when it is not a size."""
+    if isinstance(imgsz, str) and imgsz.strip().isdigit():
+        imgsz = int(imgsz)
+    if isinstance(imgsz, (list, tuple)) and imgsz and all(isinstance(v, int) for v in imgsz):
+        imgsz = max(imgsz)
+    return imgsz if isinstance(imgsz, int) and not isinstance(imgsz, bool) else None
+
+
+def size_fixes(imgsz, stride: int) -> str | None:
+    """None when `imgsz` is a multiple of `stride` (or not a size at all), else the nearest valid sizes ('64 or 96')."""
+    size = image_size(imgsz)
+    if size is None or size % stride == 0:
+        return None
+    below, above = size // stride * stride, math.ceil(size / stride) * stride
+    return " or ".join(str(v) for v in sorted({max(below, stride), above}))
+
+
+def check_imgsz(imgsz, stride: int) -> None:
+    """The student's `imgsz` must be a multiple of its grid; Ultralytics would round it up with a warning."""
+    fixes = size_fixes(imgsz, stride)
+    if fixes:
+        raise KDConfigError(f"imgsz={imgsz} is not a multiple of the largest stride {stride}: use imgsz={fixes}")
+
+
+def check_teacher_imgsz(name: str, imgsz, stride: int) -> None:
+    """A teacher's own input size must be a multiple of its grid (max(largest stride, 32), as Ultralytics trains)."""
+    fixes = size_fixes(imgsz, max(stride, MIN_GRID))
+    if fixes:
+        raise KDConfigError(f"teacher '{name}' imgsz={imgsz} is not a multiple of its largest stride "
+                            f"{max(stride, MIN_GRID)}: set teacher_imgsz (or the recipe's teacher imgsz) to {fixes}")
+
+
+def list_images(paths) -> list[str]:
+    """Image files of a split as Ultralytics lists them: directories (recursive), .txt lists, or a list of both."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    files = []
+    for p in paths if isinstance(paths, (list, tuple)) else [paths]:
+        p = Path(p)
+        if p.is_dir():
+            files += glob.glob(str(Path(glob.escape(str(p))) / "**" / "*.*"), recursive=True)
+        elif p.is_file():
+            lines = p.read_text(encoding="utf-8-sig", errors="ignore").strip().splitlines()
+            files += [x.replace("./", str(p.parent) + os.sep, 1) if x.startswith("./") else x for x in lines]
+    return sorted(f for f in files if f.rpartition(".")[-1].lower() in IMG_FORMATS)
+
+
+def check_train_labels(data: dict) -> None:
+    """The train split must hold at least one non-empty YOLO label file (stops at the first one found)."""
+    from ultralytics.data.utils import img2label_paths
+
+    images = list_images(data.get("train") or [])
+    if not images:
+        return  # Ultralytics raises its own 'No images found' error
+    labels = img2label_paths(images)
+    for label in labels:
+        try:
+            if os.path.getsize(label) and Path(label).read_text(errors="ignore").strip():
+                return
+        except OSError:
+            continue
+    name = data.get("yaml_file") or data.get("path") or data.get("train")
+    raise KDConfigError(
+        f"dataset {name} has no labels in its train split ({len(images)} images, no non-empty label file such as "
+        f"{labels[0]}): add YOLO .txt label files under labels/ next to images/, one 'class x y w h' line per box"
+    )
+
+
+def early_checks(args) -> None:
+    """Checks on the merged train arguments, run before Ultralytics creates the run directory or writes anything.
+
+    The image size is checked against Ultralytics' minimum grid (32) here, and against the student's largest stride
+    once the model exists. The dataset is checked here only when it is a local YAML whose splits exist (nothing to
+    download); the trainer checks it again, in every case, right after Ultralytics resolves it.
+    """
+    check_imgsz(args.imgsz, MIN_GRID)
+    if args.resume:
+        return
+    data = str(args.data or "")
+    if Path(data).suffix not in {".yaml", ".yml"} or "://" in data or not Path(data).is_file():
+        return
+    from ultralytics.data.utils import check_det_dataset
+
+    try:
+        resolved = check_det_dataset(data, autodownload=False)
+    except Exception:  # any dataset problem is reported by Ultralytics itself, in its own words, a moment later
+        return
+    check_train_labels(resolved)
