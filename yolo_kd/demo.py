@@ -40,20 +40,20 @@ class Domain:
 
 DOMAINS = {
     "defect": Domain(
-        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd+pred",
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd",
         profiles={
             "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
             "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=8, student_epochs=8, batch=8),
-            "full": Profile(n_train=400, n_val=100, imgsz=160, teacher_epochs=40, student_epochs=30, batch=16,
+            "full": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=30, student_epochs=12, batch=8,
                             multi_teacher=True),
         },
     ),
     "agriculture": Domain(
-        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd+pred",
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd",
         profiles={
             "quick": Profile(n_train=0, n_val=0, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
             "default": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=15, student_epochs=15, batch=8),
-            "full": Profile(n_train=0, n_val=0, imgsz=320, teacher_epochs=60, student_epochs=40, batch=8),
+            "full": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=40, student_epochs=20, batch=8),
         },
     ),
 }
@@ -105,8 +105,9 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
                       seed=seed, deterministic=True, workers=2, plots=False, val=False, project=str(project),
                       exist_ok=True, close_mosaic=max(1, profile.student_epochs // 5))
+    teacher_args = dict(train_args, epochs=profile.teacher_epochs, close_mosaic=max(1, profile.teacher_epochs // 6))
     teacher = cached_teacher(weights_dir / f"{domain}_teacher_{profile_name}.pt", spec.teacher,
-                             dict(train_args, epochs=profile.teacher_epochs, name="teacher"))
+                             dict(teacher_args, name="teacher"))
     models = {"teacher": teacher}
     YOLO(spec.student).train(**train_args, epochs=profile.student_epochs, name="baseline")
     models["baseline"] = project / "baseline" / "weights" / "best.pt"
@@ -116,7 +117,7 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     models[f"distilled ({spec.method})"] = project / "distilled" / "weights" / "best.pt"
     if profile.multi_teacher:
         models["multi-teacher"] = multi_teacher_student(spec, profile, teacher, weights_dir, domain, profile_name,
-                                                        train_args)
+                                                        train_args, teacher_args)
     LOGGER.info("yolo-kd demo: evaluating with pycocotools")
     report = evaluate_models(models, data, profile.imgsz, project)
     report.update({"domain": domain, "profile": profile_name, "data": str(data)})
@@ -140,7 +141,8 @@ def cached_teacher(cache: Path, cfg: str, args: dict) -> Path:
     return cache
 
 
-def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, profile_name, train_args) -> Path:
+def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, profile_name, train_args,
+                          teacher_args) -> Path:
     """Stepwise: the colour/texture teacher (the default one, strong HSV) first, a multi-scale teacher second."""
     from ultralytics import YOLO
 
@@ -148,7 +150,7 @@ def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, pro
 
     scale_teacher = cached_teacher(
         weights_dir / f"{domain}_scale_teacher_{profile_name}.pt", spec.teacher,
-        dict(train_args, epochs=profile.teacher_epochs, name="scale_teacher", scale=0.9, multi_scale=0.25))
+        dict(teacher_args, name="scale_teacher", scale=0.9, multi_scale=0.25))
     recipe = {
         "teachers": {"color": str(color_teacher), "scale": str(scale_teacher)},
         "stages": [{"name": "color", "fraction": [0.0, 0.45], "teachers": ["color"], "methods": spec.method},

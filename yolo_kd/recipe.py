@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from .errors import KDConfigError
+from .methods import default_weight
 from .preflight import MIN_GRID, check_teacher_imgsz
 
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
@@ -215,20 +216,22 @@ def load_yaml(path) -> dict:
 
 
 def parse_methods(method, weights=None) -> dict[str, Any]:
-    """'fgd+pred' (or a list) plus optional weights (a number for all, or {name: weight}) -> {name: weight}."""
+    """'fgd+pred' (or a list) plus optional weights (a number for all, or {name: weight}; each method's
+    `default_weight` otherwise) -> {name: {"weight": w}}."""
     names = method.split("+") if isinstance(method, str) else list(method)
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
         raise KDConfigError("method is empty: use e.g. method=fgd or method=fgd+pred")
-    if weights is None or isinstance(weights, (int, float)):
-        w = 1.0 if weights is None else weights
-        return {n: {"weight": w} for n in names}
+    if weights is None:
+        return {n: {"weight": default_weight(n)} for n in names}
+    if isinstance(weights, (int, float)):
+        return {n: {"weight": weights} for n in names}
     if not isinstance(weights, dict):
         raise KDConfigError(f"weights must be a number or a mapping {{method: weight}}, got {weights!r}")
     extra = sorted(set(weights) - set(names))
     if extra:
         raise KDConfigError(f"weights given for {extra} which are not in method={'+'.join(names)}: add or remove them")
-    return {n: {"weight": weights.get(n, 1.0)} for n in names}
+    return {n: {"weight": weights.get(n, default_weight(n))} for n in names}
 
 
 def _check_keys(d: dict, allowed: set, where: str) -> None:
@@ -302,7 +305,7 @@ def _parse_stage(i: int, s, teachers: dict) -> StageSpec:
     methods = []
     for name, spec in methods_raw.items():
         params = dict(spec) if isinstance(spec, dict) else {"weight": spec}
-        weight = _parse_positive(params.pop("weight", 1.0), f"{where} {name} weight")
+        weight = _parse_positive(params.pop("weight", default_weight(str(name))), f"{where} {name} weight")
         methods.append(MethodSpec(name=str(name), weight=weight, params=params))
     if bool(names) != bool(methods):
         raise KDConfigError(f"{where} needs both teachers and methods, or neither (a no-KD stage)")

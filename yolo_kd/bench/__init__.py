@@ -16,8 +16,9 @@ from ..errors import KDConfigError
 DEFAULTS = {
     "model": "yolov8n.yaml", "epochs": 10, "imgsz": 640, "batch": 16, "seeds": "1,2,3",
     "methods": "fgd,cskd,pred,cwd,mgd", "builtin": True, "dis": 6.0, "recipe": None, "teacher_imgsz": None,
-    "teacher_epochs": None, "project": "runs/kd_bench", "name": "bench", "device": "cpu", "workers": 2,
-    "train": True, "step": True, "step_batch": 8, "step_rounds": 5, "step_steps": 3, "step_teacher_imgsz": None,
+    "weights": None, "teacher_epochs": None, "project": "runs/kd_bench", "name": "bench", "device": "cpu",
+    "workers": 2, "train": True, "step": True, "step_batch": 8, "step_rounds": 5, "step_steps": 3,
+    "step_teacher_imgsz": None,
 }
 REQUIRED = ("data", "teacher")
 
@@ -48,6 +49,8 @@ def bench_options(overrides: dict) -> tuple[dict, dict]:
                             "teacher=teacher.pt (or teacher=yolov8s.yaml to train one first)")
     opts["seeds"] = parse_list(opts["seeds"], int)
     opts["methods"] = parse_list(opts["methods"])
+    if opts["weights"] is not None and not (isinstance(opts["weights"], (int, float)) and opts["weights"] >= 0):
+        raise KDConfigError(f"bench weights={opts['weights']} must be one number >= 0 (it scales every method)")
     for method in opts["methods"]:
         for name in parse_methods(method):
             check_method(name, {})
@@ -89,9 +92,12 @@ def plan(opts: dict, train_args: dict, teacher: str) -> list:
         if opts["builtin"]:
             jobs.append(job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin",
                             extra={"distill_model": teacher, "dis": opts["dis"]}))
+        weight = opts["weights"]
         for method in opts["methods"]:
-            jobs.append(job(f"yolo-kd {method}", "yolo-kd",
-                            kd={"teacher": teacher, "method": method, "teacher_imgsz": opts["teacher_imgsz"]}))
+            kd = {"teacher": teacher, "method": method, "teacher_imgsz": opts["teacher_imgsz"]}
+            if weight is not None:
+                kd["weights"] = weight
+            jobs.append(job(f"yolo-kd {method}" + (f" x{weight:g}" if weight is not None else ""), "yolo-kd", kd=kd))
         if opts["recipe"]:
             jobs.append(job(f"yolo-kd recipe {Path(opts['recipe']).stem}", "yolo-kd", kd={"cfg": opts["recipe"]}))
     return jobs

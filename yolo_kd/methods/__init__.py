@@ -33,10 +33,17 @@ class Method(nn.Module):
     name = ""
     terms: tuple[str, ...] = ()
     needs_head = False  # reads class scores / box outputs, so teacher and student need matching heads
+    default_weight = 1.0  # recipe weight when none is given, chosen from `yolo-kd bench` runs (README, Benchmark)
 
     def __init__(self, student, teacher):
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
+
+
+def default_weight(name: str) -> float:
+    """A method's default recipe weight; 1.0 for a name not registered (check_method reports that one)."""
+    cls = METHODS.get(name)
+    return cls.default_weight if cls else 1.0
 
 
 def check_method(name: str, params: dict) -> type:
