@@ -133,10 +133,10 @@ def bench_command(overrides: dict) -> dict:
         teacher = teacher_result["checkpoint"]
         jobs = plan(opts, train_args, teacher)
         for i, job in enumerate(jobs, 1):
-            LOGGER.info(f"yolo-kd bench [{i}/{len(jobs)}] {job.label}, seed {job.seed} (log: {job.folder / 'bench.log'})")
+            prefix = f"yolo-kd bench [{i}/{len(jobs)}] {job.label}, seed {job.seed}"
+            LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'})")
             r = launch(job)
-            LOGGER.info(f"yolo-kd bench [{i}/{len(jobs)}] {job.label}, seed {job.seed}: mAP50-95 {r['mAP50-95']:.4f}, "
-                        f"{r['sec_per_epoch']:.1f} s/epoch")
+            LOGGER.info(f"{prefix}: mAP50-95 {r['mAP50-95']:.4f}, {r['sec_per_epoch']:.1f} s/epoch")
             results.append(r)
     if opts["step"]:
         LOGGER.info("yolo-kd bench: step-time microbenchmark")
