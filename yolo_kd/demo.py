@@ -40,7 +40,7 @@ class Domain:
 
 DOMAINS = {
     "defect": Domain(
-        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd",
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="pred",
         profiles={
             "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
             "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=8, student_epochs=8, batch=8),
@@ -49,7 +49,7 @@ DOMAINS = {
         },
     ),
     "agriculture": Domain(
-        teacher="yolov8s.yaml", student="yolov8n.yaml", method="fgd",
+        teacher="yolov8s.yaml", student="yolov8n.yaml", method="pred",
         profiles={
             "quick": Profile(n_train=0, n_val=0, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
             "default": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=15, student_epochs=15, batch=8),
