@@ -148,13 +148,12 @@ class Distiller(nn.Module):
         det_loss, items = self.student.loss(batch, preds)
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.epoch, *self.spans[self.stage])
-        det_item = det_loss.detach().float().mean() / img.shape[0]  # mean detection loss item, as logged
         values = {t: zero for t in self.term_names}
         for teacher, taps, teacher_weight in t_taps:
             for m in stage.methods:
                 terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
                 for term, v in terms.items():
-                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_item))
+                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_loss, len(img)))
                     if not torch.isfinite(v):
                         self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
                         continue
@@ -201,7 +200,7 @@ class Distiller(nn.Module):
             return taps
         return Taps(feats=taps.feats, scores=taps.scores[:, idx], boxes=taps.boxes)
 
-    def _balance(self, term: str, value: torch.Tensor, det_item: torch.Tensor) -> float:
+    def _balance(self, term: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
         """Auto balance: at a term's first usable step, fix the multiplier that makes it `auto_balance` x the mean
         detection loss item (box/cls/dfl as logged). Under DDP the ranks agree on one multiplier (mean of their
         values); a step where the term is zero or non-finite fixes nothing and the next step tries again."""
@@ -209,7 +208,8 @@ class Distiller(nn.Module):
         if target is None:
             return 1.0
         if term not in self.balance:
-            pair = torch.stack([value.detach().float().reshape(()), det_item.float().reshape(())])
+            det_item = det_loss.detach().float().mean() / batch_size  # mean detection loss item, as logged
+            pair = torch.stack([value.detach().float().reshape(()), det_item.reshape(())])
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.all_reduce(pair)  # every rank reaches a term's first steps together
             v, det = pair.tolist()

@@ -6,7 +6,6 @@ a single box (FGD's focal masks, CSKD's assigned anchors) gives a run that train
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 from pathlib import Path
@@ -49,28 +48,16 @@ def check_teacher_imgsz(name: str, imgsz, stride: int) -> None:
                             f"{max(stride, MIN_GRID)}: set teacher_imgsz (or the recipe's teacher imgsz) to {fixes}")
 
 
-def list_images(paths) -> list[str]:
-    """Image files of a split as Ultralytics lists them: directories (recursive), .txt lists, or a list of both."""
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files = []
-    for p in paths if isinstance(paths, (list, tuple)) else [paths]:
-        p = Path(p)
-        if p.is_dir():
-            files += glob.glob(str(Path(glob.escape(str(p))) / "**" / "*.*"), recursive=True)
-        elif p.is_file():
-            lines = p.read_text(encoding="utf-8-sig", errors="ignore").strip().splitlines()
-            files += [x.replace("./", str(p.parent) + os.sep, 1) if x.startswith("./") else x for x in lines]
-    return sorted(f for f in files if f.rpartition(".")[-1].lower() in IMG_FORMATS)
-
-
 def check_train_labels(data: dict) -> None:
     """The train split must hold at least one non-empty YOLO label file (stops at the first one found)."""
     from ultralytics.data.utils import img2label_paths
 
-    images = list_images(data.get("train") or [])
-    if not images:
-        return  # Ultralytics raises its own 'No images found' error
+    from .evaluation.coco_format import list_image_files
+
+    try:
+        images = list_image_files(data.get("train") or [])
+    except KDConfigError:
+        return  # a missing path or no images: Ultralytics raises its own error for those
     labels = img2label_paths(images)
     for label in labels:
         try:
