@@ -8,9 +8,10 @@ from yolo_kd.demo import demo_command
 
 
 @pytest.mark.parametrize("domain", ["defect", "agriculture"])
-def test_demo_quick_profile(domain, tmp_path):
-    report = demo_command(domain, {"profile": "quick", "project": str(tmp_path), "weights": str(tmp_path / "w")})
-    out = tmp_path / f"{domain}_quick"
+def test_demo_quick_profile(domain, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative project and weights folders, like the command's defaults
+    report = demo_command(domain, {"profile": "quick", "project": "runs", "weights": "w"})
+    out = tmp_path / "runs" / f"{domain}_quick"
     assert (out / "demo_table.md").read_text().count("\n") == 2 + 3
     assert (out / "pr_curves.png").stat().st_size > 1000 and (out / "predictions.png").stat().st_size > 1000
     saved = json.loads((out / "demo_results.json").read_text())

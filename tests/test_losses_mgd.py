@@ -88,3 +88,40 @@ def test_zero_features_half_inputs_and_autocast():
     assert auto.dtype == torch.float32 and auto.item() == pytest.approx(ref.item(), rel=1e-6)
     with pytest.raises(ValueError, match="equal N, H, W"):
         loss(s[:, :, :4], t)
+
+
+def _mgd_method():
+    from yolo_kd.methods import build_method
+    from yolo_kd.taps import TapShapes
+
+    torch.manual_seed(0)
+    return build_method("mgd", {}, TapShapes([4, 8, 8], nc=2, reg_max=16), TapShapes([8, 8, 16], nc=2, reg_max=16))
+
+
+def _feats(channels, imgsz, gen):
+    return [torch.randn(2, c, imgsz // s, imgsz // s, generator=gen) for c, s in zip(channels, (8, 16, 32))]
+
+
+def test_mgd_method_rescales_the_published_sum_by_feature_positions():
+    from yolo_kd.taps import Taps
+
+    method, gen = _mgd_method(), torch.Generator().manual_seed(1)
+    s, t = Taps(_feats([4, 8, 8], 256, gen)), Taps(_feats([8, 8, 16], 256, gen))
+    torch.manual_seed(5)
+    term = method(s, t, None)["mgd"]
+    torch.manual_seed(5)
+    published = sum(level(fs, ft) for level, fs, ft in zip(method.levels, s.feats, t.feats))
+    positions = 32 * 32 + 16 * 16 + 8 * 8
+    assert term.item() == pytest.approx(published.item() * method.REF_POSITIONS / positions, rel=1e-6)
+
+
+def test_mgd_method_term_keeps_its_size_from_64_to_512_px():
+    """The published sum grows 64x from 64 to 512 px on stationary features; the method's term stays put."""
+    from yolo_kd.taps import Taps
+
+    method, gen = _mgd_method(), torch.Generator().manual_seed(2)
+    terms = {}
+    for imgsz in (64, 512):
+        s, t = Taps(_feats([4, 8, 8], imgsz, gen)), Taps(_feats([8, 8, 16], imgsz, gen))
+        terms[imgsz] = method(s, t, None)["mgd"].item()
+    assert 0.7 < terms[512] / terms[64] < 1.4, terms

@@ -29,6 +29,17 @@ def test_registry_lists_all_methods():
     assert set(COLUMNS) <= set(METHODS)
 
 
+def test_default_weights_are_the_benchmarked_ones_and_weights_override_them():
+    """README, Weights: cwd 5 and mgd 10 (weight 1 lost for both in the bench), 1 for the others."""
+    from yolo_kd.recipe import parse_methods
+
+    assert parse_methods("fgd+pred+cskd+cwd+mgd+mse") == {
+        "fgd": {"weight": 1.0}, "pred": {"weight": 1.0}, "cskd": {"weight": 1.0}, "cwd": {"weight": 5.0},
+        "mgd": {"weight": 10.0}, "mse": {"weight": 1.0}}
+    assert parse_methods("cwd+mgd", 2.0) == {"cwd": {"weight": 2.0}, "mgd": {"weight": 2.0}}
+    assert parse_methods("cwd+mgd", {"mgd": 3.0}) == {"cwd": {"weight": 5.0}, "mgd": {"weight": 3.0}}
+
+
 @pytest.mark.parametrize("method", sorted(COLUMNS))
 def test_method_gradients_reach_student_and_adapters_not_teacher(method):
     torch.manual_seed(0)

@@ -72,7 +72,8 @@ def demo_command(domain: str = "defect", overrides: dict | None = None) -> dict:
     for key, field in (("epochs", "student_epochs"), ("teacher_epochs", "teacher_epochs"), ("imgsz", "imgsz")):
         if key in overrides:
             profile = replace(profile, **{field: int(overrides.pop(key))})
-    project = Path(overrides.pop("project", "runs/kd_demo")) / f"{domain}_{profile_name}"
+    # absolute, or Ultralytics would put a relative project under runs/detect/ and the demo would not find its runs
+    project = Path(overrides.pop("project", "runs/kd_demo")).resolve() / f"{domain}_{profile_name}"
     device, seed = overrides.pop("device", "cpu"), int(overrides.pop("seed", 0))
     weights_dir = Path(overrides.pop("weights", "weights"))
     if overrides:
