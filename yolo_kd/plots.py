@@ -35,8 +35,9 @@ def plot_predictions(models: dict[str, object], images: list[Path], path: Path, 
         for label, model in models.items():
             result = model.predict(str(image), imgsz=imgsz, conf=conf, verbose=False)[0]
             cell = cv2.resize(result.plot(line_width=1, font_size=8), (256, 256))
-            cv2.putText(cell, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
-            cv2.putText(cell, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+            (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+            cv2.rectangle(cell, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
+            cv2.putText(cell, label, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
             cells.append(cell)
         rows.append(np.hstack(cells))
     cv2.imwrite(str(path), np.vstack(rows))
