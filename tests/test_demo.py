@@ -21,3 +21,19 @@ def test_demo_quick_profile(domain, tmp_path, monkeypatch):
     teacher, baseline = saved["models"]["teacher"], saved["models"]["baseline"]
     assert teacher["params_M"] > 2 * baseline["params_M"]
     assert (tmp_path / "w" / f"{domain}_teacher_quick.pt").is_file()  # cached for the next run
+
+
+def test_prediction_figure_uses_the_images_with_most_boxes(tmp_path):
+    from yolo_kd.demo import busiest_images
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    counts = [0, 3, 1, 5, 2, 5]
+    images = []
+    for i, n in enumerate(counts):
+        images.append(tmp_path / "images" / f"{i}.jpg")
+        images[-1].write_bytes(b"")
+        (tmp_path / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.1 0.1\n" * n)
+    (tmp_path / "images" / "nolabel.jpg").write_bytes(b"")
+    picked = busiest_images([*images, tmp_path / "images" / "nolabel.jpg"], 3)
+    assert [p.name for p in picked] == ["1.jpg", "3.jpg", "5.jpg"]  # 5, 5, 3 boxes, kept in file order
