@@ -250,7 +250,8 @@ def make_distiller(teacher, method: str, seed: int = 0, **kd) -> Distiller:
     torch.manual_seed(seed)
     student = DetectionModel("yolov8n.yaml", nc=len(NAMES), verbose=False)
     student.args, student.names = get_cfg(), NAMES
-    distiller = Distiller(student, Recipe.from_kwargs(teacher=str(teacher), method=method, **kd), epochs=1,
+    teacher = None if "cfg" in kd else str(teacher)
+    distiller = Distiller(student, Recipe.from_kwargs(teacher=teacher, method=method, **kd), epochs=1,
                           names=NAMES)
     distiller.set_epoch(0)
     return distiller.train()
@@ -561,7 +562,7 @@ def test_ddp_two_ranks_stay_in_sync(tiny_teacher, tmp_path):
         assert result[group]["identical"], f"{group} parameters differ between ranks"
         assert result[group]["changed"] > 0, f"{group} parameters did not move"
     assert result["losses"][0] != result["losses"][1]  # the ranks really trained on different batches
-    assert result["balance_terms"] == ["fgd", "pred_cls", "pred_ld"]
+    assert result["balance_terms"] == ["teacher/fgd", "teacher/pred_cls", "teacher/pred_ld"]
     assert result["balance"][0] == result["balance"][1]  # one auto-balance multiplier per term for all ranks
 
 
@@ -607,13 +608,24 @@ def test_auto_balance_fixes_each_term_at_half_the_detection_item(tiny_teacher):
         assert float(items[term]) == pytest.approx(0.5 * det_item, rel=1e-5), term
     # the KD entry of the loss vector is batch size x the sum of the terms
     assert float(loss[-1].detach()) == pytest.approx(4 * 3 * 0.5 * det_item, rel=1e-5)
-    assert sorted(distiller.balance) == ["fgd", "pred_cls", "pred_ld"]
+    assert sorted(distiller.balance) == ["teacher/fgd", "teacher/pred_cls", "teacher/pred_ld"]
     assert all(b > 0 and b != 1 for b in distiller.balance.values())
     fixed = dict(distiller.balance)
     _, items = distiller.loss(synthetic_batch(1, n=4))
     assert distiller.balance == fixed  # fixed at the first step, not re-estimated
     assert float(items["fgd"]) != pytest.approx(0.5 * sum(float(items[k]) for k in ("box_loss", "cls_loss",
                                                                                    "dfl_loss")) / 3, rel=1e-5)
+
+
+def test_auto_balance_fixes_one_multiplier_per_teacher(tiny_teacher, tiny_teacher_b):
+    recipe = {"teachers": {"a": {"model": str(tiny_teacher)}, "b": {"model": str(tiny_teacher_b)}},
+              "stages": [{"fraction": [0, 1], "teachers": ["a", "b"], "methods": {"fgd": 1.0}}], "auto_balance": 0.5}
+    distiller = make_distiller(None, "fgd", cfg=recipe)
+    _, items = distiller.loss(synthetic_batch(0, n=4))
+    det_item = sum(float(items[k]) for k in ("box_loss", "cls_loss", "dfl_loss")) / 3
+    assert sorted(distiller.balance) == ["a/fgd", "b/fgd"]
+    assert distiller.balance["a/fgd"] != pytest.approx(distiller.balance["b/fgd"], rel=1e-3)  # different teachers
+    assert float(items["fgd"]) == pytest.approx(2 * 0.5 * det_item, rel=1e-5)  # each teacher's share: 0.5 x det
 
 
 def test_auto_balance_waits_for_a_finite_first_value(tiny_teacher, flaky):
@@ -624,7 +636,7 @@ def test_auto_balance_waits_for_a_finite_first_value(tiny_teacher, flaky):
             assert float(items["flaky"]) == 0 and distiller.balance == {}
     det_item = sum(float(items[k]) for k in ("box_loss", "cls_loss", "dfl_loss")) / 3
     assert float(items["flaky"]) == pytest.approx(0.5 * det_item, rel=1e-5)
-    assert distiller.nan_skips == 2 and distiller.balance["flaky"] > 0
+    assert distiller.nan_skips == 2 and distiller.balance["teacher/flaky"] > 0
 
 
 def test_auto_balance_end_to_end(tiny_data, tiny_teacher, tmp_path):
@@ -633,7 +645,7 @@ def test_auto_balance_end_to_end(tiny_data, tiny_teacher, tmp_path):
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="ab", **TINY_TRAIN)
     kd = torch.load(tmp_path / "ab" / "weights" / "last.pt", map_location="cpu", weights_only=False)["yolo_kd"]
     assert kd["recipe"]["auto_balance"] == 0.5
-    assert list(kd["balance"]) == ["fgd"] and kd["balance"]["fgd"] > 0 and kd["balance"]["fgd"] != 1
+    assert list(kd["balance"]) == ["teacher/fgd"] and 0 < kd["balance"]["teacher/fgd"] != 1
     row = read_csv(tmp_path / "ab" / "results.csv")[0]
     fgd, box, cls, dfl = finite_floats(row, ("train/fgd", "train/box_loss", "train/cls_loss", "train/dfl_loss"))
     assert 0.3 < fgd / ((box + cls + dfl) / 3) < 0.7  # 0.5 at the first step (it was 2.0 = batch x 0.5 before the fix)

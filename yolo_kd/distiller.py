@@ -153,7 +153,8 @@ class Distiller(nn.Module):
             for m in stage.methods:
                 terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
                 for term, v in terms.items():
-                    v = v.float() * (m.weight * teacher_weight * factor * self._balance(term, v, det_loss, len(img)))
+                    balance = self._balance(f"{teacher}/{term}", v, det_loss, len(img))
+                    v = v.float() * (m.weight * teacher_weight * factor * balance)
                     if not torch.isfinite(v):
                         self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
                         continue
@@ -200,14 +201,15 @@ class Distiller(nn.Module):
             return taps
         return Taps(feats=taps.feats, scores=taps.scores[:, idx], boxes=taps.boxes)
 
-    def _balance(self, term: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
-        """Auto balance: at a term's first usable step, fix the multiplier that makes it `auto_balance` x the mean
-        detection loss item (box/cls/dfl as logged). Under DDP the ranks agree on one multiplier (mean of their
-        values); a step where the term is zero or non-finite fixes nothing and the next step tries again."""
+    def _balance(self, key: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
+        """Auto balance: at the first usable step of a term of a teacher (key 'teacher/term'), fix the multiplier that
+        makes it `auto_balance` x the mean detection loss item (box/cls/dfl as logged). Under DDP the ranks agree on
+        one multiplier (mean of their values); a step where the term is zero or non-finite fixes nothing and the
+        next step tries again."""
         target = self.recipe.auto_balance
         if target is None:
             return 1.0
-        if term not in self.balance:
+        if key not in self.balance:
             det_item = det_loss.detach().float().mean() / batch_size  # mean detection loss item, as logged
             pair = torch.stack([value.detach().float().reshape(()), det_item.reshape(())])
             if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -215,8 +217,8 @@ class Distiller(nn.Module):
             v, det = pair.tolist()
             if not (math.isfinite(v) and math.isfinite(det) and v > 0 and det > 0):
                 return 1.0
-            self.balance[term] = target * det / v
-        return self.balance[term]
+            self.balance[key] = target * det / v
+        return self.balance[key]
 
     # ------------------------------------------------------------------ state for resume (plain tensors)
     def kd_state(self, adapters: nn.Module | None = None) -> dict:
