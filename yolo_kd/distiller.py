@@ -10,6 +10,7 @@ KD terms, so the column set never changes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from .errors import KDConfigError
 from .methods import build_method
 from .preflight import check_teacher_imgsz
 from .recipe import Recipe
-from .taps import Targets, Taps, head_taps, match_grid, record_layers
+from .taps import Targets, Taps, detect_head, head_taps, match_grid, record_layers
 from .teachers import TeacherPool, check_classes, probe
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
@@ -97,6 +98,9 @@ class Distiller(nn.Module):
             )
 
     def _check_head(self, method, module, s_shapes, t_shapes, teacher) -> None:
+        if module.needs_head_inputs and (self.recipe.layers or self.recipe.class_map):
+            raise KDConfigError(f"method '{method}' runs the student's Detect inputs through teacher '{teacher}''s "
+                                "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
         if module.needs_head and s_shapes.reg_max != t_shapes.reg_max:
             raise KDConfigError(
                 f"method '{method}' compares box outputs but teacher '{teacher}' has reg_max={t_shapes.reg_max} and "
@@ -175,7 +179,7 @@ class Distiller(nn.Module):
                     t_img = t_img.contiguous(memory_format=torch.channels_last)
                 with record_layers(teacher, self._layers("teacher")) as feats:
                     out = teacher(t_img)
-                taps[name] = self._map_classes(name, head_taps(out, feats))
+                taps[name] = self._map_classes(name, replace(head_taps(out, feats), head=detect_head(teacher)))
         if any(self.recipe.teachers[n].imgsz for n in taps):
             grid = [(int(img.shape[-2] // s), int(img.shape[-1] // s)) for s in self.student.stride.tolist()]
             taps = {n: match_grid(t, grid) for n, t in taps.items()}
@@ -199,7 +203,7 @@ class Distiller(nn.Module):
         idx = self.class_index.get(name)
         if idx is None or taps.scores is None:
             return taps
-        return Taps(feats=taps.feats, scores=taps.scores[:, idx], boxes=taps.boxes)
+        return replace(taps, scores=taps.scores[:, idx])
 
     def _balance(self, key: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
         """Auto balance: at the first usable step of a term of a teacher (key 'teacher/term'), fix the multiplier that
@@ -289,4 +293,4 @@ def average_taps(taps: list[Taps], weights: list[float]) -> Taps:
         return sum(w * x.float() for w, x in zip(weights, xs)) / total
 
     return Taps(feats=[mean(list(f)) for f in zip(*(t.feats for t in taps))],
-                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]))
+                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]), head=taps[0].head)

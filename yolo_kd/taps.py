@@ -22,6 +22,7 @@ class Taps:
     feats: list[torch.Tensor]
     scores: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
+    head: nn.Module | None = None  # the model's Detect head (teachers only: CrossKD runs student features through it)
 
 
 @dataclass
@@ -65,6 +66,42 @@ def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
     raw = head_output(output)
     return Taps(feats=list(layer_feats) if layer_feats else list(raw["feats"]), scores=raw["scores"],
                 boxes=raw["boxes"])
+
+
+def dense_predictions(head: nn.Module, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch run
+    on `feats`; gradients flow into `feats` whatever the head's own requires_grad."""
+    raw = head.forward_head(list(feats), **head.one2many)
+    return raw["scores"], raw["boxes"]
+
+
+def split_levels(x: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-anchor tensor (N, K, A) -> per level (N, K, H_l, W_l), with the level grids of `feats`."""
+    parts = torch.split(x, [f.shape[-2] * f.shape[-1] for f in feats], dim=-1)
+    return [p.reshape(*p.shape[:2], *f.shape[-2:]) for p, f in zip(parts, feats)]
+
+
+def anchors_in_boxes(feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+    """(N, A) float mask: 1 where an anchor's cell centre lies inside one of its image's GT boxes (xyxy in [0, 1]).
+
+    Anchors are ordered as the Detect head flattens them: level by level, row-major within a level.
+    """
+    centres = []
+    for f in feats:
+        h, w = f.shape[-2:]
+        ys = (torch.arange(h, device=f.device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=f.device, dtype=torch.float32) + 0.5) / w
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        centres.append(torch.stack([gx.flatten(), gy.flatten()], 1))
+    c = torch.cat(centres)  # (A, 2)
+    mask = torch.zeros(len(boxes), len(c), device=c.device)
+    for i, b in enumerate(boxes):
+        if len(b):
+            b = b.to(c.device).float()
+            inside = ((c[None, :, 0] > b[:, None, 0]) & (c[None, :, 0] < b[:, None, 2])
+                      & (c[None, :, 1] > b[:, None, 1]) & (c[None, :, 1] < b[:, None, 3]))
+            mask[i] = inside.any(0).float()
+    return mask
 
 
 def detect_head(model: nn.Module) -> nn.Module:
@@ -124,7 +161,7 @@ def match_grid(teacher: Taps, sizes: list[tuple[int, int]]) -> Taps:
         out = [_resample(p.reshape(*p.shape[:2], *ts), ss).flatten(2) for p, ts, ss in zip(parts, t_sizes, s_sizes)]
         return torch.cat(out, -1)
 
-    return Taps(feats=feats, scores=per_anchor(teacher.scores), boxes=per_anchor(teacher.boxes))
+    return Taps(feats=feats, scores=per_anchor(teacher.scores), boxes=per_anchor(teacher.boxes), head=teacher.head)
 
 
 def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,6 +10,8 @@ from .fgd import FGDLoss, GcBlock, fgd_attention, fgd_masks
 from .head import ClassScoreKD, DFLDistillLoss
 from .mgd import MGDLoss
 from .mse import FeatureMSELoss
+from .pkd import PearsonFeatureLoss, channel_standardize
+from .sl2 import ScoreWeightedL2
 
 __all__ = [
     "ChannelWiseDivergence",
@@ -20,6 +22,9 @@ __all__ = [
     "FeatureMSELoss",
     "GcBlock",
     "MGDLoss",
+    "PearsonFeatureLoss",
+    "ScoreWeightedL2",
+    "channel_standardize",
     "fgd_attention",
     "fgd_masks",
 ]

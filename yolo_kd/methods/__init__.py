@@ -33,6 +33,7 @@ class Method(nn.Module):
     name = ""
     terms: tuple[str, ...] = ()
     needs_head = False  # reads class scores / box outputs, so teacher and student need matching heads
+    needs_head_inputs = False  # reads the Detect head's own inputs (refuses custom `layers`)
     default_weight = 1.0  # recipe weight when none is given, chosen from `yolo-kd bench` runs (README, Benchmark)
 
     def __init__(self, student, teacher):
@@ -67,4 +68,4 @@ def build_method(name: str, params: dict, student, teacher) -> Method:
         raise KDConfigError(f"method '{name}' cannot be built with {params}: {e}") from e
 
 
-from . import cskd, feature, head  # noqa: E402,F401  (registers the built-in methods)
+from . import crosskd, cskd, feature, head  # noqa: E402,F401  (registers the built-in methods)

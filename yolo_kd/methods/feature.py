@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss
+from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss, PearsonFeatureLoss, ScoreWeightedL2
+from ..taps import split_levels
 from . import Method, register
 
 
@@ -93,3 +94,46 @@ class MaskedGenerative(Method):
         positions = sum(f.shape[-2] * f.shape[-1] for f in t.feats)
         total = sum(loss(fs, ft) for loss, fs, ft in zip(self.levels, s.feats, t.feats))
         return {"mgd": total * (self.REF_POSITIONS / positions)}
+
+
+@register("pkd")
+class PearsonImitation(Method):
+    """PKD (Cao et al., NeurIPS 2022): per level, align (1x1 conv when widths differ), standardise each channel of
+    both maps, MSE / 2; mean over levels. Insensitive to the teacher's activation scale, so it suits teachers of
+    another width or family."""
+
+    terms = ("pkd",)
+
+    def __init__(self, student, teacher):
+        super().__init__(student, teacher)
+        self.align = channel_aligners(student.channels, teacher.channels)
+        self.loss = PearsonFeatureLoss()
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        return {"pkd": torch.stack([self.loss(a(fs), ft) for a, fs, ft in zip(self.align, s.feats, t.feats)]).mean()}
+
+
+@register("sl2")
+class ScoreWeightedImitation(Method):
+    """Ultralytics' built-in KD loss as a method: per level, a Conv1x1-ReLU-Conv1x1 projector (always, as the
+    built-in) then L2 weighted per cell by the teacher's max class sigmoid; summed over levels.
+
+    With weight 6 (the built-in's `dis`) it is the built-in's loss term for term, so the bench separates the loss from
+    the engine, and it combines with head methods (`sl2+pred`).
+    """
+
+    terms = ("sl2",)
+    needs_head = True  # reads the teacher's class scores for the cell weights
+    default_weight = 6.0  # the built-in's dis
+
+    def __init__(self, student, teacher):
+        super().__init__(student, teacher)
+        self.projector = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(cs, ct, 1), nn.ReLU(inplace=True), nn.Conv2d(ct, ct, 1))
+            for cs, ct in zip(student.channels, teacher.channels)
+        )
+        self.loss = ScoreWeightedL2()
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        scores = split_levels(t.scores.detach().float().sigmoid().amax(1, keepdim=True), t.feats)
+        return {"sl2": sum(self.loss(p(fs), ft, sc) for p, fs, ft, sc in zip(self.projector, s.feats, t.feats, scores))}

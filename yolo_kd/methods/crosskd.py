@@ -1,0 +1,51 @@
+"""CrossKD (Wang et al., "CrossKD: Cross-Head Knowledge Distillation for Object Detection", CVPR 2024; code
+jbwang1997/CrossKD): the student's head inputs are run through the frozen teacher's head, and those cross-head
+predictions are distilled towards the teacher's own predictions. The student's own head is trained by the ground
+truth alone, so the detection target and the distillation target no longer pull one set of outputs two ways.
+
+Here, per level: student P3-P5 (1x1 adapter to the teacher's width when widths differ) -> the teacher's Detect head,
+dense (one-to-many) branch -> class logits and DFL box logits on the student's grid; terms:
+- crosskd_cls: ClassScoreKD(cross scores, teacher scores) (soft-label BCE, teacher-confidence weighted);
+- crosskd_ld: LD on the DFL bins (T = 10), weighted by the teacher's confidence; skipped when reg_max = 1 (YOLO26).
+Differences from the paper's GFL code: the cross point is the head input (the whole teacher head is reused, not its
+last tower layers), the class term is our soft-label BCE instead of a quality-focal KD, and the box term is LD on
+bins only (no GIoU on decoded boxes). The teacher head is never trained: it stays outside the student's module tree
+(it arrives with the teacher's taps) and its parameters have requires_grad False.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import ClassScoreKD, DFLDistillLoss
+from ..taps import dense_predictions
+from . import Method, register
+from .feature import channel_aligners
+
+
+@register("crosskd")
+class CrossHead(Method):
+    """Student features through the teacher's head, matched to the teacher's predictions."""
+
+    terms = ("crosskd_cls", "crosskd_ld")
+    needs_head = True
+    needs_head_inputs = True  # feeds the teacher's Detect head, so the taps must be its inputs (no custom layers)
+
+    def __init__(self, student, teacher, temperature=1.0, ld_temperature=10.0):
+        super().__init__(student, teacher)
+        self.align = channel_aligners(student.channels, teacher.channels)
+        self.cls_loss = ClassScoreKD(temperature=temperature, conf_weighted=True)
+        self.has_dfl = teacher.reg_max > 1
+        self.ld_loss = DFLDistillLoss(reg_max=teacher.reg_max, temperature=ld_temperature) if self.has_dfl else None
+        if not self.has_dfl:
+            self.terms = ("crosskd_cls",)
+
+    def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
+        feats = [a(f) for a, f in zip(self.align, s.feats)]
+        head_dtype = next(t.head.parameters()).dtype
+        scores, boxes = dense_predictions(t.head, [f.to(head_dtype) for f in feats])
+        out = {"crosskd_cls": self.cls_loss(scores, t.scores)}
+        if self.has_dfl:
+            weight = torch.sigmoid(t.scores.detach().float()).amax(dim=1)
+            out["crosskd_ld"] = self.ld_loss(boxes, t.boxes, weight)
+        return out
