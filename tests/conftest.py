@@ -3,6 +3,7 @@
 Everything is offline and small (64 px images, a few images, 1 epoch) so the suite runs on a 2-core CPU.
 """
 
+import csv
 import os
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, imgsz: int =
 #: Ultralytics arguments every tiny training uses: CPU, no plots, one optimizer step per batch, deterministic.
 TINY_TRAIN = dict(imgsz=64, batch=4, nbs=4, workers=0, device="cpu", plots=False, seed=0, deterministic=True,
                   mosaic=0.0, amp=False, verbose=False)
+
+
+def read_results(path: Path) -> list[dict]:
+    """Rows of an Ultralytics results.csv (a run folder or the file itself), keys and values stripped."""
+    path = Path(path)
+    with open(path / "results.csv" if path.is_dir() else path) as f:
+        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """Issue 2: the distillation engine inside the real Ultralytics trainer (tiny data, 1-2 epochs, CPU)."""
 
-import csv
 import subprocess
 import sys
 import zipfile
@@ -8,17 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, read_results
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_kd
 from yolo_kd.distiller import Distiller
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def state_of(path: Path) -> dict:
@@ -77,7 +71,7 @@ def test_adapters_trained_and_in_optimizer(mse_run):
 
 
 def test_kd_columns_finite_nonzero(mse_run):
-    rows = read_csv(mse_run["dir"] / "results.csv")
+    rows = read_results(mse_run["dir"] / "results.csv")
     assert len(rows) == 2
     for row in rows:
         v = float(row["train/mse"])
@@ -120,7 +114,7 @@ def test_zero_weight_equals_plain_run(tiny_data, tiny_teacher, tmp_path):
     model = YOLO("yolov8n.yaml")
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="mse", weights=0.0)
     model.train(name="kd0", **args)
-    plain, kd = read_csv(tmp_path / "plain" / "results.csv"), read_csv(tmp_path / "kd0" / "results.csv")
+    plain, kd = read_results(tmp_path / "plain" / "results.csv"), read_results(tmp_path / "kd0" / "results.csv")
     for key in ("train/box_loss", "train/cls_loss", "train/dfl_loss", "val/box_loss", "val/cls_loss"):
         assert float(plain[0][key]) == pytest.approx(float(kd[0][key]), rel=1e-6, abs=1e-9), key
     assert float(kd[0]["train/mse"]) == 0.0
@@ -132,7 +126,7 @@ def test_cli_entry_point(tiny_data, tiny_teacher, tmp_path):
     cmd += [f"{k}={v}" for k, v in TINY_TRAIN.items()]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    row = read_csv(tmp_path / "cli" / "results.csv")[0]
+    row = read_results(tmp_path / "cli" / "results.csv")[0]
     assert float(row["train/mse"]) > 0
 
 

@@ -1,19 +1,12 @@
 """Issue 3: multi-teacher stepwise distillation (stages, several teachers, schedules, resume mid-stage)."""
 
-import csv
-
 import pytest
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, read_results
 from ultralytics import YOLO
 
 import yolo_kd
 from yolo_kd.recipe import Recipe, Schedule
-
-
-def rows(path):
-    with open(path) as f:
-        return [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def stepwise(a, b, third_stage=True):
@@ -34,7 +27,7 @@ def test_stage_switches_and_only_stage_teachers_loaded(tiny_data, tiny_teacher, 
     model.add_callback("on_train_batch_end", on_batch_end)
     yolo_kd.distill(model, cfg=stepwise(tiny_teacher, tiny_teacher_b))
     model.train(data=str(tiny_data), epochs=3, project=str(tmp_path), name="steps", **TINY_TRAIN)
-    r = rows(tmp_path / "steps" / "results.csv")
+    r = read_results(tmp_path / "steps" / "results.csv")
     assert [row["kd_stage"] for row in r] == ["1", "2", "3"]
     assert float(r[0]["train/mse"]) > 0 and float(r[0]["train/fgd"]) == 0
     assert float(r[1]["train/mse"]) == 0 and float(r[1]["train/fgd"]) > 0
@@ -56,7 +49,7 @@ def test_two_teachers_of_different_widths_in_one_stage(tiny_data, tiny_teacher, 
     # each pair has its own adapters: the align convs map 64->128 (yolov8s) and 64->64 (yolo11n: identity)
     assert distiller.methods["s__fgd"].levels[0].align.out_channels == 128
     assert isinstance(distiller.methods["n11__fgd"].levels[0].align, torch.nn.Identity)
-    row = rows(tmp_path / "two" / "results.csv")[0]
+    row = read_results(tmp_path / "two" / "results.csv")[0]
     assert float(row["train/fgd"]) > 0 and float(row["train/pred_cls"]) > 0
 
 
@@ -90,7 +83,7 @@ def test_resume_mid_stage_restores_stage_and_adapters(tiny_data, tiny_teacher, t
     assert seen["start_epoch"] == 2
     assert seen["adapters"].keys() == saved["adapters"].keys()
     assert all(torch.equal(seen["adapters"][k], saved["adapters"][k]) for k in saved["adapters"])
-    r = rows(tmp_path / "crash" / "results.csv")
+    r = read_results(tmp_path / "crash" / "results.csv")
     assert [row["kd_stage"] for row in r] == ["1", "2", "2"]
     assert float(r[2]["train/fgd"]) > 0
 
@@ -124,7 +117,7 @@ def test_combine_mean_averages_teacher_targets(tiny_data, tiny_teacher, tiny_tea
     yolo_kd.distill(model, cfg=same)
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="mean", **TINY_TRAIN)
     assert set(model.trainer.model.methods) == {"a__mse", "a__pred"}  # one set of adapters for the mean target
-    assert float(rows(tmp_path / "mean" / "results.csv")[0]["train/mse"]) > 0
+    assert float(read_results(tmp_path / "mean" / "results.csv")[0]["train/mse"]) > 0
     mixed = {**same, "teachers": {"a": str(tiny_teacher), "b": str(tiny_teacher_b)}}
     model = YOLO("yolov8n.yaml")
     yolo_kd.distill(model, cfg=mixed)

@@ -4,7 +4,6 @@ non-finite KD terms, crash (SIGKILL) and resume, plain checkpoints, DDP (gloo on
 Everything is real Ultralytics training on the tiny 64 px dataset; nothing of Ultralytics or torch is mocked.
 """
 
-import csv
 import inspect
 import json
 import math
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_NAMES, TINY_TRAIN, make_tiny_dataset, train_tiny
+from conftest import TINY_NAMES, TINY_TRAIN, make_tiny_dataset, read_results, train_tiny
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
@@ -31,11 +30,6 @@ from yolo_kd.methods.feature import channel_aligners
 from yolo_kd.recipe import Recipe
 
 NAMES = dict(enumerate(TINY_NAMES))
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -194,7 +188,7 @@ def test_non_finite_kd_terms_are_dropped_and_counted(tiny_data, tiny_teacher, tm
     model = YOLO("yolov8n.yaml")
     yolo_kd.distill(model, teacher=str(tiny_teacher), method=flaky)
     model.train(data=str(tiny_data), epochs=2, project=str(tmp_path), name="nan", **TINY_TRAIN)
-    rows = read_csv(tmp_path / "nan" / "results.csv")
+    rows = read_results(tmp_path / "nan" / "results.csv")
     assert [r["kd_nan_skips"] for r in rows] == ["2", "2"]  # steps 1 (NaN) and 2 (Inf) of 4, both in epoch 1
     assert float(rows[0]["train/flaky"]) == 0.0  # both steps of epoch 1 dropped the term
     assert 0 < float(rows[1]["train/flaky"]) < float("inf")  # epoch 2 distils normally
@@ -237,7 +231,7 @@ def test_images_without_boxes_and_subcell_boxes_train(tiny_teacher, tmp_path):
     seen = model.trainer.seen
     assert min(s for s, _ in seen if s is not None) < 4  # sub-cell boxes reached the loss
     assert sum(e for _, e in seen) >= 2  # so did images without boxes
-    row = read_csv(tmp_path / "odd" / "results.csv")[0]
+    row = read_results(tmp_path / "odd" / "results.csv")[0]
     fgd, cls, ld = finite_floats(row, ("train/fgd", "train/pred_cls", "train/pred_ld", "train/box_loss"))[:3]
     assert fgd > 0 and cls > 0 and ld > 0
     assert row["kd_nan_skips"] == "0"
@@ -296,7 +290,7 @@ def test_batch_size_one_with_fgd_and_cskd(tiny_data, tiny_teacher, tmp_path):
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="fgd+cskd")
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="b1", **{**TINY_TRAIN, "batch": 1, "nbs": 1})
     assert len(model.trainer.train_loader) == 8  # eight steps of one image
-    row = read_csv(tmp_path / "b1" / "results.csv")[0]
+    row = read_results(tmp_path / "b1" / "results.csv")[0]
     assert all(v > 0 for v in finite_floats(row, ("train/fgd", "train/cskd_feat", "train/cskd_pred", "train/cskd_aux")))
     assert row["kd_nan_skips"] == "0"
 
@@ -315,7 +309,7 @@ def test_single_channel_student_and_teacher(gray_data, tmp_path_factory, tmp_pat
     model = start_training(tmp_path, gray_data, teacher, method="fgd+pred")
     distiller = model.trainer.model
     assert distiller.student.model[0].conv.in_channels == 1
-    row = read_csv(tmp_path / "run" / "results.csv")[0]
+    row = read_results(tmp_path / "run" / "results.csv")[0]
     assert all(v > 0 for v in finite_floats(row, ("train/fgd", "train/pred_cls", "train/pred_ld")))
 
 
@@ -369,7 +363,7 @@ def killed_run(tiny_data, tiny_teacher, tmp_path_factory):
             proc.wait()
         log.close()
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None and "yolo_kd" in ckpt
-    return {"dir": run, "kd": ckpt["yolo_kd"], "rows": read_csv(run / "results.csv")}
+    return {"dir": run, "kd": ckpt["yolo_kd"], "rows": read_results(run / "results.csv")}
 
 
 def moved_run(src: Path, dst: Path) -> Path:
@@ -411,7 +405,7 @@ def test_resume_after_sigkill_restores_adapters_and_stage(killed_run, tmp_path):
         assert got.keys() == saved["adapters"].keys()
         assert all(torch.equal(got[k], saved["adapters"][k]) for k in got)
     assert seen["stage"] == (saved["stage"], 1)
-    rows = read_csv(tmp_path / "run" / "results.csv")
+    rows = read_results(tmp_path / "run" / "results.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and [r["kd_stage"] for r in rows] == ["1", "1", "1"]
     assert all(float(r["train/fgd"]) > 0 for r in rows)
     final = torch.load(last, map_location="cpu", weights_only=False)
@@ -428,7 +422,7 @@ def test_resume_after_sigkill_from_the_command_line(killed_run, tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Resuming training" in out.stdout + out.stderr
-    rows = read_csv(tmp_path / "run" / "results.csv")
+    rows = read_results(tmp_path / "run" / "results.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and all(float(r["train/fgd"]) > 0 for r in rows)
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == -1
 
@@ -594,7 +588,7 @@ def test_ddp_launch_file_rebuilds_the_kd_trainer(tiny_data, tiny_teacher, tmp_pa
         ddp_cleanup(trainer, file)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SELECT_STAGE_HOOKS 1" in out.stdout
-    row = read_csv(tmp_path / "ddp" / "results.csv")[0]
+    row = read_results(tmp_path / "ddp" / "results.csv")[0]
     assert float(row["train/fgd"]) > 0 and row["kd_stage"] == "1"
     assert not Path(file).exists()
 
@@ -646,6 +640,6 @@ def test_auto_balance_end_to_end(tiny_data, tiny_teacher, tmp_path):
     kd = torch.load(tmp_path / "ab" / "weights" / "last.pt", map_location="cpu", weights_only=False)["yolo_kd"]
     assert kd["recipe"]["auto_balance"] == 0.5
     assert list(kd["balance"]) == ["teacher/fgd"] and 0 < kd["balance"]["teacher/fgd"] != 1
-    row = read_csv(tmp_path / "ab" / "results.csv")[0]
+    row = read_results(tmp_path / "ab" / "results.csv")[0]
     fgd, box, cls, dfl = finite_floats(row, ("train/fgd", "train/box_loss", "train/cls_loss", "train/dfl_loss"))
     assert 0.3 < fgd / ((box + cls + dfl) / 3) < 0.7  # 0.5 at the first step (it was 2.0 = batch x 0.5 before the fix)

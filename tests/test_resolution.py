@@ -1,9 +1,8 @@
 """Issue 9: a teacher at its own (larger) image size; maps resampled onto the student's grid."""
 
-import csv
 
 import torch
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, read_results
 from ultralytics import YOLO
 
 import yolo_kd
@@ -37,7 +36,6 @@ def test_teacher_at_128_student_at_64_trains(tiny_data, tiny_teacher, tmp_path):
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="fgd+pred+cskd", teacher_imgsz=128)
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="res", **TINY_TRAIN)
     assert seen["teacher_input"] == 128
-    with open(tmp_path / "res" / "results.csv") as f:
-        row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
+    row = read_results(tmp_path / "res")[0]
     for col in ("fgd", "pred_cls", "pred_ld", "cskd_feat", "cskd_pred"):
         assert 0 < float(row[f"train/{col}"]) < float("inf"), col

@@ -18,10 +18,11 @@ from torch import nn
 
 from .errors import KDConfigError
 from .methods import build_method
-from .preflight import check_teacher_imgsz
+from .compat import check_teachers, first_stage_teachers
+from .preflight import MIN_GRID
 from .recipe import Recipe
-from .taps import Targets, Taps, detect_head, head_taps, match_grid, record_layers
-from .teachers import TeacherPool, check_classes, probe
+from .taps import Targets, Taps, TapShapes, detect_head, head_taps, match_grid, record_layers
+from .teachers import TeacherPool, probe
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
@@ -29,7 +30,10 @@ KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapter
 class Distiller(nn.Module):
     """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
 
-    def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict):
+    def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict,
+                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None):
+        """`pool` and `teacher_shapes` come from `compat.check_before_run` when the trainer checked the teachers before
+        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each)."""
         super().__init__()
         from ultralytics.utils import LOGGER
         from ultralytics.utils.torch_utils import copy_attr
@@ -37,25 +41,22 @@ class Distiller(nn.Module):
         self.student = student
         self.recipe = recipe
         self.spans = recipe.resolve_stages(epochs)
-        self.pool = TeacherPool(recipe.teachers)
+        self.pool = pool or TeacherPool(recipe.teachers)
         self.stage = None  # index of the active stage, None when no stage covers the epoch
         self.epoch = 0
+        self.batches = 1  # batches per epoch, for the schedule's fractional epoch
+        self.batch_index = 0  # training batches seen this epoch
         self.nan_skips = 0
         self.balance: dict[str, float] = {}  # auto-balance multipliers, fixed at the first KD step
 
         device = next(student.parameters()).device
         ch = student.yaml.get("channels", 3)
-        probe_size = int(max(student.stride.max().item(), 32)) * 2
-        s_layers, t_layers = self._layers("student"), self._layers("teacher")
-        s_shapes = probe(student, probe_size, ch, s_layers)
-        t_shapes, self.class_index = {}, {}
-        for name in recipe.teachers:
-            teacher = self.pool.acquire([name], device)[name]
-            self._check_pair(name, teacher, student, ch, names)
-            t_shapes[name] = probe(teacher, probe_size, ch, t_layers)
-            self.pool.release(name)
-            if recipe.class_map:
-                self.class_index[name] = [recipe.class_map[k] for k in sorted(names)]
+        probe_size = int(max(student.stride.max().item(), MIN_GRID)) * 2
+        s_shapes = probe(student, probe_size, ch, self._layers("student"))
+        t_shapes = teacher_shapes or check_teachers(recipe, self.pool, student, ch, names, device,
+                                                    keep=first_stage_teachers(recipe, epochs))
+        self.class_index = {name: [recipe.class_map[k] for k in sorted(names)] for name in recipe.teachers} \
+            if recipe.class_map else {}
         for si, stage in enumerate(recipe.stages):
             if stage.combine == "mean" and len({str(t_shapes[n]) for n in stage.teachers}) > 1:
                 raise KDConfigError(f"stage {si + 1} combine: mean needs teachers with equal channels and heads, "
@@ -67,7 +68,6 @@ class Distiller(nn.Module):
                     key = f"{teacher}__{m.name}"
                     if key not in methods:
                         methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
-                        self._check_head(m.name, methods[key], s_shapes, t_shapes[teacher], teacher)
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
         copy_attr(self, student)
@@ -83,34 +83,11 @@ class Distiller(nn.Module):
         stage = self.recipe.stages[si]
         return stage.teachers[:1] if stage.combine == "mean" else stage.teachers
 
-    def _check_pair(self, name, teacher, student, ch, names) -> None:
-        t_ch = teacher.yaml.get("channels", 3)
-        if t_ch != ch:
-            raise KDConfigError(f"teacher '{name}' takes {t_ch}-channel images but the student takes {ch}: "
-                                "use a teacher trained with the same channels")
-        check_classes(name, teacher, names, self.recipe.class_map)
-        check_teacher_imgsz(name, self.recipe.teachers[name].imgsz, int(teacher.stride.max()))
-        s_strides, t_strides = student.stride.tolist(), teacher.stride.tolist()
-        if not self.recipe.layers and s_strides != t_strides:
-            raise KDConfigError(
-                f"teacher '{name}' has Detect levels at strides {t_strides} but the student at {s_strides}: use a "
-                "teacher with the same levels, or pick matching layers with layers={student: [...], teacher: [...]}"
-            )
-
-    def _check_head(self, method, module, s_shapes, t_shapes, teacher) -> None:
-        if module.needs_head_inputs and (self.recipe.layers or self.recipe.class_map):
-            raise KDConfigError(f"method '{method}' runs the student's Detect inputs through teacher '{teacher}''s "
-                                "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
-        if module.needs_head and s_shapes.reg_max != t_shapes.reg_max:
-            raise KDConfigError(
-                f"method '{method}' compares box outputs but teacher '{teacher}' has reg_max={t_shapes.reg_max} and "
-                f"the student reg_max={s_shapes.reg_max} (YOLO26 has no DFL): pick a teacher of the same head family"
-            )
-
     # ------------------------------------------------------------------ schedule
-    def set_epoch(self, epoch: int) -> str | None:
-        """Select the stage covering `epoch`; returns a log line when the stage changes (teachers swap lazily)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, batches: int = 1) -> str | None:
+        """Select the stage covering `epoch` of `batches` batches; returns a log line when the stage changes (teachers
+        swap lazily). The schedule factor then advances batch by batch: epoch + i / batches."""
+        self.epoch, self.batches, self.batch_index = epoch, max(int(batches), 1), 0
         stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None)
         if stage == self.stage:
             return None
@@ -151,7 +128,8 @@ class Distiller(nn.Module):
         s_taps = head_taps(preds, s_layer_feats)
         det_loss, items = self.student.loss(batch, preds)
         targets = Targets.from_batch(batch)
-        factor = self.recipe.schedule.factor(self.epoch, *self.spans[self.stage])
+        factor = self.recipe.schedule.factor(self.progress, *self.spans[self.stage])
+        self.batch_index += 1
         values = {t: zero for t in self.term_names}
         for teacher, taps, teacher_weight in t_taps:
             for m in stage.methods:
@@ -166,6 +144,11 @@ class Distiller(nn.Module):
         kd = torch.stack(list(values.values())).sum() if values else zero
         items.update({k: v.detach() for k, v in values.items()})
         return torch.cat([det_loss, (kd * img.shape[0]).view(1).to(det_loss.dtype)]), items
+
+    @property
+    def progress(self) -> float:
+        """Training progress in epochs, fractional: epoch + (batches done this epoch) / (batches per epoch)."""
+        return self.epoch + min(self.batch_index, self.batches) / self.batches
 
     def _teacher_taps(self, stage, img: torch.Tensor) -> list[tuple[str, Taps, float]]:
         """Per method-owning teacher: (its taps on the student's grid, its weight); averaged when combine=mean."""
@@ -267,6 +250,15 @@ class Distiller(nn.Module):
 
     def init_criterion(self):
         return self.student.init_criterion()
+
+    @property
+    def class_weights(self):
+        """The student's per-class loss weights (Ultralytics sets them for cls_pw > 0); its criterion reads them."""
+        return getattr(self.student, "class_weights", None)
+
+    @class_weights.setter
+    def class_weights(self, value):
+        self.student.class_weights = value
 
     @property
     def end2end(self):

@@ -70,25 +70,3 @@ def check_train_labels(data: dict) -> None:
         f"dataset {name} has no labels in its train split ({len(images)} images, no non-empty label file such as "
         f"{labels[0]}): add YOLO .txt label files under labels/ next to images/, one 'class x y w h' line per box"
     )
-
-
-def early_checks(args) -> None:
-    """Checks on the merged train arguments, run before Ultralytics creates the run directory or writes anything.
-
-    The image size is checked against Ultralytics' minimum grid (32) here, and against the student's largest stride
-    once the model exists. The dataset is checked here only when it is a local YAML whose splits exist (nothing to
-    download); the trainer checks it again, in every case, right after Ultralytics resolves it.
-    """
-    check_imgsz(args.imgsz, MIN_GRID)
-    if args.resume:
-        return
-    data = str(args.data or "")
-    if Path(data).suffix not in {".yaml", ".yml"} or "://" in data or not Path(data).is_file():
-        return
-    from ultralytics.data.utils import check_det_dataset
-
-    try:
-        resolved = check_det_dataset(data, autodownload=False)
-    except Exception:  # any dataset problem is reported by Ultralytics itself, in its own words, a moment later
-        return
-    check_train_labels(resolved)

@@ -14,6 +14,7 @@ A run's recipe rides on the trainer class (`trainer_for(recipe)`), which Ultraly
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .distiller import KD_STATE_KEY, Distiller
-from .preflight import MIN_GRID, check_imgsz, check_train_labels, early_checks
+from .compat import check_before_run
+from .preflight import MIN_GRID, check_imgsz, check_train_labels
 from .recipe import Recipe
 from .teachers import check_teacher_file
 
@@ -37,11 +39,15 @@ class KDTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None):
         if self.recipe is None:
             raise TypeError("use yolo_kd.trainer_for(recipe) or yolo_kd.distill(...) to make a KD trainer")
-        early_checks(get_cfg(cfg, overrides))  # before Ultralytics creates or writes the run directory
+        # before Ultralytics creates or writes the run directory; the first stage's teachers stay loaded
+        self._pool, self._teacher_shapes = check_before_run(self.recipe, get_cfg(cfg, overrides))
         super().__init__(cfg, overrides, _callbacks)
         for name, spec in self.recipe.teachers.items():
             check_teacher_file(name, spec)
         self.recipe.resolve_stages(self.epochs)
+        if self.args.compile:  # the distiller runs the student itself, so the trainer's compiled forward would be
+            LOGGER.warning("yolo-kd: 'compile' is not supported with distillation and is disabled")  # a 2nd forward
+            self.args.compile = False
         self._kd_resume_state = None
         for event, callback in (("on_train_epoch_start", select_stage), ("on_train_epoch_end", log_stage)):
             if callback not in self.callbacks[event]:  # DDP workers receive the parent's callbacks already added
@@ -66,26 +72,33 @@ class KDTrainer(DetectionTrainer):
         super().set_model_attributes()
         if not isinstance(self.model, Distiller):
             check_imgsz(self.args.imgsz, max(int(self.model.stride.max()), MIN_GRID))  # Ultralytics' grid size
-            self.model = Distiller(self.model, self.recipe, epochs=self.epochs, names=self.data["names"])
+            self.model = Distiller(self.model, self.recipe, epochs=self.epochs, names=self.data["names"],
+                                   pool=self._pool, teacher_shapes=self._teacher_shapes)
             self.model.to(self.device)
             if self._kd_resume_state:
                 self.model.load_kd_state(self._kd_resume_state)
 
     # ------------------------------------------------------------------ checkpoints
     def save_model(self):
-        """Write Ultralytics' checkpoints with the student alone; last.pt gets the KD state and appears atomically.
+        """Write Ultralytics' checkpoints with the student alone, each one atomically; last.pt adds the KD state.
 
-        Ultralytics writes last.pt in place; it is redirected to a temp file that receives the KD state and then
-        replaces last.pt, so a kill at any moment leaves either the previous complete last.pt or the new one.
+        Ultralytics serialises the checkpoint once and writes the same bytes to last.pt and best.pt in place. Here it
+        writes them into in-memory sinks instead; best.pt gets those bytes, last.pt gets them with the KD state
+        added, each through a temp file renamed over the target, so a kill at any moment leaves a whole checkpoint.
         """
-        model, ema, last = self.model, self.ema.ema, self.last
-        tmp = last.with_name(f".{last.name}.partial")
-        self.model, self.ema.ema, self.last = unwrap_model(model).student, ema.student, tmp
+        model, ema, last, best = self.model, self.ema.ema, self.last, self.best
+        self.model, self.ema.ema = unwrap_model(model).student, ema.student
+        self.last, self.best = CheckpointSink(last), CheckpointSink(best)
         try:
             saved = super().save_model()
+            sinks = self.last, self.best
         finally:
-            self.model, self.ema.ema, self.last = model, ema, last
-        add_kd_state(tmp, unwrap_model(model).kd_state(adapters=ema.methods), last)
+            self.model, self.ema.ema, self.last, self.best = model, ema, last, best
+        last_sink, best_sink = sinks
+        if best_sink.data is not None:
+            atomic_write(best, best_sink.data)
+        if last_sink.data is not None:
+            atomic_write(last, with_kd_state(last_sink.data, unwrap_model(model).kd_state(adapters=ema.methods)))
         return saved
 
     def _load_checkpoint_state(self, ckpt):
@@ -102,18 +115,38 @@ class KDTrainer(DetectionTrainer):
                 self.ema.ema.load_kd_state(state)
 
 
-def add_kd_state(src: Path, state: dict, dest: Path) -> None:
-    """Add the KD state to the temp checkpoint `src`, then rename it onto `dest` (atomic: a kill never tears it)."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+class CheckpointSink:
+    """Stands in for a checkpoint path while Ultralytics saves: keeps the bytes it would have written in place."""
+
+    def __init__(self, path: Path):
+        self.path, self.data = path, None
+
+    def write_bytes(self, data: bytes) -> int:
+        self.data = data
+        return len(data)
+
+
+def with_kd_state(data: bytes, state: dict) -> bytes:
+    """A serialised Ultralytics checkpoint with the plain-data KD state added under `yolo_kd` (in memory)."""
+    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     ckpt[KD_STATE_KEY] = state
-    torch.save(ckpt, src)
-    os.replace(src, dest)
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, then rename it over `path`: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def select_stage(trainer) -> None:
     """on_train_epoch_start: activate the stage covering this epoch; log switches."""
     distiller = unwrap_model(trainer.model)
-    message = distiller.set_epoch(trainer.epoch)
+    message = distiller.set_epoch(trainer.epoch, len(trainer.train_loader))
     if message and RANK in {-1, 0}:
         LOGGER.info(message)
 

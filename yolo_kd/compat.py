@@ -1,0 +1,128 @@
+"""Teacher / student / data compatibility: every check that the files alone can decide, done before Ultralytics
+creates the run folder (so a refused run writes nothing), and again by the distiller once the student is built.
+
+Checks: teacher task and head (on load), image channels, class names (or a class_map), Detect strides (unless
+`layers` pairs other layers), the teacher's own image size against its grid, matching DFL bins for methods that
+compare box outputs, and methods that need the teacher head's own inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import KDConfigError
+from .methods import METHODS
+from .preflight import MIN_GRID, check_imgsz, check_teacher_imgsz, check_train_labels
+from .recipe import Recipe
+from .taps import TapShapes, detect_head
+from .teachers import TeacherPool, check_classes, probe
+
+
+def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names: dict, recipe: Recipe) -> None:
+    """A teacher fits a student and a data set: channels, classes, its own image size, Detect strides, heads."""
+    t_ch = teacher.yaml.get("channels", 3)
+    if t_ch != ch:
+        raise KDConfigError(f"teacher '{name}' takes {t_ch}-channel images but the student takes {ch}: "
+                            "use a teacher trained with the same channels")
+    check_classes(name, teacher, names, recipe.class_map)
+    check_teacher_imgsz(name, recipe.teachers[name].imgsz, int(teacher.stride.max()))
+    s_strides, t_strides = student.stride.tolist(), teacher.stride.tolist()
+    if not recipe.layers and s_strides != t_strides:
+        raise KDConfigError(
+            f"teacher '{name}' has Detect levels at strides {t_strides} but the student at {s_strides}: use a "
+            "teacher with the same levels, or pick matching layers with layers={student: [...], teacher: [...]}"
+        )
+    s_reg, t_reg = int(detect_head(student).reg_max), int(detect_head(teacher).reg_max)
+    for stage in recipe.stages:
+        if name not in stage.teachers:
+            continue
+        for m in stage.methods:
+            cls = METHODS[m.name]
+            if cls.needs_head and s_reg != t_reg:
+                raise KDConfigError(
+                    f"method '{m.name}' compares box outputs but teacher '{name}' has reg_max={t_reg} and the "
+                    f"student reg_max={s_reg} (YOLO26 has no DFL): pick a teacher of the same head family"
+                )
+            if cls.needs_head_inputs and (recipe.layers or recipe.class_map):
+                raise KDConfigError(f"method '{m.name}' runs the student's Detect inputs through teacher '{name}''s "
+                                    "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
+
+
+def first_stage_teachers(recipe: Recipe, epochs: int, start_epoch: int = 0) -> list[str]:
+    """Teachers of the stage covering `start_epoch` (or of the next stage to start): the ones to keep loaded."""
+    spans = recipe.resolve_stages(epochs)
+    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
+    for i in order:
+        if spans[i][1] > start_epoch and recipe.stages[i].teachers:
+            return list(recipe.stages[i].teachers)
+    return []
+
+
+def check_teachers(recipe: Recipe, pool: TeacherPool, student: nn.Module, ch: int, names: dict, device,
+                   keep: list[str]) -> dict[str, TapShapes]:
+    """Load each teacher through `pool` (once), check it against the student and data, probe its tap shapes; the
+    teachers in `keep` stay loaded for the first stage, the others are released."""
+    probe_size = int(max(student.stride.max().item(), MIN_GRID)) * 2
+    layers = recipe.layers["teacher"] if recipe.layers else None
+    shapes = {}
+    for name in recipe.teachers:
+        teacher = pool.acquire([*(n for n in keep if n in pool.loaded), name], device)[name]
+        check_pair(name, teacher, student, ch, names, recipe)
+        shapes[name] = probe(teacher, probe_size, ch, layers)
+        if name not in keep:
+            pool.release(name)
+    return shapes
+
+
+def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
+    """The student as the trainer will build it (a *.yaml, or a local *.pt), or None when it is neither."""
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    if model is None:
+        return None
+    if isinstance(model, nn.Module):
+        return model
+    path = Path(str(model))
+    if path.suffix in {".yaml", ".yml"}:
+        try:
+            return DetectionModel(str(model), ch=ch, nc=nc, verbose=False)
+        except Exception:  # an unknown yaml is Ultralytics' own error, reported in its words a moment later
+            return None
+    if path.suffix == ".pt" and path.is_file():
+        return load_checkpoint(str(path))[0]
+    return None
+
+
+def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
+    """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
+    data set (a local YAML or folder must resolve and have labels), then each teacher against the student and data.
+    Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
+    the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
+    from ultralytics.data.utils import check_det_dataset
+
+    check_imgsz(args.imgsz, MIN_GRID)
+    pool = TeacherPool(recipe.teachers)
+    data = str(args.data or "")
+    if args.resume or "://" in data or not data or not Path(data).exists():
+        return pool, None
+    try:
+        resolved = check_det_dataset(data, autodownload=False)
+    except Exception as e:
+        raise KDConfigError(f"data={data} cannot be read as a detection data set ({first_line(e)}): give a data.yaml "
+                            "with path, train, val and names (or a folder holding one)") from None
+    check_train_labels(resolved)
+    ch, names = int(resolved.get("channels", 3)), resolved["names"]
+    student = student_from_files(args.model, ch, len(names))
+    if student is None:
+        return pool, None
+    check_imgsz(args.imgsz, max(int(student.stride.max()), MIN_GRID))
+    keep = first_stage_teachers(recipe, args.epochs)
+    return pool, check_teachers(recipe, pool, student, ch, names, torch.device("cpu"), keep)
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:160]
