@@ -1,41 +1,122 @@
-"""Issue 9: a teacher at its own (larger) image size; maps resampled onto the student's grid."""
+"""Issue 14: a teacher at its own (larger) image size sees real high-resolution pixels; its levels, maps and DFL box
+distributions land on the student's grid in the student's units."""
 
+import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_TRAIN, read_results
 from ultralytics import YOLO
 
 import yolo_kd
-from yolo_kd.taps import Taps, match_grid
+from yolo_kd.recipe import Recipe
+from yolo_kd.resolution import level_pairs, resample, to_student_grid
+from yolo_kd.taps import Taps
+from yolo_kd.trainer import trainer_for
+
+REG_MAX = 16
 
 
-def test_teacher_maps_land_on_student_grid_at_same_cells():
-    # a box covering x in [0.25, 0.5), y in [0.5, 0.75) of the image, drawn on a 16x16 (teacher) and 8x8 (student) grid
-    def grid(n):
-        m = torch.zeros(1, 1, n, n)
-        m[..., n // 2: 3 * n // 4, n // 4: n // 2] = 1.0
-        return m
-
-    teacher = Taps(feats=[grid(16)], scores=grid(16).flatten(2), boxes=grid(16).flatten(2).repeat(1, 4, 1))
-    out = match_grid(teacher, [(8, 8)])
-    assert out.feats[0].shape[-2:] == (8, 8)
-    assert torch.equal(out.feats[0], grid(8))  # same cells, exactly (area pooling of an aligned box)
-    assert out.scores.shape == (1, 1, 64) and torch.equal(out.scores, grid(8).flatten(2))
-    assert out.boxes.shape == (1, 4, 64)
+def peaked_dfl(grid: int, cells: float) -> torch.Tensor:
+    """DFL logits (1, 4 * REG_MAX, grid * grid): every anchor predicts `cells` cells on each side (sharp peak)."""
+    logits = torch.full((1, 4, REG_MAX, grid * grid), -20.0)
+    logits[:, :, int(cells)] = 20.0
+    return logits.reshape(1, 4 * REG_MAX, grid * grid)
 
 
-def test_teacher_at_128_student_at_64_trains(tiny_data, tiny_teacher, tmp_path):
-    seen = {}
+def decode(boxes: torch.Tensor, grid: int) -> torch.Tensor:
+    """Expected DFL distances -> boxes (A, 4) xyxy normalised to the image, anchors at cell centres."""
+    dist = (boxes.reshape(4, REG_MAX, -1).softmax(1) * torch.arange(REG_MAX).view(1, -1, 1)).sum(1).T  # (A, ltrb)
+    ys, xs = torch.meshgrid(torch.arange(grid) + 0.5, torch.arange(grid) + 0.5, indexing="ij")
+    cx, cy = xs.flatten(), ys.flatten()
+    return torch.stack([cx - dist[:, 0], cy - dist[:, 1], cx + dist[:, 2], cy + dist[:, 3]], 1) / grid
 
-    def on_batch_end(trainer):
-        distiller = trainer.model
-        seen["teacher_input"] = distiller._teacher_input("teacher", torch.zeros(2, 3, 64, 64)).shape[-1]
+
+def convert(t_grid: int, s_grid: int, boxes: torch.Tensor) -> torch.Tensor:
+    teacher = Taps(feats=[torch.zeros(1, 1, t_grid, t_grid)], scores=torch.zeros(1, 1, t_grid ** 2), boxes=boxes)
+    return to_student_grid(teacher, [(s_grid, s_grid)], [0], [(s_grid, s_grid)], [0], [(t_grid, t_grid)], REG_MAX).boxes
+
+
+@pytest.mark.parametrize("t_grid, s_grid", [(16, 8), (12, 8)])
+def test_teacher_boxes_decode_to_the_same_image_boxes_on_the_student_grid(t_grid, s_grid):
+    """6 teacher cells on a 16x16 grid are 3 student cells on 8x8 (and 4 on 8x8 from 12x12): same boxes in the image."""
+    out = convert(t_grid, s_grid, peaked_dfl(t_grid, 6))
+    dist = (out.reshape(4, REG_MAX, -1).softmax(1) * torch.arange(REG_MAX).view(1, -1, 1)).sum(1)
+    torch.testing.assert_close(dist, torch.full_like(dist, 6 * s_grid / t_grid), atol=1e-3, rtol=0)
+    student_boxes = decode(out, s_grid)
+    sizes = student_boxes[:, 2:] - student_boxes[:, :2]
+    torch.testing.assert_close(sizes, torch.full_like(sizes, 12 / t_grid), atol=1e-3, rtol=0)  # 12 teacher cells wide
+    if t_grid == 2 * s_grid:  # each student cell covers 2x2 teacher cells: its box is the mean of their boxes
+        t_boxes = decode(peaked_dfl(t_grid, 6), t_grid).T.reshape(4, t_grid, t_grid)
+        pooled = F.avg_pool2d(t_boxes[None], 2)[0].reshape(4, -1).T
+        torch.testing.assert_close(student_boxes, pooled, atol=1e-3, rtol=0)
+
+
+def test_level_shift_at_2x_keeps_the_dfl_unit():
+    """At 2x, teacher P4 has the student's P3 grid and unit: its logits pass unchanged; the student's P5 is taught by
+    the teacher's P5 pooled 2x2, its distances halved."""
+    assert level_pairs([8, 16, 32], [8, 16, 32], 2.0) == [1, 2, 2]
+    assert level_pairs([8, 16, 32], [8, 16, 32], 1.0) == [0, 1, 2]
+    t_grid, s_grid = [(16, 16), (8, 8), (4, 4)], [(8, 8), (4, 4), (2, 2)]
+    boxes = torch.cat([peaked_dfl(16, 2), peaked_dfl(8, 5), peaked_dfl(4, 6)], -1)
+    teacher = Taps(feats=[torch.rand(1, c, *g) for c, g in zip((4, 8, 16), t_grid)],
+                   scores=torch.rand(1, 2, 16 * 16 + 8 * 8 + 4 * 4), boxes=boxes)
+    out = to_student_grid(teacher, s_grid, [1, 2, 2], s_grid, [1, 2, 2], t_grid, REG_MAX)
+    assert [f.shape[1] for f in out.feats] == [8, 16, 16]
+    assert torch.equal(out.feats[0], teacher.feats[1]) and torch.equal(out.feats[1], teacher.feats[2])
+    assert torch.equal(out.boxes[..., :64], boxes[..., 256:320])  # teacher P4 -> student P3, unchanged
+    assert torch.equal(out.scores[..., :64], teacher.scores[..., 256:320])
+    p5 = out.boxes[..., 64 + 16:].reshape(4, REG_MAX, -1).softmax(1)
+    dist = (p5 * torch.arange(REG_MAX).view(1, -1, 1)).sum(1)
+    torch.testing.assert_close(dist, torch.full_like(dist, 3.0), atol=1e-3, rtol=0)
+
+
+def high_frequency(img: torch.Tensor) -> float:
+    lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    return F.conv2d(img, lap, groups=3).abs().mean().item()
+
+
+def test_student_batch_is_the_downsample_of_the_teachers_real_pixels(tiny_data, tiny_teacher, tmp_path):
+    seen = []
+    recipe = Recipe.from_kwargs(teacher=str(tiny_teacher), method="pred", teacher_imgsz=128)
+
+    class Capturing(trainer_for(recipe)):
+        def preprocess_batch(self, batch):
+            batch = super().preprocess_batch(batch)
+            seen.append((batch["img"].clone(), batch["teacher_img"].clone()))
+            return batch
 
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_batch_end", on_batch_end)
-    yolo_kd.distill(model, teacher=str(tiny_teacher), method="fgd+pred+cskd", teacher_imgsz=128)
+    model.train(trainer=Capturing, data=str(tiny_data), epochs=1, project=str(tmp_path), name="hr",
+                **{**TINY_TRAIN, "mosaic": 1.0})
+    img, source = seen[0]
+    assert img.shape[-1] == 64 and source.shape[-1] == 128
+    assert torch.equal(img, resample(source, (64, 64)))
+    assert torch.allclose(img, F.avg_pool2d(source, 2), atol=1e-6)  # area = 2x2 box filter at 2x
+    upsampled = F.interpolate(img, size=(128, 128), mode="bilinear", align_corners=False)  # what the teacher saw before
+    assert high_frequency(source) > 1.5 * high_frequency(upsampled)
+    assert model.trainer.args.imgsz == 64  # validation, args.yaml and checkpoints stay at the student's size
+
+
+def test_teacher_at_128_student_at_64_every_method(tiny_data, tiny_teacher, tmp_path):
+    methods = "mse+fgd+cskd+pred+cwd+mgd+pkd+sl2+crosskd"
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method=methods, teacher_imgsz=128)
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="res", **TINY_TRAIN)
-    assert seen["teacher_input"] == 128
+    distiller = model.trainer.model
+    assert distiller.head_pairs["teacher"] == [1, 2, 2]
     row = read_results(tmp_path / "res")[0]
-    for col in ("fgd", "pred_cls", "pred_ld", "cskd_feat", "cskd_pred"):
-        assert 0 < float(row[f"train/{col}"]) < float("inf"), col
+    for col in distiller.term_names:
+        assert math.isfinite(float(row[f"train/{col}"])) and float(row[f"train/{col}"]) > 0, col
+
+
+def test_two_teachers_each_at_its_own_size(tiny_data, tiny_teacher, tiny_teacher_b, tmp_path):
+    cfg = {"teachers": {"big": {"model": str(tiny_teacher), "imgsz": 128}, "same": str(tiny_teacher_b)},
+           "stages": [{"fraction": [0, 1], "teachers": ["big", "same"], "methods": "pred+pkd"}]}
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, cfg=cfg)
+    model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="two", **TINY_TRAIN)
+    assert model.trainer.model.head_pairs == {"big": [1, 2, 2], "same": [0, 1, 2]}
+    row = read_results(tmp_path / "two")[0]
+    assert all(float(row[f"train/{c}"]) > 0 for c in ("pred_cls", "pred_ld", "pkd"))

@@ -13,7 +13,6 @@ import math
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import KDConfigError
@@ -21,7 +20,9 @@ from .methods import build_method
 from .compat import check_teachers, first_stage_teachers
 from .preflight import MIN_GRID
 from .recipe import Recipe
-from .taps import Targets, Taps, TapShapes, detect_head, head_taps, match_grid, record_layers
+from .preflight import image_size
+from .resolution import head_grid, level_pairs, resample, to_student_grid
+from .taps import Targets, Taps, TapShapes, detect_head, head_taps, record_layers
 from .teachers import TeacherPool, probe
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
@@ -55,6 +56,11 @@ class Distiller(nn.Module):
         s_shapes = probe(student, probe_size, ch, self._layers("student"))
         t_shapes = teacher_shapes or check_teachers(recipe, self.pool, student, ch, names, device,
                                                     keep=first_stage_teachers(recipe, epochs))
+        self.head_pairs = {name: self._level_pairs(name, s_shapes, t_shapes[name]) for name in recipe.teachers}
+        self.feat_pairs = {name: list(range(len(t_shapes[name].channels))) if recipe.layers else self.head_pairs[name]
+                           for name in recipe.teachers}
+        t_shapes = {name: replace(t, channels=[t.channels[k] for k in self.feat_pairs[name]])
+                    for name, t in t_shapes.items()}
         self.class_index = {name: [recipe.class_map[k] for k in sorted(names)] for name in recipe.teachers} \
             if recipe.class_map else {}
         for si, stage in enumerate(recipe.stages):
@@ -77,6 +83,14 @@ class Distiller(nn.Module):
     # ------------------------------------------------------------------ construction checks
     def _layers(self, who: str) -> list[int] | None:
         return self.recipe.layers[who] if self.recipe.layers else None
+
+    def _level_pairs(self, name: str, s_shapes: TapShapes, t_shapes: TapShapes) -> list[int]:
+        """Teacher Detect level per student Detect level: the same image area per cell for a teacher at its own size
+        (`resolution.level_pairs`), else level i with level i."""
+        size = self.recipe.teachers[name].imgsz
+        student_size = image_size(getattr(getattr(self.student, "args", None), "imgsz", None))
+        ratio = size / student_size if size and student_size else 1.0
+        return level_pairs(list(s_shapes.strides), list(t_shapes.strides), ratio)
 
     def _method_teachers(self, si: int) -> list[str]:
         """Teachers that own adapters in stage `si`: each one (combine=sum) or the first (combine=mean)."""
@@ -122,10 +136,10 @@ class Distiller(nn.Module):
             return torch.cat([det_loss, zero.view(1)]), items
 
         img = batch["img"]
-        t_taps = self._teacher_taps(stage, img)
         with record_layers(self.student, self._layers("student")) as s_layer_feats:
             preds = self.student(img)
         s_taps = head_taps(preds, s_layer_feats)
+        t_taps = self._teacher_taps(stage, img, batch.get("teacher_img"), s_taps)
         det_loss, items = self.student.loss(batch, preds)
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.progress, *self.spans[self.stage])
@@ -150,37 +164,44 @@ class Distiller(nn.Module):
         """Training progress in epochs, fractional: epoch + (batches done this epoch) / (batches per epoch)."""
         return self.epoch + min(self.batch_index, self.batches) / self.batches
 
-    def _teacher_taps(self, stage, img: torch.Tensor) -> list[tuple[str, Taps, float]]:
-        """Per method-owning teacher: (its taps on the student's grid, its weight); averaged when combine=mean."""
+    def _teacher_taps(self, stage, img: torch.Tensor, source: torch.Tensor | None,
+                      s_taps: Taps) -> list[tuple[str, Taps, float]]:
+        """Per method-owning teacher: (its taps on the student's grid, its weight); averaged when combine=mean.
+
+        `source` is the high-resolution batch the student's `img` was downsampled from (teacher at its own size)."""
         half = img.is_cuda and torch.is_autocast_enabled("cuda")
         teachers = self.pool.acquire(stage.teachers, img.device, half=half)
         taps = {}
         with torch.no_grad():
             for name, teacher in teachers.items():
-                t_img = self._teacher_input(name, img).to(next(teacher.parameters()).dtype)
+                t_img = self._teacher_input(name, img, source).to(next(teacher.parameters()).dtype)
                 if t_img.is_cuda:
                     t_img = t_img.contiguous(memory_format=torch.channels_last)
                 with record_layers(teacher, self._layers("teacher")) as feats:
                     out = teacher(t_img)
-                taps[name] = self._map_classes(name, replace(head_taps(out, feats), head=detect_head(teacher)))
-        if any(self.recipe.teachers[n].imgsz for n in taps):
-            grid = [(int(img.shape[-2] // s), int(img.shape[-1] // s)) for s in self.student.stride.tolist()]
-            taps = {n: match_grid(t, grid) for n, t in taps.items()}
+                head = detect_head(teacher)
+                t = self._map_classes(name, replace(head_taps(out, feats), head=head))
+                if t_img.shape[-2:] != img.shape[-2:]:
+                    t = to_student_grid(t, [tuple(f.shape[-2:]) for f in s_taps.feats], self.feat_pairs[name],
+                                        head_grid(self.student.stride, img), self.head_pairs[name],
+                                        head_grid(head.stride, t_img), int(head.reg_max))
+                taps[name] = t
         weights = dict(zip(stage.teachers, stage.teacher_weights))
         if stage.combine == "mean":
             mean = average_taps([taps[n] for n in stage.teachers], [weights[n] for n in stage.teachers])
             return [(stage.teachers[0], mean, 1.0)]
         return [(n, taps[n], weights[n]) for n in stage.teachers]
 
-    def _teacher_input(self, name: str, img: torch.Tensor) -> torch.Tensor:
-        """The student's augmented batch resized to the teacher's own input size (same letterbox, same boxes)."""
+    def _teacher_input(self, name: str, img: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's input at its own size: the high-resolution `source` batch (the trainer's loader makes it at
+        the teacher's size; the student's `img` is its downsample), resized when this teacher's size differs; without
+        a source, the student's batch itself resized (same letterbox, same boxes)."""
         size = self.recipe.teachers[name].imgsz
-        if not size or size == img.shape[-1]:
+        if not size:
             return img
-        scale = size / max(img.shape[-2:])
         stride = int(self.student.stride.max())
-        hw = [max(stride, int(round(d * scale / stride)) * stride) for d in img.shape[-2:]]
-        return F.interpolate(img, size=hw, mode="bilinear", align_corners=False)
+        hw = tuple(max(stride, int(round(d * size / max(img.shape[-2:]) / stride)) * stride) for d in img.shape[-2:])
+        return resample(img if source is None else source, hw)
 
     def _map_classes(self, name: str, taps: Taps) -> Taps:
         idx = self.class_index.get(name)
@@ -285,4 +306,5 @@ def average_taps(taps: list[Taps], weights: list[float]) -> Taps:
         return sum(w * x.float() for w, x in zip(weights, xs)) / total
 
     return Taps(feats=[mean(list(f)) for f in zip(*(t.feats for t in taps))],
-                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]), head=taps[0].head)
+                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]), head=taps[0].head,
+                head_levels=taps[0].head_levels)

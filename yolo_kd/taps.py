@@ -23,6 +23,7 @@ class Taps:
     scores: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
     head: nn.Module | None = None  # the model's Detect head (teachers only: CrossKD runs student features through it)
+    head_levels: list[int] | None = None  # head level that produced each level of scores/boxes (None: 0, 1, 2, ...)
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TapShapes:
     channels: list[int]
     nc: int
     reg_max: int
+    strides: tuple[float, ...] = ()  # Detect level strides (pairing levels for a teacher at its own size)
 
 
 @dataclass
@@ -68,11 +70,16 @@ def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
                 boxes=raw["boxes"])
 
 
-def dense_predictions(head: nn.Module, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch run
-    on `feats`; gradients flow into `feats` whatever the head's own requires_grad."""
-    raw = head.forward_head(list(feats), **head.one2many)
-    return raw["scores"], raw["boxes"]
+def dense_predictions(head: nn.Module, feats: list[torch.Tensor],
+                      levels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch, its
+    level levels[i] (default i) run on feats[i]; gradients flow into `feats` whatever the head's requires_grad."""
+    branch = head.one2many
+    levels = range(len(feats)) if levels is None else levels
+    n = feats[0].shape[0]
+    boxes = [branch["box_head"][k](f).view(n, 4 * head.reg_max, -1) for k, f in zip(levels, feats)]
+    scores = [branch["cls_head"][k](f).view(n, head.nc, -1) for k, f in zip(levels, feats)]
+    return torch.cat(scores, -1), torch.cat(boxes, -1)
 
 
 def split_levels(x: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -139,34 +146,3 @@ def record_layers(model: nn.Module, layers: list[int] | None):
         for h in handles:
             h.remove()
         feats.extend(outputs[s] for s in sorted(outputs))
-
-
-def match_grid(teacher: Taps, sizes: list[tuple[int, int]]) -> Taps:
-    """Resample the teacher's maps onto the student's grid `sizes` (H, W per level), for a teacher at its own size.
-
-    Features are area-averaged (adaptive average pooling) when the teacher grid is larger, bilinearly interpolated
-    when smaller; per-anchor predictions are reshaped to their level grids and resampled the same way, so anchor k
-    of the student and of the resampled teacher sit at the same normalised position.
-    """
-    t_sizes = [tuple(t.shape[-2:]) for t in teacher.feats]
-    s_sizes = [tuple(s) for s in sizes]
-    if t_sizes == s_sizes:
-        return teacher
-    feats = [_resample(t, size) for t, size in zip(teacher.feats, s_sizes)]
-
-    def per_anchor(x):
-        if x is None:
-            return None
-        parts = torch.split(x, [h * w for h, w in t_sizes], dim=-1)
-        out = [_resample(p.reshape(*p.shape[:2], *ts), ss).flatten(2) for p, ts, ss in zip(parts, t_sizes, s_sizes)]
-        return torch.cat(out, -1)
-
-    return Taps(feats=feats, scores=per_anchor(teacher.scores), boxes=per_anchor(teacher.boxes), head=teacher.head)
-
-
-def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(x, size)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -104,7 +104,8 @@ def probe(model: nn.Module, imgsz: int, ch: int, layers: list[int] | None = None
     taps = head_taps(out, feats)
     model.train(was_training)
     head = detect_head(model)
-    return TapShapes(channels=[f.shape[1] for f in taps.feats], nc=int(head.nc), reg_max=int(head.reg_max))
+    return TapShapes(channels=[f.shape[1] for f in taps.feats], nc=int(head.nc), reg_max=int(head.reg_max),
+                     strides=tuple(model.stride.tolist()))
 
 
 def check_classes(name: str, teacher: nn.Module, names: dict, class_map: dict | None) -> None:

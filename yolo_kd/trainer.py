@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import os
+import random
+from copy import copy
 from pathlib import Path
 
 import torch
@@ -26,8 +28,9 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .distiller import KD_STATE_KEY, Distiller
 from .compat import check_before_run
-from .preflight import MIN_GRID, check_imgsz, check_train_labels
+from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
+from .resolution import resample
 from .teachers import check_teacher_file
 
 
@@ -45,6 +48,7 @@ class KDTrainer(DetectionTrainer):
         for name, spec in self.recipe.teachers.items():
             check_teacher_file(name, spec)
         self.recipe.resolve_stages(self.epochs)
+        self.source_imgsz = source_size(self.recipe, self.args.imgsz)
         if self.args.compile:  # the distiller runs the student itself, so the trainer's compiled forward would be
             LOGGER.warning("yolo-kd: 'compile' is not supported with distillation and is disabled")  # a 2nd forward
             self.args.compile = False
@@ -58,6 +62,37 @@ class KDTrainer(DetectionTrainer):
         data = super().get_dataset()
         check_train_labels(data)
         return data
+
+    # ------------------------------------------------------------------ a high-resolution source for teachers at their own size
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """With a teacher at a larger size, the train set is built (mosaic, letterbox, augmentation) at that size;
+        validation stays at the student's `imgsz`."""
+        if mode != "train" or not self.source_imgsz:
+            return super().build_dataset(img_path, mode, batch)
+        args = self.args
+        self.args = copy(args)
+        self.args.imgsz = self.source_imgsz
+        try:
+            return super().build_dataset(img_path, mode, batch)
+        finally:
+            self.args = args
+
+    def preprocess_batch(self, batch: dict) -> dict:
+        """Ultralytics' preprocessing; with a high-resolution source, `teacher_img` keeps the loader's batch and `img`
+        becomes its anti-aliased (area) downsample to the student's size (multi-scale applied to the student's size)."""
+        if not self.source_imgsz:
+            return super().preprocess_batch(batch)
+        multi_scale, self.args.multi_scale = self.args.multi_scale, 0.0
+        try:
+            batch = super().preprocess_batch(batch)
+        finally:
+            self.args.multi_scale = multi_scale
+        source = batch["img"]
+        size = student_size(self.args.imgsz, multi_scale, self.stride)
+        hw = tuple(max(self.stride, round(d * size / max(source.shape[-2:]) / self.stride) * self.stride)
+                   for d in source.shape[-2:])
+        batch["teacher_img"], batch["img"] = source, resample(source, hw)
+        return batch
 
     # ------------------------------------------------------------------ model set-up
     def setup_model(self):
@@ -141,6 +176,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def source_size(recipe: Recipe, imgsz) -> int | None:
+    """The training loader's size: the largest teacher's own size when it exceeds the student's, else None."""
+    sizes = [t.imgsz for t in recipe.teachers.values() if t.imgsz]
+    student = image_size(imgsz)
+    return max(sizes) if sizes and student and max(sizes) > student else None
+
+
+def student_size(imgsz: int, multi_scale: float, stride: int) -> int:
+    """The student's batch size this step: `imgsz`, or a random multi-scale size drawn as Ultralytics draws it."""
+    if multi_scale <= 0:
+        return int(imgsz)
+    low = max(stride, int(imgsz * (1.0 - multi_scale)))
+    return random.randrange(low, int(imgsz * (1.0 + multi_scale) + stride)) // stride * stride
 
 
 def select_stage(trainer) -> None:

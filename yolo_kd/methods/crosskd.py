@@ -4,7 +4,8 @@ predictions are distilled towards the teacher's own predictions. The student's o
 truth alone, so the detection target and the distillation target no longer pull one set of outputs two ways.
 
 Here, per level: student P3-P5 (1x1 adapter to the teacher's width when widths differ) -> the teacher's Detect head,
-dense (one-to-many) branch -> class logits and DFL box logits on the student's grid; terms:
+dense (one-to-many) branch (for a teacher at 2x its size, the head level of the same image area: student P3 through
+the teacher's P4 convolutions) -> class logits and DFL box logits on the student's grid; terms:
 - crosskd_cls: ClassScoreKD(cross scores, teacher scores) (soft-label BCE, teacher-confidence weighted);
 - crosskd_ld: LD on the DFL bins (T = 10), weighted by the teacher's confidence; skipped when reg_max = 1 (YOLO26).
 Differences from the paper's GFL code: the cross point is the head input (the whole teacher head is reused, not its
@@ -43,7 +44,7 @@ class CrossHead(Method):
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
         feats = [a(f) for a, f in zip(self.align, s.feats)]
         head_dtype = next(t.head.parameters()).dtype
-        scores, boxes = dense_predictions(t.head, [f.to(head_dtype) for f in feats])
+        scores, boxes = dense_predictions(t.head, [f.to(head_dtype) for f in feats], t.head_levels)
         out = {"crosskd_cls": self.cls_loss(scores, t.scores)}
         if self.has_dfl:
             weight = torch.sigmoid(t.scores.detach().float()).amax(dim=1)
