@@ -7,11 +7,7 @@ import torch
 
 from yolo_kd.losses import ChannelWiseDivergence
 
-
-def _softmax(values):
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    return [e / sum(exps) for e in exps]
+from reference import softmax
 
 
 def ref_cwd(s, t, tau):
@@ -20,8 +16,8 @@ def ref_cwd(s, t, tau):
     total = 0.0
     for i in range(n):
         for k in range(c):
-            p_s = _softmax([v / tau for v in s[i][k]])
-            p_t = _softmax([v / tau for v in t[i][k]])
+            p_s = softmax([v / tau for v in s[i][k]])
+            p_t = softmax([v / tau for v in t[i][k]])
             total += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
     return tau**2 * total / (n * c)
 

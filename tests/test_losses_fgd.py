@@ -8,6 +8,8 @@ import torch
 
 from yolo_kd.losses import FGDLoss, fgd_masks
 
+from reference import conv1x1
+
 H, W = 4, 6  # non-square on purpose: a transposed [w, h] mask would show up
 
 # Coordinates are dyadic so x*W, y*H are exact in float32 and float64 alike.
@@ -103,13 +105,9 @@ def _attention(x, temp):
     return sp, ch
 
 
-def _conv1x1(x, weight, bias):
-    return np.einsum("oc,chw->ohw", weight[:, :, 0, 0], x) + bias[:, None, None]
-
-
 def _gcblock(x, gc):
     c = x.shape[0]
-    logits = _conv1x1(x, _np(gc.conv_mask.weight), _np(gc.conv_mask.bias)).reshape(-1)
+    logits = conv1x1(x[None], gc.conv_mask).reshape(-1)
     soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     context = (x.reshape(c, -1) * soft[None]).sum(axis=1)  # (C,)
     conv1, ln, _, conv2 = gc.channel_add
@@ -123,7 +121,7 @@ def ref_fgd(loss, s, t, boxes):
     """Every FGD term with explicit loops over images, channels and cells (float64)."""
     s, t = _np(s), _np(t)
     if isinstance(loss.align, torch.nn.Conv2d):
-        s = np.stack([_conv1x1(x, _np(loss.align.weight), _np(loss.align.bias)) for x in s])
+        s = conv1x1(s, loss.align)
     n, c, h, w = t.shape
     fg_m, bg_m = ref_masks(boxes, h, w)
     fg = bg = at = glob = 0.0

@@ -8,9 +8,7 @@ import torch
 from yolo_kd.errors import KDConfigError
 from yolo_kd.losses import ClassScoreKD, DFLDistillLoss
 
-
-def _sigmoid(x):
-    return 1 / (1 + math.exp(-x))
+from reference import sigmoid, softmax
 
 
 def ref_cls(s, t, temp, conf_weighted):
@@ -21,18 +19,12 @@ def ref_cls(s, t, temp, conf_weighted):
         for j in range(a):
             bce = 0.0
             for k in range(nc):
-                p, q = _sigmoid(s[i][k][j] / temp), _sigmoid(t[i][k][j] / temp)
+                p, q = sigmoid(s[i][k][j] / temp), sigmoid(t[i][k][j] / temp)
                 bce -= q * math.log(p) + (1 - q) * math.log(1 - p)
-            w = max(_sigmoid(t[i][k][j]) for k in range(nc)) if conf_weighted else 1.0
+            w = max(sigmoid(t[i][k][j]) for k in range(nc)) if conf_weighted else 1.0
             num += w * bce
             den += w
     return temp**2 * num / den
-
-
-def _softmax(values):
-    top = max(values)
-    exps = [math.exp(v - top) for v in values]
-    return [e / sum(exps) for e in exps]
 
 
 def ref_ld(s, t, reg_max, temp, weight=None):
@@ -44,8 +36,8 @@ def ref_ld(s, t, reg_max, temp, weight=None):
             kl = 0.0
             for side in range(4):
                 bins = range(side * reg_max, (side + 1) * reg_max)
-                p_s = _softmax([s[i][b][j] / temp for b in bins])
-                p_t = _softmax([t[i][b][j] / temp for b in bins])
+                p_s = softmax([s[i][b][j] / temp for b in bins])
+                p_t = softmax([t[i][b][j] / temp for b in bins])
                 kl += sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s)) / 4
             w = 1.0 if weight is None else float(weight[i][j])
             num += w * kl

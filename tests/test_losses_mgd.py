@@ -6,33 +6,18 @@ import torch
 
 from yolo_kd.losses import MGDLoss
 
-
-def _conv1x1(x, conv):
-    w, b = conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy()
-    return np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]
-
-
-def _conv3x3(x, conv):
-    """Zero-padded 3x3 cross-correlation, one kernel offset at a time."""
-    w, b = conv.weight.detach().double().numpy(), conv.bias.detach().double().numpy()
-    n, _, h, wd = x.shape
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    out = np.zeros((n, w.shape[0], h, wd)) + b[None, :, None, None]
-    for dy in range(3):
-        for dx in range(3):
-            out += np.einsum("oc,nchw->nohw", w[:, :, dy, dx], padded[:, :, dy:dy + h, dx:dx + wd])
-    return out
+from reference import conv1x1, conv3x3
 
 
 def ref_mgd(loss, s, t, seed):
     s, t = s.double().numpy(), t.double().numpy()
     if isinstance(loss.align, torch.nn.Conv2d):
-        s = _conv1x1(s, loss.align)
+        s = conv1x1(s, loss.align)
     n, _, h, w = t.shape
     rand = torch.rand((n, 1, h, w), generator=torch.Generator().manual_seed(seed)).double().numpy()
     keep = np.where(rand > 1 - loss.lambda_mgd, 0.0, 1.0)  # the authors' rule: drop where rand > 1 - lambda
     conv1, _, conv2 = loss.generation
-    rebuilt = _conv3x3(np.maximum(_conv3x3(s * keep, conv1), 0), conv2)
+    rebuilt = conv3x3(np.maximum(conv3x3(s * keep, conv1), 0), conv2)
     return loss.alpha * ((rebuilt - t) ** 2).sum() / n
 
 

@@ -6,7 +6,7 @@ import functools
 
 from .errors import KDConfigError
 from .methods import check_method
-from .recipe import Recipe
+from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
 
@@ -31,7 +31,7 @@ def build_recipe(model=None, **kd) -> Recipe:
     return recipe
 
 
-def distill(model, teacher=None, method: str = "mse", **options):
+def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
     """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` ('fgd', 'fgd+pred', ...).
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers

@@ -42,6 +42,8 @@ class Distiller(nn.Module):
         self.student = student
         self.recipe = recipe
         self.spans = recipe.resolve_stages(epochs)
+        close_mosaic = int(getattr(getattr(student, "args", None), "close_mosaic", 0) or 0)
+        self.kd_end = epochs - close_mosaic if recipe.schedule.off_close_mosaic else epochs  # first epoch without KD
         self.pool = pool or TeacherPool(recipe.teachers)
         self.stage = None  # index of the active stage, None when no stage covers the epoch
         self.epoch = 0
@@ -102,7 +104,7 @@ class Distiller(nn.Module):
         """Select the stage covering `epoch` of `batches` batches; returns a log line when the stage changes (teachers
         swap lazily). The schedule factor then advances batch by batch: epoch + i / batches."""
         self.epoch, self.batches, self.batch_index = epoch, max(int(batches), 1), 0
-        stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None)
+        stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None) if epoch < self.kd_end else None
         if stage == self.stage:
             return None
         self.stage = stage
@@ -111,7 +113,8 @@ class Distiller(nn.Module):
             if name not in active:
                 self.pool.release(name)
         if stage is None:
-            return f"yolo-kd: epoch {epoch + 1}: no KD stage, training the student alone"
+            why = "the no-mosaic epochs (schedule off_close_mosaic)" if epoch >= self.kd_end else "no KD stage"
+            return f"yolo-kd: epoch {epoch + 1}: {why}, training the student alone"
         s, (a, b) = self.recipe.stages[stage], self.spans[stage]
         methods = ", ".join(f"{m.name}x{m.weight:g}" for m in s.methods) or "none"
         return (f"yolo-kd: stage {stage + 1}/{len(self.spans)} '{s.name}' epochs {a + 1}-{b}: "

@@ -32,10 +32,11 @@ from .errors import KDConfigError
 from .methods import default_weight
 from .preflight import MIN_GRID, check_teacher_imgsz
 
+DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz"}
-SCHEDULE_KEYS = {"decay", "final", "warmup_epochs"}
+SCHEDULE_KEYS = {"decay", "final", "warmup_epochs", "off_close_mosaic"}
 DECAYS = ("constant", "linear", "cosine")
 COMBINES = ("sum", "mean")
 
@@ -81,6 +82,7 @@ class Schedule:
     decay: str = "constant"
     final: float = 1.0
     warmup_epochs: float = 0.0
+    off_close_mosaic: bool = False  # no KD (and no teacher forward) in the final no-mosaic epochs, as RTMDet's recipe
 
     def factor(self, epoch: float, start: float, end: float) -> float:
         """Multiplier at `epoch` (fractional) of a stage spanning [start, end) epochs."""
@@ -110,7 +112,7 @@ class Recipe:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_kwargs(cls, teacher=None, method="mse", weights=None, cfg=None, layers=None, teacher_imgsz=None,
+    def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
@@ -345,7 +347,10 @@ def _parse_schedule(value) -> Schedule:
         raise KDConfigError(f"schedule decay={decay!r} is unknown: use one of {list(DECAYS)}")
     final = _parse_positive(value.get("final", 1.0 if decay == "constant" else 0.01), "schedule final")
     warmup = _parse_positive(value.get("warmup_epochs", 0.0), "schedule warmup_epochs")
-    return Schedule(decay=decay, final=final, warmup_epochs=warmup)
+    off = value.get("off_close_mosaic", False)
+    if not isinstance(off, bool):
+        raise KDConfigError(f"schedule off_close_mosaic must be true or false, got {off!r}")
+    return Schedule(decay=decay, final=final, warmup_epochs=warmup, off_close_mosaic=off)
 
 
 def _parse_class_map(value) -> dict[int, int] | None:
