@@ -13,8 +13,9 @@ from ultralytics.nn.tasks import DetectionModel
 
 import yolo_kd
 from yolo_kd.methods import METHODS, build_method
-from yolo_kd.taps import Targets, detect_head, head_taps
+from yolo_kd.taps import Targets, head_taps
 from yolo_kd.teachers import freeze, probe
+from yolo_kd.ultra import detect_head
 
 COLUMNS = {"mse": ["mse"], "fgd": ["fgd"], "cskd": ["cskd_feat", "cskd_pred", "cskd_aux"],
            "pred": ["pred_cls", "pred_ld"], "cwd": ["cwd"], "mgd": ["mgd"], "pkd": ["pkd"], "sl2": ["sl2"],
@@ -34,13 +35,18 @@ def test_registry_lists_all_methods():
 
 def test_default_weights_are_the_benchmarked_ones_and_weights_override_them():
     """README, Weights: cwd 5 and mgd 10 (weight 1 lost for both in the bench), 1 for the others."""
-    from yolo_kd.recipe import parse_methods
+    from yolo_kd.methods import method_weight
+    from yolo_kd.recipe import Recipe
 
-    assert parse_methods("fgd+pred+cskd+cwd+mgd+mse") == {
+    def weights(method, weights=None):  # resolved where the recipe is used (the recipe itself is plain data)
+        recipe = Recipe.from_kwargs(teacher="t.pt", method=method, weights=weights)
+        return {m.name: {"weight": method_weight(m)} for m in recipe.stages[0].methods}
+
+    assert weights("fgd+pred+cskd+cwd+mgd+mse") == {
         "fgd": {"weight": 1.0}, "pred": {"weight": 1.0}, "cskd": {"weight": 1.0}, "cwd": {"weight": 5.0},
         "mgd": {"weight": 10.0}, "mse": {"weight": 1.0}}
-    assert parse_methods("cwd+mgd", 2.0) == {"cwd": {"weight": 2.0}, "mgd": {"weight": 2.0}}
-    assert parse_methods("cwd+mgd", {"mgd": 3.0}) == {"cwd": {"weight": 5.0}, "mgd": {"weight": 3.0}}
+    assert weights("cwd+mgd", 2.0) == {"cwd": {"weight": 2.0}, "mgd": {"weight": 2.0}}
+    assert weights("cwd+mgd", {"mgd": 3.0}) == {"cwd": {"weight": 5.0}, "mgd": {"weight": 3.0}}
 
 
 @pytest.mark.parametrize("method", sorted(COLUMNS))

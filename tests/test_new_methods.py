@@ -17,8 +17,9 @@ import yolo_kd
 from yolo_kd.recipe import DEFAULT_METHOD
 from yolo_kd.losses import PearsonFeatureLoss, ScoreWeightedL2
 from yolo_kd.methods import build_method
-from yolo_kd.taps import Targets, anchors_in_boxes, detect_head, head_taps
+from yolo_kd.taps import Targets, anchors_in_boxes, head_taps
 from yolo_kd.teachers import freeze, probe
+from yolo_kd.ultra import detect_head
 
 
 def test_pkd_matches_the_pearson_correlation():

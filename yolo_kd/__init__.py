@@ -6,20 +6,24 @@ Drop-in::
     import yolo_kd
 
     model = YOLO("yolov8n.yaml")
-    yolo_kd.distill(model, teacher="teacher.pt", method="fgd+pred")
+    yolo_kd.distill(model, teacher="teacher.pt")   # the default recipe; method="fgd+pred" etc. to choose
     model.train(data="data.yaml", epochs=100)
-"""
 
-from . import offline  # noqa: F401  (sets YOLO_OFFLINE before Ultralytics is imported)
+Importing the package imports nothing heavy and changes nothing: the names below are handed on from their modules
+when first used (so `from yolo_kd.losses import FGDLoss` needs neither the trainer nor Ultralytics).
+"""
 
 __version__ = "0.1.0"
 
-from .api import distill  # noqa: E402
-from .errors import KDConfigError  # noqa: E402
-from .methods import METHODS, register  # noqa: E402
-from .recipe import Recipe  # noqa: E402
-from .trainer import KDTrainer, trainer_for  # noqa: E402
+_NAMES = {"distill": "api", "KDConfigError": "errors", "KDTrainer": "trainer", "trainer_for": "trainer",
+          "Recipe": "recipe", "METHODS": "methods", "register": "methods"}
 
-offline.install_local_fonts()
+__all__ = [*_NAMES, "__version__"]
 
-__all__ = ["distill", "KDConfigError", "KDTrainer", "trainer_for", "Recipe", "METHODS", "register", "__version__"]
+
+def __getattr__(name):
+    if name in _NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'yolo_kd' has no attribute {name!r}")

@@ -5,12 +5,25 @@ from __future__ import annotations
 import functools
 
 from .errors import KDConfigError
+from .offline import setup_offline
 from .methods import check_method
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
 
-KD_KEYS = ("teacher", "method", "cfg", "weights", "layers", "teacher_imgsz", "schedule", "auto_balance", "class_map")
+#: yolo-kd's own options, beside every Ultralytics train argument (both entry points; `yolo-kd train help`)
+KD_OPTIONS = {
+    "teacher": "the frozen teacher checkpoint (.pt)",
+    "method": f"methods joined by +, e.g. pred+pkd (default: {DEFAULT_METHOD})",
+    "cfg": "a recipe YAML (or dict): stages, several teachers, schedules",
+    "weights": "one number for every method, or {method: weight}",
+    "layers": "{student: [...], teacher: [...]}: distil other layers than the Detect inputs",
+    "teacher_imgsz": "the teacher's own image size (the loader makes the batch there)",
+    "schedule": "{decay, final, warmup_epochs, off_close_mosaic}",
+    "auto_balance": "fix each KD term at this share of the detection loss at its first step",
+    "class_map": "{dataset class: teacher class} when the teacher's classes differ",
+}
+KD_KEYS = tuple(KD_OPTIONS)
 
 
 def build_recipe(model=None, **kd) -> Recipe:
@@ -38,6 +51,7 @@ def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map. Every Ultralytics train
     argument keeps working. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
     """
+    setup_offline()
     recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
     trainer = trainer_for(recipe)
     train = functools.partial(_train_with, type(model).train, model, trainer)

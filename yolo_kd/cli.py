@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import sys
 
-import yaml
-
 from .errors import KDConfigError
+from .offline import setup_offline
+from .options import parse_tokens
 
 USAGE = """\
 yolo-kd: distil a large YOLO teacher into a small student inside the Ultralytics trainer
@@ -24,52 +24,42 @@ yolo-kd: distil a large YOLO teacher into a small student inside the Ultralytics
   yolo-kd data steel|neon-trees|neu-det|gc10-det|plantdoc root=... [src=...]
 
 Every Ultralytics train argument passes through. yolo-kd's own keys: teacher, method (e.g. fgd+pred), cfg (recipe
-YAML), weights, layers, teacher_imgsz, schedule, auto_balance, class_map. Methods: mse, fgd, cskd, pred, cwd, mgd."""
+YAML), weights, layers, teacher_imgsz, schedule, auto_balance, class_map. Methods: pred, sl2, pkd, crosskd, fgd,
+cskd, cwd, mgd, mse. `yolo-kd <command> help` lists a command's keys and defaults."""
 
 
-def parse_overrides(tokens: list[str]) -> tuple[list[str], dict]:
-    """Split ['defect', 'epochs=3', 'layers={student: [1]}'] into positionals and a dict of typed values."""
-    from ultralytics.cfg import smart_value
+def train_spec() -> dict:
+    """yolo-kd's own train keys (`api.KD_OPTIONS`, checked by the recipe, which names the field and the fix) and the
+    student; every other key is an Ultralytics train argument."""
+    from .api import KD_OPTIONS
+    from .options import as_str
 
-    positional, overrides = [], {}
-    for token in tokens:
-        if "=" not in token:
-            positional.append(token)
-            continue
-        key, value = token.split("=", 1)
-        if not key or not value:
-            raise KDConfigError(f"'{token}' is not key=value: write e.g. epochs=10 (no spaces around '=')")
-        if value[0] in "{[":
-            try:
-                overrides[key] = yaml.safe_load(value)
-            except yaml.YAMLError as e:
-                raise KDConfigError(f"value of '{key}' is not valid YAML: {value}") from e
-        else:
-            overrides[key] = smart_value(value)
-    return positional, overrides
+    def keep(key, value):
+        return value
+
+    spec = {"model": (as_str, None, "the student: a model yaml, or a .pt to fine-tune (required unless resume=)")}
+    return {**spec, **{k: (as_str if k in {"teacher", "method", "cfg"} else keep, None, text)
+                       for k, text in KD_OPTIONS.items()}}
 
 
 def train_command(overrides: dict) -> None:
     """`yolo-kd train`: distil with the drop-in engine; every non-KD key goes to Ultralytics' model.train."""
     from ultralytics import YOLO
-    from ultralytics.utils import DEFAULT_CFG_KEYS
 
-    from .api import KD_KEYS, distill
+    from .api import distill
+    from .options import read_options
+    from .ultra import train_arg_names
 
-    unknown = sorted(k for k in overrides if k not in KD_KEYS and k not in DEFAULT_CFG_KEYS)
-    if unknown:
-        raise KDConfigError(f"unknown argument(s) {unknown}: use Ultralytics train arguments or {list(KD_KEYS)}")
-    kd = {k: overrides.pop(k) for k in KD_KEYS if k in overrides}
-    resume = overrides.get("resume")
+    kd, train = read_options("train", overrides, train_spec(), passthrough=train_arg_names() - {"model"})
+    model_path = kd.pop("model")
+    resume = train.get("resume")
     if isinstance(resume, str):
-        model_path, overrides["resume"] = resume, True
-    else:
-        model_path = overrides.pop("model", None)
-        if model_path is None:
-            raise KDConfigError("no student given: add model=yolov8n.yaml (or a .pt to fine-tune)")
+        model_path, train["resume"] = resume, True
+    elif model_path is None:
+        raise KDConfigError("no student given: add model=yolov8n.yaml (or a .pt to fine-tune)")
     model = YOLO(model_path)
-    distill(model, **kd)
-    model.train(**overrides)
+    distill(model, **{k: v for k, v in kd.items() if v is not None})
+    model.train(**train)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,13 +69,49 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, tokens = argv[0], argv[1:]
+    setup_offline()
     try:
-        positional, overrides = parse_overrides(tokens)
+        if tokens[:1] == ["help"]:
+            print(command_help(command))
+            return 0
+        positional, overrides = parse_tokens(tokens)
         run(command, positional, overrides)
         return 0
     except KDConfigError as e:
         print(f"yolo-kd {command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def command_help(command: str) -> str:
+    """`yolo-kd <command> help`: its usage and keys with defaults, in one shape for every command."""
+    from .options import help_text
+
+    if command == "train":
+        return help_text("train", train_spec(), "yolo-kd train model=yolov8n.yaml teacher=t.pt data=d.yaml [key=value]",
+                         "Every Ultralytics train argument (epochs, imgsz, batch, ...) passes through.")
+    if command == "val":
+        from .evaluation.validate import VAL_SPEC
+
+        return help_text("val", VAL_SPEC, "yolo-kd val model=a.pt[,b.pt] data=d.yaml [key=value]")
+    if command == "export":
+        from .export.export import EXPORT_SPEC
+
+        return help_text("export", EXPORT_SPEC, "yolo-kd export model=best.pt format=onnx [int8=True data=d.yaml]")
+    if command == "demo":
+        from .demo import DEMO_SPEC
+
+        return help_text("demo", DEMO_SPEC, "yolo-kd demo [defect|agriculture] [key=value]")
+    if command == "bench":
+        from .bench.command import BENCH_SPEC
+
+        return help_text("bench", BENCH_SPEC, "yolo-kd bench data=... teacher=... [key=value]",
+                         "Every other Ultralytics train argument applies to every run.")
+    if command == "data":
+        from .data.command import DATA_SPEC, DATASETS
+
+        return help_text("data", DATA_SPEC, f"yolo-kd data {'|'.join(DATASETS)} [key=value]",
+                         "Each data set takes the keys listed for it in `yolo-kd data` errors and the README.")
+    raise KDConfigError(f"unknown command '{command}': use one of train, val, export, demo, bench, data")
 
 
 def run(command: str, positional: list[str], overrides: dict) -> None:

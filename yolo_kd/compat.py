@@ -17,8 +17,9 @@ from .errors import KDConfigError
 from .methods import METHODS
 from .preflight import MIN_GRID, check_imgsz, check_teacher_imgsz, check_train_labels
 from .recipe import Recipe
-from .taps import TapShapes, detect_head
+from .taps import TapShapes
 from .teachers import TeacherPool, check_classes, probe
+from .ultra import detect_head, detection_model, load_model, resolve_dataset
 
 
 def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names: dict, recipe: Recipe) -> None:
@@ -79,8 +80,6 @@ def check_teachers(recipe: Recipe, pool: TeacherPool, student: nn.Module, ch: in
 
 def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
     """The student as the trainer will build it (a *.yaml, or a local *.pt), or None when it is neither."""
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-
     if model is None:
         return None
     if isinstance(model, nn.Module):
@@ -88,11 +87,11 @@ def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
     path = Path(str(model))
     if path.suffix in {".yaml", ".yml"}:
         try:
-            return DetectionModel(str(model), ch=ch, nc=nc, verbose=False)
+            return detection_model(str(model), nc=nc, ch=ch)
         except Exception:  # an unknown yaml is Ultralytics' own error, reported in its words a moment later
             return None
     if path.suffix == ".pt" and path.is_file():
-        return load_checkpoint(str(path))[0]
+        return load_model(path)
     return None
 
 
@@ -101,15 +100,13 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
     data set (a local YAML or folder must resolve and have labels), then each teacher against the student and data.
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
-    from ultralytics.data.utils import check_det_dataset
-
     check_imgsz(args.imgsz, MIN_GRID)
     pool = TeacherPool(recipe.teachers)
     data = str(args.data or "")
     if args.resume or "://" in data or not data or not Path(data).exists():
         return pool, None
     try:
-        resolved = check_det_dataset(data, autodownload=False)
+        resolved = resolve_dataset(data)
     except Exception as e:
         raise KDConfigError(f"data={data} cannot be read as a detection data set ({first_line(e)}): give a data.yaml "
                             "with path, train, val and names (or a folder holding one)") from None

@@ -12,7 +12,11 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .data.domains import make_domain_data
 from .errors import KDConfigError
+from .files import list_image_files
+from .options import as_int, as_str, optional, read_options
+from .ultra import label_paths, resolve_dataset
 
 
 @dataclass(frozen=True)
@@ -59,39 +63,34 @@ DOMAINS = {
 }
 
 
+DEMO_SPEC = {
+    "profile": (as_str, "default", "quick (a smoke run), default (about 10 min on 2 cores) or full"),
+    "project": (as_str, "runs/kd_demo", "output folder"),
+    "device": (as_str, "cpu", "cpu or a CUDA device"),
+    "epochs": (optional(as_int), None, "student epochs (default: the profile's)"),
+    "teacher_epochs": (optional(as_int), None, "teacher epochs when it is trained (default: the profile's)"),
+    "imgsz": (optional(as_int), None, "image size (default: the profile's)"),
+    "seed": (lambda k, v: as_int(k, v, minimum=0), 0, "seed of the data and of every training run"),
+    "weights": (as_str, "weights", "where trained teachers are cached and reused"),
+}
+
+
 def demo_command(domain: str = "defect", overrides: dict | None = None) -> dict:
-    """Run a demo; overrides: profile, project, device, epochs (students), teacher_epochs, imgsz, seed."""
-    overrides = dict(overrides or {})
+    """Run a demo of `domain` with the DEMO_SPEC options."""
     if domain not in DOMAINS:
         raise KDConfigError(f"unknown demo '{domain}': choose from {sorted(DOMAINS)}")
     spec = DOMAINS[domain]
-    profile_name = overrides.pop("profile", "default")
-    if profile_name not in spec.profiles:
-        raise KDConfigError(f"unknown profile '{profile_name}': choose from {sorted(spec.profiles)}")
-    profile = spec.profiles[profile_name]
+    args = read_options("demo", overrides, DEMO_SPEC)
+    if args["profile"] not in spec.profiles:
+        raise KDConfigError(f"unknown profile '{args['profile']}': choose from {sorted(spec.profiles)}")
+    profile = spec.profiles[args["profile"]]
     for key, field in (("epochs", "student_epochs"), ("teacher_epochs", "teacher_epochs"), ("imgsz", "imgsz")):
-        if key in overrides:
-            profile = replace(profile, **{field: int(overrides.pop(key))})
+        if args[key] is not None:
+            profile = replace(profile, **{field: args[key]})
     # absolute, or Ultralytics would put a relative project under runs/detect/ and the demo would not find its runs
-    project = Path(overrides.pop("project", "runs/kd_demo")).resolve() / f"{domain}_{profile_name}"
-    device, seed = overrides.pop("device", "cpu"), int(overrides.pop("seed", 0))
-    weights_dir = Path(overrides.pop("weights", "weights"))
-    if overrides:
-        raise KDConfigError(f"unknown demo option(s) {sorted(overrides)}: use profile, project, device, epochs, "
-                            "teacher_epochs, imgsz, seed, weights")
-    return run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir)
-
-
-def make_data(domain: str, profile: Profile, root: Path, seed: int) -> Path:
-    """The domain's dataset: procedural steel defects, or real NEON tree crowns tiled from the deepforest wheel."""
-    if domain == "defect":
-        from .data.steel import make_steel_dataset
-
-        return make_steel_dataset(root, n_train=profile.n_train, n_val=profile.n_val, imgsz=max(profile.imgsz, 128),
-                                  seed=seed)
-    from .data.neon import prepare_neon_trees
-
-    return prepare_neon_trees(root)
+    project = Path(args["project"]).resolve() / f"{domain}_{args['profile']}"
+    return run_demo(domain, spec, profile, args["profile"], project, args["device"], args["seed"],
+                    Path(args["weights"]))
 
 
 def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir) -> dict:
@@ -102,7 +101,7 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     from .api import distill
 
     project.mkdir(parents=True, exist_ok=True)
-    data = make_data(domain, profile, project / "data", seed)
+    data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed)
     train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
                       seed=seed, deterministic=True, workers=2, plots=False, val=False, project=str(project),
                       exist_ok=True, close_mosaic=max(1, profile.student_epochs // 5))
@@ -167,10 +166,8 @@ def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, pro
 def evaluate_models(models: dict[str, Path], data: Path, imgsz: int, project: Path) -> dict:
     """pycocotools mAP, params, GFLOPs and CPU latency per model; table (markdown) and figures."""
     from ultralytics import YOLO
-    from ultralytics.data.utils import check_det_dataset
 
     from .evaluation import evaluate_checkpoint, load_eval_set
-    from .evaluation.coco_format import list_image_files
     from .evaluation.table import format_table
     from .export.benchmark import model_complexity
     from .plots import plot_pr_curves, plot_predictions
@@ -192,7 +189,7 @@ def evaluate_models(models: dict[str, Path], data: Path, imgsz: int, project: Pa
     table = format_table(headers, [[k, v["mAP50-95"], v["mAP50"], v["params_M"], v["GFLOPs"], v["cpu_ms"]]
                                    for k, v in rows.items()])
     (project / "demo_table.md").write_text(markdown_table(headers, rows))
-    val_images = busiest_images(list_image_files(check_det_dataset(str(data))["val"]), 4)
+    val_images = busiest_images(list_image_files(resolve_dataset(data)["val"]), 4)
     pr = plot_pr_curves(curves, project / "pr_curves.png", f"PR curves (IoU 0.5), {len(evalset.gt['images'])} val images")
     grid = plot_predictions({k: YOLO(str(v)) for k, v in models.items()}, val_images,
                             project / "predictions.png", imgsz, conf=0.1)
@@ -201,12 +198,10 @@ def evaluate_models(models: dict[str, Path], data: Path, imgsz: int, project: Pa
 
 def busiest_images(images: list, n: int) -> list[Path]:
     """The n images with the most labelled boxes (file order breaks ties): the figure shows objects, not padding."""
-    from ultralytics.data.utils import img2label_paths
-
     def boxes(label: str) -> int:
         return len(Path(label).read_text().split()) // 5 if Path(label).is_file() else 0
 
-    counts = [boxes(label) for label in img2label_paths([str(i) for i in images])]
+    counts = [boxes(label) for label in label_paths(images)]
     order = sorted(range(len(images)), key=lambda i: -counts[i])
     return [Path(images[i]) for i in sorted(order[:n])]
 

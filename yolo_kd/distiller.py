@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from .errors import KDConfigError
-from .methods import build_method
+from .methods import build_method, method_weight
 from .compat import check_teachers, first_stage_teachers
 from .preflight import MIN_GRID
 from .recipe import Recipe
 from .preflight import image_size
 from .resolution import head_grid, level_pairs, resample, to_student_grid
-from .taps import Targets, Taps, TapShapes, detect_head, head_taps, record_layers
+from .taps import Targets, Taps, TapShapes, head_taps, record_layers
+from .ultra import copy_attributes, detect_head
 from .teachers import TeacherPool, probe
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
@@ -37,7 +38,6 @@ class Distiller(nn.Module):
         the run folder existed; otherwise the teachers are loaded, checked and probed here (once each)."""
         super().__init__()
         from ultralytics.utils import LOGGER
-        from ultralytics.utils.torch_utils import copy_attr
 
         self.student = student
         self.recipe = recipe
@@ -78,7 +78,7 @@ class Distiller(nn.Module):
                         methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
-        copy_attr(self, student)
+        copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
 
@@ -116,7 +116,7 @@ class Distiller(nn.Module):
             why = "the no-mosaic epochs (schedule off_close_mosaic)" if epoch >= self.kd_end else "no KD stage"
             return f"yolo-kd: epoch {epoch + 1}: {why}, training the student alone"
         s, (a, b) = self.recipe.stages[stage], self.spans[stage]
-        methods = ", ".join(f"{m.name}x{m.weight:g}" for m in s.methods) or "none"
+        methods = ", ".join(f"{m.name}x{method_weight(m):g}" for m in s.methods) or "none"
         return (f"yolo-kd: stage {stage + 1}/{len(self.spans)} '{s.name}' epochs {a + 1}-{b}: "
                 f"teachers {s.teachers or 'none'}, methods {methods}")
 
@@ -153,7 +153,7 @@ class Distiller(nn.Module):
                 terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
                 for term, v in terms.items():
                     balance = self._balance(f"{teacher}/{term}", v, det_loss, len(img))
-                    v = v.float() * (m.weight * teacher_weight * factor * balance)
+                    v = v.float() * (method_weight(m) * teacher_weight * factor * balance)
                     if not torch.isfinite(v):
                         self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
                         continue

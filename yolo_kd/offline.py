@@ -1,20 +1,29 @@
-"""Make Ultralytics run air-gapped: no update checks, no font download, no hub weights."""
+"""Make Ultralytics run air-gapped: no update checks, no font download, no hub weights.
+
+Called by the commands and by `distill()` (a training run), never on import.
+"""
 
 import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
+
+def setup_offline() -> None:
+    """YOLO_OFFLINE=1 unless the user set it (it counts only before Ultralytics is first imported), and matplotlib's
+    DejaVuSans placed as Ultralytics' Arial fonts so `check_font` never downloads."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    install_local_fonts()
 
 
 def install_local_fonts() -> None:
-    """Place matplotlib's DejaVuSans as Ultralytics' Arial fonts so `check_font` never downloads."""
+    """Place matplotlib's DejaVuSans as Ultralytics' Arial fonts (a file each, written once)."""
     import matplotlib
-    from ultralytics.utils import USER_CONFIG_DIR
+
+    from .ultra import config_dir
 
     source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        target = Path(USER_CONFIG_DIR) / name
+        target = config_dir() / name
         if not target.exists() and source.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)

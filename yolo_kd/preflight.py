@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from .errors import KDConfigError
+from .files import list_image_files
+from .ultra import label_paths
 
 MIN_GRID = 32  # Ultralytics trains at multiples of max(largest model stride, 32) (BaseTrainer._setup_train)
 
@@ -50,15 +52,11 @@ def check_teacher_imgsz(name: str, imgsz, stride: int) -> None:
 
 def check_train_labels(data: dict) -> None:
     """The train split must hold at least one non-empty YOLO label file (stops at the first one found)."""
-    from ultralytics.data.utils import img2label_paths
-
-    from .evaluation.coco_format import list_image_files
-
     try:
         images = list_image_files(data.get("train") or [])
     except KDConfigError:
         return  # a missing path or no images: Ultralytics raises its own error for those
-    labels = img2label_paths(images)
+    labels = label_paths(images)
     for label in labels:
         try:
             if os.path.getsize(label) and Path(label).read_text(errors="ignore").strip():

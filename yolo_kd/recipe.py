@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 from .errors import KDConfigError
-from .methods import default_weight
 from .preflight import MIN_GRID, check_teacher_imgsz
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
@@ -54,7 +53,7 @@ class MethodSpec:
     """One distillation method in a stage: registry name, weight, and keyword parameters for the method."""
 
     name: str
-    weight: float = 1.0
+    weight: float | None = None  # None: the method's own default, looked up where the recipe is used
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -218,14 +217,14 @@ def load_yaml(path) -> dict:
 
 
 def parse_methods(method, weights=None) -> dict[str, Any]:
-    """'fgd+pred' (or a list) plus optional weights (a number for all, or {name: weight}; each method's
-    `default_weight` otherwise) -> {name: {"weight": w}}."""
+    """'fgd+pred' (or a list) plus optional weights (a number for all, or {name: weight}; None, the method's own
+    default, otherwise) -> {name: {"weight": w}}."""
     names = method.split("+") if isinstance(method, str) else list(method)
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
         raise KDConfigError("method is empty: use e.g. method=fgd or method=fgd+pred")
     if weights is None:
-        return {n: {"weight": default_weight(n)} for n in names}
+        return {n: {"weight": None} for n in names}
     if isinstance(weights, (int, float)):
         return {n: {"weight": weights} for n in names}
     if not isinstance(weights, dict):
@@ -233,7 +232,7 @@ def parse_methods(method, weights=None) -> dict[str, Any]:
     extra = sorted(set(weights) - set(names))
     if extra:
         raise KDConfigError(f"weights given for {extra} which are not in method={'+'.join(names)}: add or remove them")
-    return {n: {"weight": weights.get(n, default_weight(n))} for n in names}
+    return {n: {"weight": weights.get(n)} for n in names}
 
 
 def _check_keys(d: dict, allowed: set, where: str) -> None:
@@ -307,7 +306,7 @@ def _parse_stage(i: int, s, teachers: dict) -> StageSpec:
     methods = []
     for name, spec in methods_raw.items():
         params = dict(spec) if isinstance(spec, dict) else {"weight": spec}
-        weight = _parse_positive(params.pop("weight", default_weight(str(name))), f"{where} {name} weight")
+        weight = _parse_positive(params.pop("weight", None), f"{where} {name} weight", allow_none=True)
         methods.append(MethodSpec(name=str(name), weight=weight, params=params))
     if bool(names) != bool(methods):
         raise KDConfigError(f"{where} needs both teachers and methods, or neither (a no-KD stage)")

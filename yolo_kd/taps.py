@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .ultra import head_outputs
 
 
 @dataclass
@@ -54,32 +55,10 @@ class Targets:
         return cls(boxes=[xyxy[idx == i] for i in range(n)], cls=[labels[idx == i] for i in range(n)])
 
 
-def head_output(output) -> dict:
-    """The raw prediction dict of a Detect head in train (dict) or eval ((decoded, dict)) form, dense branch."""
-    if isinstance(output, (tuple, list)):
-        output = output[1]
-    if "one2many" in output:
-        output = output["one2many"]
-    return output
-
-
 def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
     """Taps from a model's output; `layer_feats` (from `record_layers`) replaces the head inputs when given."""
-    raw = head_output(output)
-    return Taps(feats=list(layer_feats) if layer_feats else list(raw["feats"]), scores=raw["scores"],
-                boxes=raw["boxes"])
-
-
-def dense_predictions(head: nn.Module, feats: list[torch.Tensor],
-                      levels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch, its
-    level levels[i] (default i) run on feats[i]; gradients flow into `feats` whatever the head's requires_grad."""
-    branch = head.one2many
-    levels = range(len(feats)) if levels is None else levels
-    n = feats[0].shape[0]
-    boxes = [branch["box_head"][k](f).view(n, 4 * head.reg_max, -1) for k, f in zip(levels, feats)]
-    scores = [branch["cls_head"][k](f).view(n, head.nc, -1) for k, f in zip(levels, feats)]
-    return torch.cat(scores, -1), torch.cat(boxes, -1)
+    feats, scores, boxes = head_outputs(output)
+    return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes)
 
 
 def split_levels(x: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -109,16 +88,6 @@ def anchors_in_boxes(feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> to
                       & (c[None, :, 1] > b[:, None, 1]) & (c[None, :, 1] < b[:, None, 3]))
             mask[i] = inside.any(0).float()
     return mask
-
-
-def detect_head(model: nn.Module) -> nn.Module:
-    """The model's last layer, which must be a Detect head (YOLOv8/11/26)."""
-    from ultralytics.nn.modules.head import Detect
-
-    head = model.model[-1]
-    if not isinstance(head, Detect) or type(head).__name__ not in {"Detect", "v10Detect"}:
-        raise TypeError(type(head).__name__)
-    return head
 
 
 class RecordingHook:

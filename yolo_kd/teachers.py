@@ -17,7 +17,8 @@ from torch import nn
 
 from .errors import KDConfigError
 from .recipe import TeacherSpec
-from .taps import TapShapes, detect_head, head_taps, record_layers
+from .taps import TapShapes, head_taps, record_layers
+from .ultra import detect_head, fuse_conv_bn, load_model
 
 FEATURE_LOSS_TASKS = {"detect"}
 HEAD_TASKS = {"Segment": "segment", "Segment26": "segment", "Pose": "pose", "Pose26": "pose", "OBB": "obb",
@@ -43,11 +44,9 @@ def check_teacher_file(name: str, spec: TeacherSpec) -> None:
 
 def load_teacher(name: str, spec: TeacherSpec) -> nn.Module:
     """Load a teacher checkpoint as a frozen FP32 detection model in eval mode, or raise a clear KDConfigError."""
-    from ultralytics.nn.tasks import load_checkpoint
-
     check_teacher_file(name, spec)
     try:
-        model, _ = load_checkpoint(spec.model)
+        model = load_model(spec.model)
     except (RuntimeError, EOFError, KeyError, TypeError, AttributeError, ValueError, zipfile.BadZipFile) as e:
         raise KDConfigError(
             f"teacher '{name}' checkpoint '{spec.model}' cannot be loaded ({type(e).__name__}: "
@@ -76,20 +75,6 @@ def freeze(model: nn.Module) -> nn.Module:
     if hasattr(model, "criterion"):
         model.criterion = None
     return fuse_conv_bn(model)
-
-
-def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """Fold each Conv's BatchNorm into its weights (inference speed). Unlike Ultralytics' `fuse()`, Detect heads are
-    left whole: YOLO26's one2many branch, which `fuse()` drops, is what the KD losses read."""
-    from ultralytics.nn.modules import Conv, DWConv
-    from ultralytics.utils.torch_utils import fuse_conv_and_bn
-
-    for m in model.modules():
-        if type(m) in (Conv, DWConv) and hasattr(m, "bn"):
-            m.conv = fuse_conv_and_bn(m.conv, m.bn)
-            delattr(m, "bn")
-            m.forward = m.forward_fuse
-    return model
 
 
 @torch.no_grad()

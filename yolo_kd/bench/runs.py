@@ -93,7 +93,7 @@ def launch(job: Job, python: str = sys.executable) -> dict:
     if result_file.is_file():
         saved = json.loads(result_file.read_text())
         if saved.get("job") == asdict(job):
-            return saved["result"]
+            return {**saved["result"], "reused": True}
     folder.mkdir(parents=True, exist_ok=True)
     job_file = folder / "job.json"
     job_file.write_text(json.dumps(asdict(job), indent=2))
@@ -108,8 +108,11 @@ def launch(job: Job, python: str = sys.executable) -> dict:
 
 
 def main(job_file: str) -> None:
-    """Subprocess entry (importing yolo_kd has set Ultralytics up air-gapped): run the job, write result.json with
-    the job in it, so a changed job is never mistaken for a finished one."""
+    """Subprocess entry: set Ultralytics up air-gapped, run the job, write result.json with the job in it, so a
+    changed job is never mistaken for a finished one."""
+    from ..offline import setup_offline
+
+    setup_offline()
     spec = json.loads(Path(job_file).read_text())
     job = Job(**spec)
     result = run_job(job)

@@ -11,6 +11,10 @@ import time
 from contextlib import nullcontext
 
 import torch
+from ultralytics.utils import LOGGER
+
+from .. import ultra
+from ..resolution import resample
 
 
 def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes_per_image: int = 4,
@@ -30,28 +34,27 @@ def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes
 
 def build_student(model: str, nc: int, imgsz: int, dis: float, device: torch.device):
     """The student as the trainer sets it up: a DetectionModel with the data's nc and the train args attached."""
-    from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
-    from ultralytics.utils import DEFAULT_CFG
-
     if model.endswith((".yaml", ".yml")):
-        student = DetectionModel(model, nc=nc, verbose=False)
+        student = ultra.detection_model(model, nc=nc)
     else:
-        weights, _ = load_checkpoint(model)
-        student = DetectionModel(weights.yaml, nc=nc, verbose=False)
+        weights = ultra.load_model(model)
+        student = ultra.detection_model(weights.yaml, nc=nc)
         student.load(weights, verbose=False)
-    student.args = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "dis": dis})
+    student.args = ultra.train_args(imgsz=imgsz, dis=dis)
     return student.to(device).train()
 
 
 class Candidate:
     """One timed configuration: a module whose `loss(batch)` is run forward and backward."""
 
-    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None):
+    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None):
         self.label, self.module, self.teacher_forward = label, module, teacher_forward
+        self.teacher_imgsz = teacher_imgsz  # the batch comes from a loader at this size (`teacher_img`)
 
     def step(self, batch: dict, amp: bool) -> None:
         self.module.zero_grad(set_to_none=True)
+        if self.teacher_imgsz:
+            batch = {**batch, "teacher_img": batch["sources"][self.teacher_imgsz]}
         with torch.autocast("cuda") if amp else nullcontext():
             loss, _ = self.module.loss(batch)
         loss.sum().backward()
@@ -60,18 +63,15 @@ class Candidate:
 def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict, int]:
     """Plain student, Ultralytics' DistillationModel and one Distiller per method (+ one with the teacher at
     `teacher_imgsz`), all from the same initial student weights; the teachers (for their forward's share); nc."""
-    from ultralytics.nn.distill_model import DistillationModel
-    from ultralytics.nn.tasks import load_checkpoint
-
     from ..distiller import Distiller
     from ..recipe import Recipe
     from ..teachers import freeze
 
-    teacher_ckpt, _ = load_checkpoint(opts["teacher"])
+    teacher_ckpt = ultra.load_model(opts["teacher"])
     names = dict(teacher_ckpt.names)
     student0 = build_student(opts["model"], len(names), opts["imgsz"], opts["dis"], device)
     out = [Candidate("student", copy.deepcopy(student0))]
-    builtin = DistillationModel(teacher_model=opts["teacher"], student_model=copy.deepcopy(student0)).to(device).train()
+    builtin = ultra.builtin_distillation_model(opts["teacher"], copy.deepcopy(student0)).to(device).train()
     teacher_forwards = {"Ultralytics built-in": builtin.teacher_model}
     out.append(Candidate(f"Ultralytics KD (dis={opts['dis']:g})", builtin, "Ultralytics built-in"))
     ours = freeze(teacher_ckpt.to(device))
@@ -84,7 +84,7 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
         distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
         distiller.set_epoch(0)
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
-        out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd"))
+        out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
     return out, teacher_forwards, len(names)
 
 
@@ -99,10 +99,12 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
     t_size = opts.get("teacher_imgsz")
     t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"]}
-    if t_size:
+    if t_size:  # as the trainer's loader makes it: the batch at the teacher's size, the student's its downsample
+        source = synthetic_batch(batch, t_size, nc, dev)["img"]
+        data = {**data, "img": resample(source, tuple(data["img"].shape[-2:])), "sources": {t_size: source}}
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
-        t_inputs[f"yolo-kd@{t_size}"] = torch.nn.functional.interpolate(data["img"], size=(t_size, t_size),
-                                                                        mode="bilinear", align_corners=False)
+        t_inputs = {k: data["img"] for k in t_inputs}
+        t_inputs[f"yolo-kd@{t_size}"] = source
 
     def sync():
         if dev.type == "cuda":
@@ -119,7 +121,15 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     timed = [(c.label, lambda c=c: c.step(data, amp)) for c in cands]
     timed += [(f"teacher forward: {k}", teacher_call(k)) for k in teachers]
     times = {label: [] for label, _ in timed}
+    LOGGER.info(f"yolo-kd bench: step time of {len(cands)} configurations ({', '.join(c.label for c in cands)}) and "
+                f"{len(teachers)} teacher forward(s): batch {batch} at {opts['imgsz']} px on {dev}, {rounds} rounds "
+                f"x {steps} steps after a warm-up round")
+    began = time.perf_counter()
     for r in range(rounds + 1):  # round 0 warms up (criterion build, allocator, lazy teacher load)
+        if r:
+            done = time.perf_counter() - began
+            LOGGER.info(f"yolo-kd bench: step time round {r}/{rounds} (elapsed {done:.0f} s, about "
+                        f"{done / r * (rounds + 1 - r):.0f} s left)")
         for label, call in timed:
             sync()
             start = time.perf_counter()

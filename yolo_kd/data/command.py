@@ -14,39 +14,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from yolo_kd.errors import KDConfigError
+from ..errors import KDConfigError
+from ..options import as_bool, as_str
+from .gc10 import convert_gc10_det
+from .neon import prepare_neon_trees
+from .neu import convert_neu_det
+from .plantdoc import convert_plantdoc
+from .steel import make_steel_dataset
 
-#: dataset -> (function path, default root, accepted keys besides root)
+#: dataset -> (function, default root, accepted keys besides root)
 DATASETS = {
-    "steel": ("yolo_kd.data.steel:make_steel_dataset", "datasets/steel",
-              ("n_train", "n_val", "imgsz", "seed", "overwrite")),
-    "neon-trees": ("yolo_kd.data.neon:prepare_neon_trees", "datasets/neon_trees",
+    "steel": (make_steel_dataset, "datasets/steel", ("n_train", "n_val", "imgsz", "seed", "overwrite")),
+    "neon-trees": (prepare_neon_trees, "datasets/neon_trees",
                    ("tile", "overlap", "val_images", "min_visible", "edge", "overwrite", "wheel")),
-    "neu-det": ("yolo_kd.data.neu:convert_neu_det", "datasets/neu_det", ("src", "val_fraction", "seed", "overwrite")),
-    "gc10-det": ("yolo_kd.data.gc10:convert_gc10_det", "datasets/gc10_det",
-                 ("src", "val_fraction", "seed", "overwrite")),
-    "plantdoc": ("yolo_kd.data.plantdoc:convert_plantdoc", "datasets/plantdoc",
-                 ("src", "names", "val_fraction", "seed", "overwrite")),
+    "neu-det": (convert_neu_det, "datasets/neu_det", ("src", "val_fraction", "seed", "overwrite")),
+    "gc10-det": (convert_gc10_det, "datasets/gc10_det", ("src", "val_fraction", "seed", "overwrite")),
+    "plantdoc": (convert_plantdoc, "datasets/plantdoc", ("src", "names", "val_fraction", "seed", "overwrite")),
 }
 _ALIASES = {"neon": "neon-trees", "trees": "neon-trees", "neu": "neu-det", "gc10": "gc10-det"}
 _NEEDS_SRC = ("neu-det", "gc10-det", "plantdoc")
 
 
-def _bool(value, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "no", "n", "off", "none", ""):
-        return False
-    raise KDConfigError(f"{key}={value!r} is not true or false; pass {key}=True or {key}=False")
+def keep(key, value):
+    """Passed to the data set's function as given; it checks its own arguments and names the fix."""
+    return value
+
+
+#: every key of every data set (each data set accepts those listed for it in DATASETS)
+DATA_SPEC = {
+    "root": (as_str, None, "output folder (default: datasets/<name>)"),
+    "src": (as_str, None, "the downloaded data set (neu-det, gc10-det, plantdoc)"),
+    "overwrite": (as_bool, None, "rewrite an existing output"),
+    **{k: (keep, None, "") for k in ("n_train", "n_val", "imgsz", "seed", "tile", "overlap", "val_images",
+                                      "min_visible", "edge", "wheel", "val_fraction", "names")},
+}
 
 
 def data_command(overrides: dict) -> Path:
     """Run one dataset generator/converter from CLI overrides; print and return the data.yaml path."""
-    import importlib
-
     args = dict(overrides or {})
     dataset = str(args.pop("dataset", "") or "").strip().lower().replace("_", "-")
     dataset = _ALIASES.get(dataset, dataset)
@@ -63,8 +68,7 @@ def data_command(overrides: dict) -> Path:
         raise KDConfigError(f"{dataset}: src= is missing; pass src=<folder of the downloaded dataset>")
     args["root"] = args.get("root") or default_root
     if "overwrite" in args:
-        args["overwrite"] = _bool(args["overwrite"], "overwrite")
-    module, func = target.split(":")
-    data = getattr(importlib.import_module(module), func)(**args)
+        args["overwrite"] = as_bool("overwrite", args["overwrite"])
+    data = target(**args)
     print(f"yolo-kd data {dataset}: {data}")
     return data

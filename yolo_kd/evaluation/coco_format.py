@@ -7,7 +7,6 @@ sizes, duplicate rows removed, polygon labels reduced to their boxes, corrupt im
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from yolo_kd.errors import KDConfigError
+from yolo_kd.files import list_image_files
+from yolo_kd.ultra import label_paths, read_image_labels, resolve_dataset
 
 
 def image_key(path: str | Path) -> str:
@@ -52,30 +53,6 @@ class EvalSet:
             raise KDConfigError(f"category id {category_id} is not in the ground truth: use one of {self.category_ids}")
 
 
-def list_image_files(img_path: str | Path | Sequence[str | Path]) -> list[str]:
-    """Image files of an Ultralytics split entry (a folder, a .txt list of images, or a list of those), sorted.
-
-    Mirrors `ultralytics.data.base.BaseDataset.get_img_files` so both sides see the same images.
-    """
-    from ultralytics.data.utils import IMG_FORMATS
-
-    files: list[str] = []
-    for p in img_path if isinstance(img_path, (list, tuple)) else [img_path]:
-        p = Path(p)
-        if p.is_dir():
-            files += glob.glob(str(Path(glob.escape(str(p))) / "**" / "*.*"), recursive=True)
-        elif p.is_file():
-            lines = p.read_text(encoding="utf-8-sig").strip().splitlines()
-            parent = str(p.parent) + os.sep
-            files += [x.replace("./", parent, 1) if x.startswith("./") else x for x in lines]
-        else:
-            raise KDConfigError(f"image path {p} does not exist: fix the split entry in your data.yaml")
-    images = sorted(x.replace("/", os.sep) for x in files if x.rpartition(".")[-1].lower() in IMG_FORMATS)
-    if not images:
-        raise KDConfigError(f"no images found in {img_path}: point the split at a folder or .txt list of images")
-    return images
-
-
 def yolo_labels_to_coco(
     image_files: Sequence[str | Path], names: Sequence[str], category_ids: Sequence[int] | None = None
 ) -> tuple[dict, dict[str, int]]:
@@ -87,18 +64,14 @@ def yolo_labels_to_coco(
     Returns:
         (gt, image_ids) where image_ids maps `image_key(file)` -> image id.
     """
-    from ultralytics.data.utils import img2label_paths, verify_image_label
-
     category_ids = list(category_ids) if category_ids is not None else list(range(1, len(names) + 1))
     if len(category_ids) != len(names):
         raise KDConfigError(f"{len(names)} class names but {len(category_ids)} category ids: give one id per class")
     image_files = [str(f) for f in image_files]
     common = os.path.commonpath([os.path.dirname(image_key(f)) for f in image_files]) if image_files else ""
     images, annotations, image_ids = [], [], {}
-    for image_file, label_file in zip(image_files, img2label_paths(image_files)):
-        im_file, labels, shape, _, _, _, _, _, corrupt, msg = verify_image_label(
-            (image_file, label_file, "", False, len(names), 0, 0, False)
-        )
+    for image_file, label_file in zip(image_files, label_paths(image_files)):
+        im_file, labels, shape, _, _, _, _, _, corrupt, msg = read_image_labels(image_file, label_file, len(names))
         if corrupt or im_file is None:  # Ultralytics drops these from validation too
             continue
         height, width = int(shape[0]), int(shape[1])
@@ -132,7 +105,6 @@ def yolo_labels_to_coco(
 
 def resolve_yolo_data(data: str | Path, split: str = "val") -> dict:
     """Ultralytics' `check_det_dataset` on a data.yaml (offline-safe), with user mistakes as KDConfigError."""
-    from ultralytics.data.utils import check_det_dataset
 
     from yolo_kd.offline import install_local_fonts
 
@@ -141,7 +113,7 @@ def resolve_yolo_data(data: str | Path, split: str = "val") -> dict:
         raise KDConfigError(f"data={data} does not exist: pass the path of a YOLO data.yaml or a COCO instances_*.json")
     install_local_fonts()
     try:
-        info = check_det_dataset(str(path), autodownload=False)
+        info = resolve_dataset(path)
     except Exception as e:  # Ultralytics raises FileNotFoundError/SyntaxError with multi-line text
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise KDConfigError(f"data={data} cannot be used ({first}): fix the data.yaml paths/names") from e

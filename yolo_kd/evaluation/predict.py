@@ -16,34 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from yolo_kd.errors import KDConfigError
-
-
-def _capturing_validator(sink: list, info: dict):
-    from ultralytics.models.yolo.detect import DetectionValidator
-
-    class CapturingValidator(DetectionValidator):
-        """DetectionValidator that also keeps each image's final detections in original-image pixels."""
-
-        def update_metrics(self, preds, batch):
-            super().update_metrics(preds, batch)
-            for si, pred in enumerate(preds):
-                pbatch = self._prepare_batch(si, batch)
-                scaled = self.scale_preds(pred, pbatch)
-                sink.append(
-                    {
-                        "im_file": pbatch["im_file"],
-                        "bboxes": scaled["bboxes"].detach().cpu().numpy(),
-                        "conf": pred["conf"].detach().cpu().numpy(),
-                        "cls": pred["cls"].detach().cpu().numpy(),
-                    }
-                )
-
-        def finalize_metrics(self):
-            super().finalize_metrics()
-            info.update(imgsz=self.args.imgsz, batch=self.args.batch, rect=self.args.rect, speed=dict(self.speed),
-                        conf=self.args.conf, iou=self.args.iou, max_det=self.args.max_det)
-
-    return CapturingValidator
+from yolo_kd.ultra import capturing_validator
 
 
 def load_detector(model: str | Path, nc: int | None = None):
@@ -86,7 +59,7 @@ def ultralytics_val(
     args = {k: v for k, v in val_args.items() if v is not None}
     save_dir = Path(save_dir)
     metrics = yolo.val(
-        validator=_capturing_validator(detections, info),
+        validator=capturing_validator(detections, info),
         data=str(data_yaml),
         project=str(save_dir.parent),
         name=save_dir.name,

@@ -17,9 +17,10 @@ from yolo_kd.errors import KDConfigError
 from yolo_kd.evaluation.coco_dataset import find_images_dir, load_coco_dataset, read_coco_json
 from yolo_kd.evaluation.coco_format import EvalSet, detections_to_coco_results, resolve_yolo_data, yolo_dataset_to_coco
 from yolo_kd.evaluation.cocoeval import coco_evaluate
-from yolo_kd.evaluation.options import as_bool, as_float, as_int, as_str, parse_overrides
+from yolo_kd.options import as_bool, as_float, as_int, as_str, read_options
 from yolo_kd.evaluation.predict import load_detector, ultralytics_val
 from yolo_kd.evaluation.report import difference_notes, per_class_table, stats_table
+from yolo_kd.ultra import next_run_dir
 
 VAL_SPEC = {
     "model": (as_str, ...),
@@ -116,9 +117,7 @@ def model_labels(models: list[str]) -> list[str]:
 def make_run_dir(project: str | None, name: str | None, default_project: str, default_name: str,
                  exist_ok: bool) -> Path:
     """A run folder named the way Ultralytics names its runs (increment_path: val, val-2, val-3...)."""
-    from ultralytics.utils.files import increment_path
-
-    run_dir = increment_path(Path(project or default_project) / (name or default_name), exist_ok=exist_ok)
+    run_dir = next_run_dir(Path(project or default_project) / (name or default_name), exist_ok=exist_ok)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -132,7 +131,7 @@ def val_command(overrides: dict) -> dict:
 
     Returns {"save_dir", "coco_gt", "coco_metrics", "models": {label: evaluate_checkpoint(...)}}.
     """
-    args = parse_overrides("val", overrides, VAL_SPEC)
+    args = read_options("val", overrides, VAL_SPEC)
     models = [m.strip() for m in args["model"].split(",") if m.strip()]
     if not models:
         raise KDConfigError("model= is empty: pass model=best.pt or model=teacher.pt,student.pt")

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yolo_kd import ultra
+
 
 def file_size_mb(path: str | Path) -> float:
     """Size in MB (2**20 bytes, as Ultralytics logs it) of a file, or of everything inside a folder."""
@@ -27,12 +29,11 @@ def file_size_mb(path: str | Path) -> float:
 def model_complexity(checkpoint: str | Path, imgsz: int | tuple[int, int]) -> dict:
     """Parameters and GFLOPs at `imgsz` of the fused (Conv+BN) model, i.e. the graph that gets exported."""
     from ultralytics import YOLO
-    from ultralytics.utils.torch_utils import get_flops
 
     model = deepcopy(YOLO(str(checkpoint)).model).float().eval()
     model = model.fuse(verbose=False, imgsz=imgsz) if hasattr(model, "fuse") else model
     params = sum(p.numel() for p in model.parameters())
-    gflops = get_flops(model, list(imgsz) if isinstance(imgsz, tuple) else imgsz)
+    gflops = ultra.gflops(model, list(imgsz) if isinstance(imgsz, tuple) else imgsz)
     return {"params": int(params), "gflops": float(gflops)}
 
 
@@ -76,10 +77,7 @@ def measure_latency(model_file: str | Path, imgsz: int | tuple[int, int], warmup
             times = _time_calls(lambda: session.run(None, feed), warmup, runs)
             runtime = f"onnxruntime {ort.__version__} {session.get_providers()[0]}"
         else:
-            from ultralytics.nn.autobackend import AutoBackend
-            from ultralytics.utils.torch_utils import select_device
-
-            dev = select_device(device or "cpu", verbose=False)
+            dev = ultra.device(device or "cpu")
             if path.suffix == ".pt":
                 from ultralytics import YOLO
 
@@ -87,7 +85,7 @@ def measure_latency(model_file: str | Path, imgsz: int | tuple[int, int], warmup
                 model = model.fuse(verbose=False, imgsz=(h, w))
                 runtime = f"torch {torch.__version__}"
             else:
-                model = AutoBackend(str(path), device=dev, verbose=False).eval()
+                model = ultra.backend(path, dev)
                 runtime = f"AutoBackend {model.format}"
             im = torch.from_numpy(x).to(dev)
             sync = torch.cuda.synchronize if dev.type == "cuda" else None

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from yolo_kd.errors import KDConfigError
 from yolo_kd.evaluation.coco_dataset import find_images_dir, read_coco_json
-from yolo_kd.evaluation.coco_format import list_image_files, resolve_yolo_data
-from yolo_kd.evaluation.options import as_bool, as_float, as_int, as_str, existing_file, parse_overrides
+from yolo_kd.evaluation.coco_format import resolve_yolo_data
+from yolo_kd.files import list_image_files
+from yolo_kd.options import as_bool, as_float, as_int, as_str, existing_file, read_options
 from yolo_kd.evaluation.table import format_table
+from yolo_kd.ultra import grid_imgsz
 from yolo_kd.evaluation.validate import evaluate_checkpoint, load_eval_set, make_run_dir
 from yolo_kd.export.benchmark import file_size_mb, measure_latency, model_complexity
 from yolo_kd.export.int8 import quantize_onnx_int8, select_calibration_images
@@ -127,7 +129,7 @@ def export_command(overrides: dict) -> dict:
     Each row has file, size_mb, params, gflops, latency (dict), and with data= coco (12 stats), ultralytics,
     delta_points (COCO mAP50-95 minus PyTorch's, in points).
     """
-    args = parse_overrides("export", overrides, EXPORT_SPEC)
+    args = read_options("export", overrides, EXPORT_SPEC)
     model = existing_file("model", args["model"], (".pt",))
     fmt = canonical_format(args["format"])
     int8, data = args["int8"], args["data"]
@@ -140,13 +142,12 @@ def export_command(overrides: dict) -> dict:
         _check_data(data, args["split"], int8, fmt)
 
     from ultralytics import YOLO
-    from ultralytics.utils.checks import check_imgsz
 
     yolo = YOLO(str(model))
     if yolo.task != "detect":
         raise KDConfigError(f"model={model} is a '{yolo.task}' model: yolo-kd exports detection models only")
     stride = int(max(getattr(yolo.model, "stride", [32])))
-    imgsz = check_imgsz(args["imgsz"] or int(yolo.overrides.get("imgsz", 640) or 640), stride=stride, min_dim=1)
+    imgsz = grid_imgsz(args["imgsz"] or int(yolo.overrides.get("imgsz", 640) or 640), stride)
     calib = calibration_images(str(data), args["calib"]) if int8 and fmt == "onnx" else None  # fail before export
     device = args["device"] or ("0" if fmt == "engine" else "cpu")
     kwargs = {"format": ULTRALYTICS_FORMAT[fmt], "imgsz": imgsz, "batch": 1, "device": device,

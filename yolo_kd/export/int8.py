@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from yolo_kd.errors import KDConfigError
+from yolo_kd.ultra import letterbox
 
 
 def letterbox_tensor(image_file: str | Path, imgsz: tuple[int, int]) -> np.ndarray:
@@ -33,12 +34,10 @@ def letterbox_tensor(image_file: str | Path, imgsz: tuple[int, int]) -> np.ndarr
 
     Returns a float32 (1, 3, h, w) array.
     """
-    from ultralytics.data.augment import LetterBox
-
     image = cv2.imread(str(image_file))
     if image is None:
         raise KDConfigError(f"cannot read calibration image {image_file}: remove it or fix the train split")
-    boxed = LetterBox(new_shape=tuple(imgsz), auto=False, scaleup=True)(image=image)
+    boxed = letterbox(image, imgsz)
     chw = boxed[:, :, ::-1].transpose(2, 0, 1)
     return np.ascontiguousarray(chw, dtype=np.float32)[None] / 255.0
 

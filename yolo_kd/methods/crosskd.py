@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from ..losses import ClassScoreKD, DFLDistillLoss
-from ..taps import dense_predictions
-from . import Method, register
+from ..ultra import dense_predictions
+from .registry import Method, register
 from .feature import channel_aligners
 
 

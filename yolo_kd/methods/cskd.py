@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..losses import CosineGuidedLoss
-from . import Method, register
+from .registry import Method, register
 from .feature import channel_aligners
 
 

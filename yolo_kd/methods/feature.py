@@ -7,7 +7,7 @@ from torch import nn
 
 from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss, PearsonFeatureLoss, ScoreWeightedL2
 from ..taps import split_levels
-from . import Method, register
+from .registry import Method, register
 
 
 def channel_aligners(student_channels: list[int], teacher_channels: list[int]) -> nn.ModuleList:

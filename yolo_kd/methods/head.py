@@ -6,7 +6,7 @@ import torch
 
 from ..losses import ClassScoreKD, DFLDistillLoss
 from ..taps import anchors_in_boxes
-from . import Method, register
+from .registry import Method, register
 
 LD_REGIONS = ("all", "gt")
 

@@ -1,0 +1,198 @@
+"""`yolo-kd bench`: the undistilled student, Ultralytics' built-in KD and each yolo-kd method, trained with the same
+data, epochs, image size, seeds and augmentation, scored with pycocotools; plus a one-process step-time benchmark.
+
+Writes <project>/<name>/bench.md, bench.json and bench.png. Finished runs are reused when the bench is run again with
+the same settings, so an interrupted bench resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from ..errors import KDConfigError
+from ..options import as_bool, as_float, as_int, as_list, as_str, optional, read_options
+from ..recipe import DEFAULT_METHOD
+
+def as_float_any(key, value) -> float:
+    """A number >= 0."""
+    return as_float(key, value, low=0.0, high=float("inf"))
+
+
+BENCH_SPEC = {
+    "data": (as_str, None, "a data.yaml, or defect / agriculture for the demo data (required)"),
+    "teacher": (as_str, None, "the teacher .pt, or a model yaml to train one first (required)"),
+    "model": (as_str, "yolov8n.yaml", "the student"),
+    "epochs": (as_int, 10, "student epochs"),
+    "imgsz": (as_int, 640, "student image size"),
+    "batch": (as_int, 16, "batch size (nbs is set to it)"),
+    "seeds": (as_list(int), [1, 2, 3], "one baseline and one run per method for each seed"),
+    "methods": (as_list(), [DEFAULT_METHOD, "pred"], "yolo-kd methods to run, comma-separated"),
+    "builtin": (as_bool, True, "also run Ultralytics' built-in KD (distill_model=, dis=)"),
+    "dis": (as_float_any, 6.0, "the built-in's weight"),
+    "recipe": (as_str, None, "also run this recipe YAML"),
+    "teacher_imgsz": (optional(as_int), None, "run the yolo-kd methods with the teacher at this size"),
+    "same_size_too": (as_bool, False, "with teacher_imgsz, also run each method with the teacher at the student's size"),
+    "weights": (optional(as_float_any), None, "one weight for every method (default: each method's own)"),
+    "teacher_epochs": (optional(as_int), None, "epochs when the teacher is trained first (default 3 x epochs)"),
+    "project": (as_str, "runs/kd_bench", "output folder"),
+    "name": (as_str, "bench", "run name"),
+    "device": (as_str, "cpu", "cpu or a CUDA device"),
+    "workers": (lambda k, v: as_int(k, v, minimum=0), 2, "data loader workers"),
+    "train": (as_bool, True, "train and score the runs"),
+    "step": (as_bool, True, "run the step-time microbenchmark"),
+    "step_batch": (as_int, 8, "step bench batch size"),
+    "step_rounds": (as_int, 5, "step bench rounds"),
+    "step_steps": (as_int, 3, "step bench steps per round"),
+    "step_teacher_imgsz": (optional(as_int), None, "step bench: the teacher at this size too (default 2 x imgsz)"),
+}
+
+
+def bench_options(overrides: dict) -> tuple[dict, dict]:
+    """Split the command's keys into bench options (defaults filled in, checked) and Ultralytics train arguments."""
+    from ..methods import check_method
+    from ..recipe import parse_methods
+    from ..ultra import train_arg_names
+
+    opts, extra = read_options("bench", overrides, BENCH_SPEC, passthrough=train_arg_names() - {"distill_model"})
+    missing = [k for k in ("data", "teacher") if not opts.get(k)]
+    if missing:
+        raise KDConfigError(f"bench needs {' and '.join(f'{k}=' for k in missing)}: e.g. data=defect "
+                            "teacher=teacher.pt (or teacher=yolov8s.yaml to train one first)")
+    for method in opts["methods"]:
+        for name in parse_methods(method):
+            check_method(name, {})
+    if opts["step"] and not opts["train"] and str(opts["teacher"]).endswith((".yaml", ".yml")):
+        raise KDConfigError("step=True with train=False needs a trained teacher: pass teacher=<.pt>")
+    if opts["recipe"] and not Path(opts["recipe"]).is_file():
+        raise KDConfigError(f"recipe {opts['recipe']} not found: give the path of a recipe YAML")
+    return opts, extra
+
+
+def resolve_data(data: str, root: Path) -> str:
+    """data=defect|agriculture means the demo's data set (made or converted offline); anything else is a data.yaml."""
+    from ..data.domains import DOMAIN_NAMES, make_domain_data
+
+    if data in DOMAIN_NAMES:
+        return str(make_domain_data(data, root / data))
+    if not Path(data).is_file():
+        raise KDConfigError(f"data={data} not found: give a data.yaml, or data=defect / data=agriculture for the "
+                            "demo data")
+    return data
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
+
+
+def plan(opts: dict, train_args: dict, teacher: str) -> list:
+    """The training jobs, seed by seed: baseline, built-in KD, each method, the recipe."""
+    from .runs import Job
+
+    jobs = []
+    for seed in opts["seeds"]:
+        def job(label, kind, kd=None, extra=None):
+            args = {**train_args, **(extra or {}), "seed": seed, "name": f"{slug(label)}_s{seed}"}
+            return Job(label=label, kind=kind, model=opts["model"], seed=seed, train_args=args, kd=kd or {},
+                       eval_imgsz=opts["imgsz"])
+
+        jobs.append(job("baseline", "baseline"))
+        if opts["builtin"]:
+            jobs.append(job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin",
+                            extra={"distill_model": teacher, "dis": opts["dis"]}))
+        weight = opts["weights"]
+        sizes = [opts["teacher_imgsz"]] + ([None] if opts["teacher_imgsz"] and opts["same_size_too"] else [])
+        for method in opts["methods"]:
+            for size in sizes:
+                kd = {"teacher": teacher, "method": method, "teacher_imgsz": size}
+                if weight is not None:
+                    kd["weights"] = weight
+                label = f"yolo-kd {method}" + (f" x{weight:g}" if weight is not None else "")
+                if opts["teacher_imgsz"]:
+                    label += f" (teacher at {size or opts['imgsz']})"
+                jobs.append(job(label, "yolo-kd", kd=kd))
+        if opts["recipe"]:
+            jobs.append(job(f"yolo-kd recipe {Path(opts['recipe']).stem}", "yolo-kd", kd={"cfg": opts["recipe"]}))
+    return jobs
+
+
+class Progress:
+    """Elapsed time and an estimate of what remains, from the runs trained so far (runs reused from an earlier
+    bench take no time and do not count towards the estimate)."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.trained, self.began = total, 0, 0, time.perf_counter()
+
+    def done(self, reused: bool) -> None:
+        self.finished += 1
+        self.trained += 0 if reused else 1
+
+    def status(self) -> str:
+        elapsed = time.perf_counter() - self.began
+        if not self.trained:
+            return f"elapsed {elapsed / 60:.1f} min"
+        left = elapsed / self.trained * (self.total - self.finished)
+        return f"elapsed {elapsed / 60:.1f} min, about {left / 60:.0f} min left"
+
+
+def bench_command(overrides: dict) -> dict:
+    """Run the benchmark; returns the summary that bench.json holds."""
+    from ultralytics.utils import LOGGER
+
+    from ..teachers import check_teacher_file
+    from ..recipe import TeacherSpec
+    from . import report
+    from .runs import Job, launch
+    from .steptime import step_benchmark
+
+    opts, ultra = bench_options(overrides)
+    out = Path(opts["project"]) / opts["name"]
+    teacher = str(opts["teacher"])
+    train_teacher = teacher.endswith((".yaml", ".yml"))
+    if not train_teacher:
+        check_teacher_file("teacher", TeacherSpec(model=teacher))
+    data = resolve_data(str(opts["data"]), Path(opts["project"]) / "data")
+    train_args = {"data": data, "epochs": opts["epochs"], "imgsz": opts["imgsz"], "batch": opts["batch"],
+                  "nbs": opts["batch"], "device": opts["device"], "workers": opts["workers"], "deterministic": True,
+                  "plots": False, "val": False, "exist_ok": True, "project": str(out.resolve()), **ultra}
+    teacher_job = Job(label="teacher", kind="teacher", model=teacher, seed=0, eval_imgsz=opts["imgsz"],
+                      train=train_teacher, train_args={**train_args, "seed": 0, "name": "teacher",
+                                                       "epochs": opts["teacher_epochs"] or 3 * opts["epochs"]})
+    results, step = [], None
+    if opts["train"]:
+        LOGGER.info(f"yolo-kd bench: {'training and ' if train_teacher else ''}scoring the teacher")
+        teacher_result = launch(teacher_job)
+        teacher = teacher_result["checkpoint"]
+        jobs = plan(opts, train_args, teacher)
+        progress = Progress(len(jobs))
+        for i, job in enumerate(jobs, 1):
+            prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
+            LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
+            r = launch(job)
+            progress.done(r.get("reused", False))
+            LOGGER.info(f"{prefix}: mAP50-95 {r['mAP50-95']:.4f}, {r['sec_per_epoch']:.1f} s/epoch")
+            results.append(r)
+    if opts["step"]:
+        LOGGER.info("yolo-kd bench: step-time microbenchmark")
+        step = step_benchmark({"model": opts["model"], "teacher": teacher, "methods": opts["methods"],
+                               "imgsz": opts["imgsz"], "dis": opts["dis"],
+                               "teacher_imgsz": opts["step_teacher_imgsz"] or 2 * opts["imgsz"]},
+                              device=opts["device"], steps=opts["step_steps"], rounds=opts["step_rounds"],
+                              batch=opts["step_batch"])
+    settings = {"data": data, "model": opts["model"], "teacher": teacher, "epochs": opts["epochs"],
+                "imgsz": opts["imgsz"], "batch": opts["batch"], "seeds": opts["seeds"], "device": opts["device"],
+                **({"teacher_imgsz": opts["teacher_imgsz"]} if opts["teacher_imgsz"] else {}), **ultra}
+    summary = {"settings": settings, "step": step, "runs": results}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report.summarize(results, teacher_result) if results else {}
+    if rows:
+        summary.update(teacher=teacher_result, rows=rows, plot=str(report.plot(rows, teacher_result,
+                                                                                out / "bench.png")))
+    text = report.markdown(rows, summary.get("teacher"), step, settings)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(text)
+    print(f"saved: {out / 'bench.md'}, {out / 'bench.json'}" + (f", {out / 'bench.png'}" if results else ""))
+    return summary

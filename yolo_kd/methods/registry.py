@@ -1,0 +1,65 @@
+"""The method registry: the `Method` base class, `@register(name)`, lookup, checks and default weights."""
+
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from ..errors import KDConfigError
+
+METHODS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make a `Method` available as ``method=name``."""
+
+    def wrap(cls):
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set `terms` and implement forward(s_taps, t_taps, targets) -> {term: scalar}."""
+
+    name = ""
+    terms: tuple[str, ...] = ()
+    needs_head = False  # reads class scores / box outputs, so teacher and student need matching heads
+    needs_head_inputs = False  # reads the Detect head's own inputs (refuses custom `layers`)
+    default_weight = 1.0  # recipe weight when none is given, chosen from `yolo-kd bench` runs (README, Benchmark)
+
+    def __init__(self, student, teacher):
+        super().__init__()
+        self.student_shapes, self.teacher_shapes = student, teacher
+
+
+def method_weight(spec) -> float:
+    """A recipe MethodSpec's weight: its own, or the method's `default_weight` when the recipe names none."""
+    if spec.weight is not None:
+        return spec.weight
+    cls = METHODS.get(spec.name)
+    return cls.default_weight if cls else 1.0
+
+
+def check_method(name: str, params: dict) -> type:
+    """The registered class for `name`, with `params` checked against its constructor (clear errors, no swallowing)."""
+    if name not in METHODS:
+        raise KDConfigError(f"unknown method '{name}': choose from {sorted(METHODS)} (combine with '+', e.g. fgd+pred)")
+    cls = METHODS[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", "student", "teacher"}]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise KDConfigError(f"method '{name}' has no parameter(s) {unknown}: valid ones are {allowed + ['weight']}")
+    return cls
+
+
+def build_method(name: str, params: dict, student, teacher) -> Method:
+    """Instantiate method `name` for a student/teacher pair given their TapShapes."""
+    cls = check_method(name, params)
+    try:
+        return cls(student, teacher, **params)
+    except (TypeError, ValueError) as e:
+        raise KDConfigError(f"method '{name}' cannot be built with {params}: {e}") from e

@@ -1,0 +1,226 @@
+"""The seam: every use of Ultralytics internals outside the trainer subclass (`trainer.py`) goes through here.
+
+Tested on ultralytics 8.4.190. Outside this module and `trainer.py`, yolo-kd imports only the public facade
+(`from ultralytics import YOLO`) and `from ultralytics.utils import LOGGER` (a test walks the imports). When an
+Ultralytics release moves something, this file and `trainer.py` are where it breaks and where it is fixed.
+Ultralytics is imported inside each function, so importing this module (or `yolo_kd.losses`) imports none of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------------- the Detect head and its outputs
+
+
+def detect_head(model: nn.Module) -> nn.Module:
+    """The model's last layer, which must be a Detect head (YOLOv8/11/26); TypeError(class name) otherwise."""
+    from ultralytics.nn.modules.head import Detect
+
+    head = model.model[-1]
+    if not isinstance(head, Detect) or type(head).__name__ not in {"Detect", "v10Detect"}:
+        raise TypeError(type(head).__name__)
+    return head
+
+
+def head_outputs(output) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(head inputs [P3, P4, P5], class logits (N, nc, A), box outputs (N, 4 * reg_max, A)) from a Detect head's
+    output in train (dict) or eval ((decoded, dict)) form; the dense one-to-many branch for YOLO26."""
+    if isinstance(output, (tuple, list)):
+        output = output[1]
+    if "one2many" in output:
+        output = output["one2many"]
+    return list(output["feats"]), output["scores"], output["boxes"]
+
+
+def dense_predictions(head: nn.Module, feats: list[torch.Tensor],
+                      levels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch, its
+    level levels[i] (default i) run on feats[i]; gradients flow into `feats` whatever the head's requires_grad."""
+    branch = head.one2many
+    levels = range(len(feats)) if levels is None else levels
+    n = feats[0].shape[0]
+    boxes = [branch["box_head"][k](f).view(n, 4 * head.reg_max, -1) for k, f in zip(levels, feats)]
+    scores = [branch["cls_head"][k](f).view(n, head.nc, -1) for k, f in zip(levels, feats)]
+    return torch.cat(scores, -1), torch.cat(boxes, -1)
+
+
+# ---------------------------------------------------------------------- models and checkpoints
+
+
+def load_model(path) -> nn.Module:
+    """The model object of an Ultralytics checkpoint (FP32 as saved by `load_checkpoint`)."""
+    from ultralytics.nn.tasks import load_checkpoint
+
+    return load_checkpoint(str(path))[0]
+
+
+def detection_model(cfg, nc: int, ch: int = 3) -> nn.Module:
+    """A fresh DetectionModel from a model yaml (path or dict)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel(cfg, ch=ch, nc=nc, verbose=False)
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """Fold each Conv's BatchNorm into its weights (inference speed). Unlike Ultralytics' `fuse()`, Detect heads are
+    left whole: YOLO26's one2many branch, which `fuse()` drops, is what the KD losses read."""
+    from ultralytics.nn.modules import Conv, DWConv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    for m in model.modules():
+        if type(m) in (Conv, DWConv) and hasattr(m, "bn"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+    return model
+
+
+def copy_attributes(dst: nn.Module, src: nn.Module) -> None:
+    """Ultralytics' copy_attr: the public attributes of `src` (yaml, names, args, stride...) onto `dst`."""
+    from ultralytics.utils.torch_utils import copy_attr
+
+    copy_attr(dst, src)
+
+
+def train_args(**overrides):
+    """Ultralytics' default train arguments with `overrides` (what a trainer attaches to `model.args`)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils import DEFAULT_CFG
+
+    return get_cfg(DEFAULT_CFG, overrides)
+
+
+def train_arg_names() -> set[str]:
+    """Every key Ultralytics' train/val/export accept (its cfg/default.yaml)."""
+    from ultralytics.utils import DEFAULT_CFG_KEYS
+
+    return set(DEFAULT_CFG_KEYS)
+
+
+def parse_value(text: str):
+    """A command-line value as Ultralytics reads it ('3' -> 3, 'True' -> True, 'none' -> None)."""
+    from ultralytics.cfg import smart_value
+
+    return smart_value(text)
+
+
+def builtin_distillation_model(teacher: str, student: nn.Module) -> nn.Module:
+    """Ultralytics' own KD wrapper (`distill_model=`), for the step-time bench."""
+    from ultralytics.nn.distill_model import DistillationModel
+
+    return DistillationModel(teacher_model=teacher, student_model=student)
+
+
+# ---------------------------------------------------------------------- data sets and files
+
+
+def resolve_dataset(data, autodownload: bool = False) -> dict:
+    """Ultralytics' check_det_dataset: a data.yaml (or a folder holding one) resolved to absolute split paths."""
+    from ultralytics.data.utils import check_det_dataset
+
+    return check_det_dataset(str(data), autodownload=autodownload)
+
+
+def label_paths(images: list[str]) -> list[str]:
+    """The YOLO label file of each image path (images/ -> labels/, suffix -> .txt), as Ultralytics finds them."""
+    from ultralytics.data.utils import img2label_paths
+
+    return img2label_paths([str(i) for i in images])
+
+
+def image_formats() -> set[str]:
+    """Image file suffixes Ultralytics reads (lower case, no dot)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    return set(IMG_FORMATS)
+
+
+def read_image_labels(image: str, label: str, nc: int):
+    """Ultralytics' verify_image_label for one detection image: (im_file, labels, shape, ..., corrupt, msg)."""
+    from ultralytics.data.utils import verify_image_label
+
+    return verify_image_label((image, label, "", False, nc, 0, 0, False))
+
+
+def next_run_dir(path: Path, exist_ok: bool = False) -> Path:
+    """A run folder named as Ultralytics names them (increment_path: val, val2, val3...)."""
+    from ultralytics.utils.files import increment_path
+
+    return increment_path(path, exist_ok=exist_ok)
+
+
+def config_dir() -> Path:
+    """Ultralytics' user config folder (where it looks for its fonts)."""
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    return Path(USER_CONFIG_DIR)
+
+
+# ---------------------------------------------------------------------- inference, validation, export
+
+
+def letterbox(image, imgsz) -> "object":
+    """Ultralytics' LetterBox (no auto-padding, scale up allowed) applied to one HWC image."""
+    from ultralytics.data.augment import LetterBox
+
+    return LetterBox(new_shape=tuple(imgsz), auto=False, scaleup=True)(image=image)
+
+
+def grid_imgsz(imgsz, stride: int):
+    """Ultralytics' check_imgsz: `imgsz` rounded up to the stride grid."""
+    from ultralytics.utils.checks import check_imgsz
+
+    return check_imgsz(imgsz, stride=stride, min_dim=1)
+
+
+def backend(path, device):
+    """Ultralytics' AutoBackend for any exported format (.pt, .onnx, .torchscript, ...), in eval mode."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    return AutoBackend(str(path), device=device, verbose=False).eval()
+
+
+def device(name):
+    """Ultralytics' select_device."""
+    from ultralytics.utils.torch_utils import select_device
+
+    return select_device(name, verbose=False)
+
+
+def gflops(model: nn.Module, imgsz) -> float:
+    """Ultralytics' FLOPs count at `imgsz`."""
+    from ultralytics.utils.torch_utils import get_flops
+
+    return get_flops(model, imgsz)
+
+
+def capturing_validator(sink: list, info: dict):
+    """A DetectionValidator class that also appends each image's final detections, in original-image pixels, to
+    `sink` (im_file, bboxes xyxy, conf, cls) and records the settings it ran with in `info`."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    class CapturingValidator(DetectionValidator):
+        def update_metrics(self, preds, batch):
+            super().update_metrics(preds, batch)
+            for si, pred in enumerate(preds):
+                pbatch = self._prepare_batch(si, batch)
+                scaled = self.scale_preds(pred, pbatch)
+                sink.append(
+                    {
+                        "im_file": pbatch["im_file"],
+                        "bboxes": scaled["bboxes"].detach().cpu().numpy(),
+                        "conf": pred["conf"].detach().cpu().numpy(),
+                        "cls": pred["cls"].detach().cpu().numpy(),
+                    }
+                )
+
+        def finalize_metrics(self):
+            super().finalize_metrics()
+            info.update(imgsz=self.args.imgsz, batch=self.args.batch, rect=self.args.rect, speed=dict(self.speed),
+                        conf=self.args.conf, iou=self.args.iou, max_det=self.args.max_det)
+
+    return CapturingValidator
