@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
+
+
+#: two-sided 95% Student t quantiles by degrees of freedom (1-30); above 30, 1.96 is close enough
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval, t * sd / sqrt(n) (inf for a single value)."""
+    n = len(values)
+    if n < 2:
+        return (values[0] if values else float("nan")), float("inf")
+    t = T95[n - 2] if n - 1 <= len(T95) else 1.96
+    return statistics.fmean(values), t * statistics.stdev(values) / math.sqrt(n)
+
+
+def verdict(mean: float, half: float) -> str:
+    """'above 0' when the 95% interval lies above zero, 'below 0' below, else 'inside the noise'."""
+    if mean - half > 0:
+        return "above 0"
+    if mean + half < 0:
+        return "below 0"
+    return "inside the noise"
 
 
 def summarize(results: list[dict], teacher: dict) -> dict[str, dict]:
@@ -18,15 +42,20 @@ def summarize(results: list[dict], teacher: dict) -> dict[str, dict]:
     labels = list(dict.fromkeys(r["label"] for r in results))
     base_map = statistics.fmean(r["mAP50-95"] for r in base.values())
     gap = teacher["mAP50-95"] - base_map
+    builtin = {r["seed"]: 100 * (r["mAP50-95"] - base[r["seed"]]["mAP50-95"]) for r in results
+               if r["kind"] == "builtin" and r["seed"] in base}
     rows = {}
     for label in labels:
-        runs = [r for r in results if r["label"] == label]
+        runs = [r for r in results if r["label"] == label and r["seed"] in base]
         gains = [100 * (r["mAP50-95"] - base[r["seed"]]["mAP50-95"]) for r in runs]
+        vs_builtin = [g - builtin[r["seed"]] for g, r in zip(gains, runs) if r["seed"] in builtin]
         overheads = [r["sec_per_epoch"] / base[r["seed"]]["sec_per_epoch"] for r in runs]
         rows[label] = {
             "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs],
             "mAP50-95": mean_std([r["mAP50-95"] for r in runs]), "mAP50": mean_std([r["mAP50"] for r in runs]),
             "gain_points": mean_std(gains),
+            "gains": gains, "gain_ci95": mean_ci95(gains),
+            "vs_builtin": vs_builtin, "vs_builtin_ci95": mean_ci95(vs_builtin) if vs_builtin else None,
             "gap_closed": statistics.fmean(gains) / (100 * gap) if gap > 0 else None,
             "sec_per_epoch": mean_std([r["sec_per_epoch"] for r in runs]),
             "overhead": mean_std(overheads),
@@ -55,7 +84,8 @@ def markdown(rows: dict, teacher: dict | None, step: dict | None, settings: dict
         lines += ["", "mean ± standard deviation over seeds; gain and overhead are paired with the baseline of the "
                   "same seed; gap closed = gain / (teacher - baseline mAP50-95); peak memory is CUDA allocated, or "
                   "the process's resident set on CPU."]
-    lines += targets(rows)
+        lines += paired_table(rows)
+    lines += targets(rows, step)
     if step:
         lines += ["", f"## Step time ({step['device']}, batch {step['batch']}, imgsz {step['imgsz']}"
                   + (", AMP" if step["amp"] else "") + f"; median of {step['rounds']} rounds x {step['steps']} steps)",
@@ -67,7 +97,26 @@ def markdown(rows: dict, teacher: dict | None, step: dict | None, settings: dict
     return "\n".join(lines) + "\n"
 
 
-def targets(rows: dict) -> list[str]:
+def paired_table(rows: dict) -> list[str]:
+    """Per run: its gain over the same seed's baseline seed by seed, the mean with a 95% interval, and the same for
+    its difference from the built-in's gain of the same seed."""
+    seeds = sorted({s for r in rows.values() for s in r["seeds"]})
+    lines = ["", "Paired gains in mAP50-95 points (run - same seed's baseline), mean with 95% interval:", "",
+             "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | gain (95% CI) | vs built-in (95% CI) |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    for label, r in rows.items():
+        if r["kind"] == "baseline":
+            continue
+        by_seed = dict(zip(r["seeds"], r["gains"]))
+        cells = [f"{by_seed[s]:+.2f}" if s in by_seed else "" for s in seeds]
+        g = r["gain_ci95"]
+        vs = r["vs_builtin_ci95"]
+        vs_text = "" if r["kind"] == "builtin" or not vs else f"{vs[0]:+.2f} ± {vs[1]:.2f} ({verdict(*vs)})"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {g[0]:+.2f} ± {g[1]:.2f} ({verdict(*g)}) | {vs_text} |")
+    return lines
+
+
+def targets(rows: dict, step: dict | None = None) -> list[str]:
     """The two targets, as measured: best yolo-kd gain >= 2x the built-in's; each method's overhead within +10%."""
     builtin = next((r for r in rows.values() if r["kind"] == "builtin"), None)
     ours = {k: r for k, r in rows.items() if r["kind"] == "yolo-kd"}
@@ -79,11 +128,26 @@ def targets(rows: dict) -> list[str]:
     lines = ["", "## Targets", "",
              f"- best yolo-kd gain ({best}: {o_gain:+.2f} points) >= 2 x built-in gain ({b_gain:+.2f}): "
              f"{'met' if met else 'NOT met'}"]
+    for label, r in ours.items():
+        vs = r["vs_builtin_ci95"]
+        if vs:
+            lines.append(f"- {label} paired gain over the built-in {vs[0]:+.2f} ± {vs[1]:.2f} points: "
+                         f"{verdict(*vs)}" + (" (met)" if verdict(*vs) == "above 0" else " (NOT met on the interval)"))
+        if r["gap_closed"] is not None:
+            lines.append(f"- {label} closes {100 * r['gap_closed']:.0f}% of the teacher-baseline gap "
+                         f"({'met' if r['gap_closed'] >= 0.5 else 'NOT met'}: target 50%)")
     limit = builtin["overhead"][0] * 1.1
     for label, r in ours.items():
         ok = r["overhead"][0] <= limit
-        lines.append(f"- {label} overhead {r['overhead'][0]:.2f}x <= built-in {builtin['overhead'][0]:.2f}x + 10% "
-                     f"({limit:.2f}x): {'met' if ok else 'NOT met'}")
+        lines.append(f"- {label} epoch-time overhead {r['overhead'][0]:.2f}x <= built-in {builtin['overhead'][0]:.2f}x "
+                     f"+ 10% ({limit:.2f}x): {'met' if ok else 'NOT met'}")
+    steps = (step or {}).get("rows", {})
+    b_step = next((v for k, v in steps.items() if k.startswith("Ultralytics KD")), None)
+    for label, v in steps.items():
+        if b_step and label.startswith("yolo-kd"):
+            ok = v["ratio"] <= b_step["ratio"] * 1.1
+            lines.append(f"- {label} step-time ratio {v['ratio']:.2f}x <= built-in {b_step['ratio']:.2f}x + 10%: "
+                         f"{'met' if ok else 'NOT met'}")
     return lines
 
 
