@@ -157,7 +157,9 @@ def test_combine_mean_target_is_the_weighted_mean_of_two_different_teachers(tiny
     d = Distiller(student, Recipe.from_kwargs(cfg=cfg), epochs=1, names=NAMES)
     d.set_epoch(0)
     img = torch.rand(2, 3, 64, 64)
-    [(owner, mean, weight)] = d._teacher_taps(d.recipe.stages[0], img)
+    with torch.no_grad():
+        s_taps = head_taps(d.student.train()(img))
+    [(owner, mean, weight)] = d._teacher_taps(d.recipe.stages[0], img, None, s_taps)
     teachers = d.pool.acquire(["a", "b"], img.device)
     with torch.no_grad():
         a, b = (head_taps(teachers[n](img)) for n in ("a", "b"))

@@ -15,15 +15,10 @@ import yolo_kd
 from yolo_kd.distiller import Distiller
 
 
-def state_of(path: Path) -> dict:
-    return {k: v.clone() for k, v in torch.load(path, map_location="cpu", weights_only=False)["model"].state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
     """A 2-epoch drop-in distillation run; records adapter weights and optimizer membership along the way."""
     project = tmp_path_factory.mktemp("kd_mse")
-    teacher_before = state_of(tiny_teacher)
     seen = {}
 
     def on_pretrain_end(trainer):
@@ -31,31 +26,36 @@ def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
         seen["adapters_before"] = {k: v.clone() for k, v in distiller.methods.state_dict().items()}
         in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
         seen["adapters_in_optimizer"] = all(id(p) in in_opt for p in distiller.methods.parameters())
-        seen["teacher_params_in_optimizer"] = any(
-            id(p) in in_opt for t in distiller.pool.loaded.values() for p in t.parameters())
 
     def on_batch_end(trainer):
-        for t in trainer.model.pool.loaded.values():
+        teachers = trainer.model.pool.loaded
+        seen.setdefault("teachers_seen", []).append(len(teachers))
+        in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+        for t in teachers.values():
+            seen.setdefault("teacher_before", {k: v.clone() for k, v in t.state_dict().items()})  # first step
+            seen["teacher_after"] = t.state_dict()
             seen.setdefault("teacher_modes", set()).add(t.training)
             seen.setdefault("teacher_grads", set()).add(any(p.grad is not None for p in t.parameters()))
+            seen.setdefault("teacher_params_in_optimizer", set()).add(any(id(p) in in_opt for p in t.parameters()))
 
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_pretrain_routine_end", on_pretrain_end)
     model.add_callback("on_train_batch_end", on_batch_end)
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="mse")
     model.train(data=str(tiny_data), epochs=2, project=str(project), name="run", **TINY_TRAIN)
-    return {"dir": project / "run", "trainer": model.trainer, "seen": seen, "teacher_before": teacher_before,
-            "teacher": tiny_teacher}
+    return {"dir": project / "run", "trainer": model.trainer, "seen": seen, "teacher": tiny_teacher}
 
 
 def test_teacher_frozen_and_bit_identical(mse_run):
-    after = state_of(mse_run["teacher"])
-    before = mse_run["teacher_before"]
-    assert before.keys() == after.keys()
+    """The in-memory teacher (the one that ran) after the last step equals itself after the first, buffers too."""
+    seen = mse_run["seen"]
+    assert seen["teachers_seen"] and all(n == 1 for n in seen["teachers_seen"])  # checked on the live teacher
+    before, after = seen["teacher_before"], seen["teacher_after"]
+    assert before.keys() == after.keys() and len(before) > 0
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert mse_run["seen"]["teacher_modes"] == {False}  # always eval
-    assert mse_run["seen"]["teacher_grads"] == {False}  # never a gradient
-    assert not mse_run["seen"]["teacher_params_in_optimizer"]
+    assert seen["teacher_modes"] == {False}  # always eval
+    assert seen["teacher_grads"] == {False}  # never a gradient
+    assert seen["teacher_params_in_optimizer"] == {False}
 
 
 def test_adapters_trained_and_in_optimizer(mse_run):
@@ -100,12 +100,12 @@ def test_best_loads_where_yolo_kd_cannot_be_imported(mse_run, tiny_data):
         "import sys; sys.modules['yolo_kd'] = None\n"  # any 'import yolo_kd' now raises ImportError
         "from ultralytics import YOLO\n"
         f"r = YOLO({str(best)!r}).predict({str(image)!r}, imgsz=64, conf=0.0, verbose=False)\n"
-        "assert r[0].boxes is not None\n"
+        "print('PREDICTED', len(r[0].boxes))\n"
         "import yolo_kd\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert "ImportError" in out.stderr or "ModuleNotFoundError" in out.stderr, out.stderr[-2000:]
-    assert "assert r[0]" not in out.stderr and "YOLO(" not in out.stderr.split("import yolo_kd")[0][-200:]
+    assert "PREDICTED" in out.stdout, out.stderr[-2000:]  # loaded and predicted without yolo_kd
+    assert "ImportError" in out.stderr or "ModuleNotFoundError" in out.stderr, out.stderr[-2000:]  # it was blocked
 
 
 def test_zero_weight_equals_plain_run(tiny_data, tiny_teacher, tmp_path):

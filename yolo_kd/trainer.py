@@ -49,8 +49,8 @@ class KDTrainer(DetectionTrainer):
             check_teacher_file(name, spec)
         self.recipe.resolve_stages(self.epochs)
         self.source_imgsz = source_size(self.recipe, self.args.imgsz)
-        if self.args.compile:  # the distiller runs the student itself, so the trainer's compiled forward would be
-            LOGGER.warning("yolo-kd: 'compile' is not supported with distillation and is disabled")  # a 2nd forward
+        if self.args.compile:  # the distiller runs the student itself: a compiled forward would be a second one
+            LOGGER.warning("yolo-kd: 'compile' is not supported with distillation and is disabled")
             self.args.compile = False
         self._kd_resume_state = None
         for event, callback in (("on_train_epoch_start", select_stage), ("on_train_epoch_end", log_stage)):
@@ -123,13 +123,12 @@ class KDTrainer(DetectionTrainer):
         """
         model, ema, last, best = self.model, self.ema.ema, self.last, self.best
         self.model, self.ema.ema = unwrap_model(model).student, ema.student
-        self.last, self.best = CheckpointSink(last), CheckpointSink(best)
+        last_sink, best_sink = CheckpointSink(), CheckpointSink()
+        self.last, self.best = last_sink, best_sink
         try:
             saved = super().save_model()
-            sinks = self.last, self.best
         finally:
             self.model, self.ema.ema, self.last, self.best = model, ema, last, best
-        last_sink, best_sink = sinks
         if best_sink.data is not None:
             atomic_write(best, best_sink.data)
         if last_sink.data is not None:
@@ -153,8 +152,8 @@ class KDTrainer(DetectionTrainer):
 class CheckpointSink:
     """Stands in for a checkpoint path while Ultralytics saves: keeps the bytes it would have written in place."""
 
-    def __init__(self, path: Path):
-        self.path, self.data = path, None
+    def __init__(self):
+        self.data = None
 
     def write_bytes(self, data: bytes) -> int:
         self.data = data

@@ -101,6 +101,13 @@ def check_export_requirements(fmt: str, int8: bool = False, evaluate: bool = Fal
     if int8 and fmt == "torchscript":
         raise KDConfigError("int8=True is not available for format=torchscript: use format=onnx int8=True")
     missing = missing_requirements(fmt, int8, evaluate)
+    if fmt == "engine":  # no package makes TensorRT work without a GPU: say that first
+        import torch
+
+        if not torch.cuda.is_available():
+            then = f" after pip install {' '.join(missing)}" if missing else ""
+            raise KDConfigError("format=engine (TensorRT) needs an NVIDIA GPU with CUDA: run it on a CUDA machine "
+                                f"with device=0{then}")
     if missing:
         what = f"format={fmt}{' int8=True' if int8 else ''}"
         raise KDConfigError(
@@ -109,11 +116,4 @@ def check_export_requirements(fmt: str, int8: bool = False, evaluate: bool = Fal
     if fmt == "tflite" and not (sys.platform == "darwin" or (sys.platform.startswith("linux")
                                                                 and platform.machine().lower() in {"x86_64", "amd64"})):
         raise KDConfigError("format=tflite (LiteRT) exports only on Linux x86-64 or macOS: export on such a machine")
-    if fmt == "engine":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise KDConfigError(
-                "format=engine (TensorRT) needs an NVIDIA GPU with CUDA: run it on a CUDA machine with device=0"
-            )
     return fmt
