@@ -87,3 +87,29 @@ def test_importing_yolo_kd_sets_nothing_and_writes_nothing(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "None"
     assert list(tmp_path.iterdir()) == []  # no config folder, no fonts, no settings file
+
+
+COMMANDS = ["train", "val", "export", "demo", "bench", "data"]
+
+
+def test_every_command_lists_its_keys_with_defaults(capsys):
+    from yolo_kd.cli import main
+
+    for command in COMMANDS:
+        assert main([command, "help"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: yolo-kd {command}") and "keys (default):" in text, command
+    assert "  epochs             (10)" in (main(["bench", "help"]), capsys.readouterr().out)[1]
+
+
+def test_every_command_reports_an_unknown_key_in_one_format(capsys, tmp_path, monkeypatch):
+    from yolo_kd.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for command in COMMANDS:
+        extra = ["steel"] if command == "data" else []
+        assert main([command, *extra, "no_such_key=1"]) == 2, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"yolo-kd {command}: error: "), (command, err)
+        assert "no_such_key" in err[0]
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
