@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import KDConfigError
+from .errors import KDConfigError, first_line
 from .methods import METHODS
 from .preflight import MIN_GRID, check_imgsz, check_teacher_imgsz, check_train_labels
 from .recipe import Recipe
@@ -118,8 +118,3 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
     check_imgsz(args.imgsz, max(int(student.stride.max()), MIN_GRID))
     keep = first_stage_teachers(recipe, args.epochs)
     return pool, check_teachers(recipe, pool, student, ch, names, torch.device("cpu"), keep)
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:160]

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from .errors import KDConfigError
+from .errors import KDConfigError, first_line
 from .preflight import MIN_GRID, check_teacher_imgsz
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
@@ -212,7 +212,7 @@ def load_yaml(path) -> dict:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise KDConfigError(f"recipe file '{path}' is not valid YAML ({str(e).splitlines()[0]}): fix its syntax") from e
+        raise KDConfigError(f"recipe file '{path}' is not valid YAML ({first_line(e)}): fix its syntax") from e
     return data or {}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import KDConfigError
+from .errors import KDConfigError, first_line
 from .recipe import TeacherSpec
 from .taps import TapShapes, head_taps, record_layers
 from .ultra import detect_head, fuse_conv_bn, load_model
@@ -50,7 +50,7 @@ def load_teacher(name: str, spec: TeacherSpec) -> nn.Module:
     except (RuntimeError, EOFError, KeyError, TypeError, AttributeError, ValueError, zipfile.BadZipFile) as e:
         raise KDConfigError(
             f"teacher '{name}' checkpoint '{spec.model}' cannot be loaded ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120]}): the file is corrupt or not an Ultralytics model; re-export or retrain it"
+            f"{first_line(e, 120)}): the file is corrupt or not an Ultralytics model; re-export or retrain it"
         ) from e
     task = getattr(model, "task", None)
     if task not in FEATURE_LOSS_TASKS:

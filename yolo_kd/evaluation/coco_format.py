@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from yolo_kd.errors import KDConfigError
+from yolo_kd.errors import KDConfigError, first_line
 from yolo_kd.files import list_image_files
 from yolo_kd.ultra import label_paths, read_image_labels, resolve_dataset
 
@@ -115,7 +115,7 @@ def resolve_yolo_data(data: str | Path, split: str = "val") -> dict:
     try:
         info = resolve_dataset(path)
     except Exception as e:  # Ultralytics raises FileNotFoundError/SyntaxError with multi-line text
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise KDConfigError(f"data={data} cannot be used ({first}): fix the data.yaml paths/names") from e
     if not info.get(split):
         raise KDConfigError(f"data={data} has no '{split}:' split: add it to the data.yaml or pass split=<name>")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from yolo_kd.errors import KDConfigError
+from yolo_kd.errors import KDConfigError, first_line
 from yolo_kd.ultra import capturing_validator
 
 
@@ -29,7 +29,7 @@ def load_detector(model: str | Path, nc: int | None = None):
     try:
         yolo = YOLO(str(path), task="detect")
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise KDConfigError(
             f"model={model} cannot be loaded ({first}): pass an Ultralytics checkpoint or export"
         ) from e
