@@ -89,9 +89,9 @@ class Distiller(nn.Module):
     def _level_pairs(self, name: str, s_shapes: TapShapes, t_shapes: TapShapes) -> list[int]:
         """Teacher Detect level per student Detect level: the same image area per cell for a teacher at its own size
         (`resolution.level_pairs`), else level i with level i."""
-        size = self.recipe.teachers[name].imgsz
+        spec = self.recipe.teachers[name]
         student_size = image_size(getattr(getattr(self.student, "args", None), "imgsz", None))
-        ratio = size / student_size if size and student_size else 1.0
+        ratio = spec.imgsz / student_size if spec.imgsz and student_size and spec.levels == "area" else 1.0
         return level_pairs(list(s_shapes.strides), list(t_shapes.strides), ratio)
 
     def _method_teachers(self, si: int) -> list[str]:

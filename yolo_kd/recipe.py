@@ -34,7 +34,8 @@ from .preflight import MIN_GRID, check_teacher_imgsz
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
-TEACHER_KEYS = {"model", "imgsz"}
+TEACHER_KEYS = {"model", "imgsz", "levels"}
+LEVEL_PAIRINGS = ("area", "index")
 SCHEDULE_KEYS = {"decay", "final", "warmup_epochs", "off_close_mosaic"}
 DECAYS = ("constant", "linear", "cosine")
 COMBINES = ("sum", "mean")
@@ -42,10 +43,13 @@ COMBINES = ("sum", "mean")
 
 @dataclass
 class TeacherSpec:
-    """A frozen teacher: its checkpoint path and, optionally, its own input size."""
+    """A frozen teacher: its checkpoint path and, optionally, its own input size and how its Detect levels pair with
+    the student's at that size ("area": the level whose cells cover the same image area, e.g. P4 -> P3 at 2x;
+    "index": P3 -> P3, resampled, distances converted)."""
 
     model: str
     imgsz: int | None = None
+    levels: str = "area"
 
 
 @dataclass
@@ -275,7 +279,10 @@ def _parse_teachers(value) -> dict[str, TeacherSpec]:
         if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0):
             raise KDConfigError(f"teacher '{name}' imgsz must be a positive integer, got {imgsz!r}")
         check_teacher_imgsz(str(name), imgsz, MIN_GRID)  # the exact stride is checked once the teacher is loaded
-        teachers[str(name)] = TeacherSpec(model=str(spec["model"]), imgsz=imgsz)
+        levels = spec.get("levels", "area")
+        if levels not in LEVEL_PAIRINGS:
+            raise KDConfigError(f"teacher '{name}' levels={levels!r} is unknown: use one of {list(LEVEL_PAIRINGS)}")
+        teachers[str(name)] = TeacherSpec(model=str(spec["model"]), imgsz=imgsz, levels=levels)
     return teachers
 
 
