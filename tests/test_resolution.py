@@ -120,3 +120,22 @@ def test_two_teachers_each_at_its_own_size(tiny_data, tiny_teacher, tiny_teacher
     assert model.trainer.model.head_pairs == {"big": [1, 2, 2], "same": [0, 1, 2]}
     row = read_results(tmp_path / "two")[0]
     assert all(float(row[f"train/{c}"]) > 0 for c in ("pred_cls", "pred_ld", "pkd"))
+
+
+def test_levels_index_pairs_same_levels_and_converts_distances(tiny_teacher):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_kd.distiller import Distiller
+    from yolo_kd.ultra import train_args
+
+    def distiller(levels):
+        student = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+        student.args = train_args(imgsz=64)
+        cfg = {"teachers": {"t": {"model": str(tiny_teacher), "imgsz": 128, "levels": levels}},
+               "stages": [{"fraction": [0, 1], "teachers": ["t"], "methods": "pred"}]}
+        return Distiller(student, Recipe.from_kwargs(cfg=cfg), epochs=1, names={0: "square", 1: "disc"})
+
+    assert distiller("area").head_pairs["t"] == [1, 2, 2]
+    assert distiller("index").head_pairs["t"] == [0, 1, 2]
+    with pytest.raises(yolo_kd.KDConfigError, match="levels='shifted' is unknown"):
+        distiller("shifted")
