@@ -52,12 +52,11 @@ def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names
                                     "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
 
 
-def first_stage_teachers(recipe: Recipe, epochs: int, start_epoch: int = 0) -> list[str]:
-    """Teachers of the stage covering `start_epoch` (or of the next stage to start): the ones to keep loaded."""
+def first_stage_teachers(recipe: Recipe, epochs: int) -> list[str]:
+    """Teachers of the first stage (in epoch order) that has any: the ones to keep loaded after the checks."""
     spans = recipe.resolve_stages(epochs)
-    order = sorted(range(len(spans)), key=lambda i: spans[i][0])
-    for i in order:
-        if spans[i][1] > start_epoch and recipe.stages[i].teachers:
+    for i in sorted(range(len(spans)), key=lambda i: spans[i][0]):
+        if recipe.stages[i].teachers:
             return list(recipe.stages[i].teachers)
     return []
 
@@ -82,8 +81,6 @@ def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
     """The student as the trainer will build it (a *.yaml, or a local *.pt), or None when it is neither."""
     if model is None:
         return None
-    if isinstance(model, nn.Module):
-        return model
     path = Path(str(model))
     if path.suffix in {".yaml", ".yml"}:
         try:
