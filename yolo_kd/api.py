@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 
 from .errors import KDConfigError
-from .offline import setup_offline
 from .methods import check_method
+from .offline import setup_offline
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
@@ -45,7 +45,8 @@ def build_recipe(model=None, **kd) -> Recipe:
 
 
 def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
-    """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` ('fgd', 'fgd+pred', ...).
+    """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` (default: the default recipe,
+    `DEFAULT_METHOD`; or 'pred', 'fgd+pred', ...); sets Ultralytics up air-gapped (`offline.setup_offline`).
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map. Every Ultralytics train
