@@ -18,7 +18,7 @@ from .methods import METHODS
 from .preflight import MIN_GRID, check_imgsz, check_teacher_imgsz, check_train_labels
 from .recipe import Recipe
 from .taps import TapShapes
-from .teachers import TeacherPool, check_classes, probe
+from .teachers import TeacherPool, check_classes, check_teacher_file, probe, probe_size
 from .ultra import detect_head, detection_model, load_model, resolve_dataset
 
 
@@ -65,13 +65,13 @@ def check_teachers(recipe: Recipe, pool: TeacherPool, student: nn.Module, ch: in
                    keep: list[str]) -> dict[str, TapShapes]:
     """Load each teacher through `pool` (once), check it against the student and data, probe its tap shapes; the
     teachers in `keep` stay loaded for the first stage, the others are released."""
-    probe_size = int(max(student.stride.max().item(), MIN_GRID)) * 2
+    size = probe_size(student)
     layers = recipe.layers["teacher"] if recipe.layers else None
     shapes = {}
     for name in recipe.teachers:
         teacher = pool.acquire([*(n for n in keep if n in pool.loaded), name], device)[name]
         check_pair(name, teacher, student, ch, names, recipe)
-        shapes[name] = probe(teacher, probe_size, ch, layers)
+        shapes[name] = probe(teacher, size, ch, layers)
         if name not in keep:
             pool.release(name)
     return shapes
@@ -93,11 +93,13 @@ def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
 
 
 def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
-    """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
-    data set (a local YAML or folder must resolve and have labels), then each teacher against the student and data.
+    """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, each
+    teacher file, the data set (a local YAML or folder must resolve and have labels), then each teacher against the student and data.
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
     check_imgsz(args.imgsz, MIN_GRID)
+    for name, spec in recipe.teachers.items():
+        check_teacher_file(name, spec)
     pool = TeacherPool(recipe.teachers)
     data = str(args.data or "")
     if args.resume or "://" in data or not data or not Path(data).exists():

@@ -15,7 +15,7 @@ from pathlib import Path
 from .data.domains import make_domain_data
 from .errors import KDConfigError
 from .files import list_image_files
-from .options import as_int, as_str, optional, read_options
+from .options import as_count, as_int, as_str, optional, read_options
 from .recipe import DEFAULT_METHOD
 from .ultra import label_paths, resolve_dataset
 
@@ -72,7 +72,7 @@ DEMO_SPEC = {
     "epochs": (optional(as_int), None, "student epochs (default: the profile's)"),
     "teacher_epochs": (optional(as_int), None, "teacher epochs when it is trained (default: the profile's)"),
     "imgsz": (optional(as_int), None, "image size (default: the profile's)"),
-    "seed": (lambda k, v: as_int(k, v, minimum=0), 0, "seed of the data and of every training run"),
+    "seed": (as_count, 0, "seed of the data and of every training run"),
     "weights": (as_str, "weights", "where trained teachers are cached and reused"),
 }
 

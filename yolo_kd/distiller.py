@@ -16,15 +16,14 @@ import torch
 from torch import nn
 
 from .errors import KDConfigError
-from .methods import build_method, method_weight
 from .compat import check_teachers, first_stage_teachers
-from .preflight import MIN_GRID
-from .recipe import Recipe
+from .methods import build_method, method_weight
 from .preflight import image_size
+from .recipe import Recipe
 from .resolution import head_grid, level_pairs, resample, to_student_grid
 from .taps import Targets, Taps, TapShapes, head_taps, record_layers
+from .teachers import TeacherPool, probe, probe_size
 from .ultra import copy_attributes, detect_head
-from .teachers import TeacherPool, probe
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
@@ -54,8 +53,7 @@ class Distiller(nn.Module):
 
         device = next(student.parameters()).device
         ch = student.yaml.get("channels", 3)
-        probe_size = int(max(student.stride.max().item(), MIN_GRID)) * 2
-        s_shapes = probe(student, probe_size, ch, self._layers("student"))
+        s_shapes = probe(student, probe_size(student), ch, self._layers("student"))
         t_shapes = teacher_shapes or check_teachers(recipe, self.pool, student, ch, names, device,
                                                     keep=first_stage_teachers(recipe, epochs))
         self.head_pairs = {name: self._level_pairs(name, s_shapes, t_shapes[name]) for name in recipe.teachers}

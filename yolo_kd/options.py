@@ -53,6 +53,16 @@ def as_float(key: str, value: Any, low: float = 0.0, high: float = 1.0) -> float
     return number
 
 
+def as_count(key: str, value: Any) -> int:
+    """A whole number >= 0 (seeds, workers, repetitions)."""
+    return as_int(key, value, minimum=0)
+
+
+def as_nonnegative(key: str, value: Any) -> float:
+    """A number >= 0 (a loss weight)."""
+    return as_float(key, value, low=0.0, high=float("inf"))
+
+
 def as_str(key: str, value: Any) -> str | None:
     """A string, or None for an empty / 'none' value."""
     if value is None:

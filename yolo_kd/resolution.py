@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .taps import Taps
+from .taps import Taps, split_levels
 
 PROB_FLOOR = 1e-30  # log-probability floor for bins a rescaled distribution leaves empty
 
@@ -93,17 +93,13 @@ def to_student_grid(teacher: Taps, feat_sizes: list[tuple[int, int]], feat_pairs
     """The teacher's taps on the student's grids: feature tap l from teacher tap feat_pairs[l], resampled to
     feat_sizes[l]; per-anchor outputs of student level l from teacher level head_pairs[l], resampled to
     student_grid[l] (teacher_grid: the teacher's own level grids, how its per-anchor outputs split)."""
-    def level_maps(x):  # (N, K, A) -> per teacher level (N, K, h, w)
-        parts = torch.split(x, [h * w for h, w in teacher_grid], dim=-1)
-        return [p.reshape(*p.shape[:2], *hw) for p, hw in zip(parts, teacher_grid)]
-
     feats = [resample(teacher.feats[k], size) for k, size in zip(feat_pairs, feat_sizes)]
     scores = boxes = None
     if teacher.scores is not None:
-        maps = level_maps(teacher.scores)
+        maps = split_levels(teacher.scores, teacher_grid)
         scores = torch.cat([resample(maps[k], hw).flatten(2) for k, hw in zip(head_pairs, student_grid)], -1)
     if teacher.boxes is not None:
-        maps = level_maps(teacher.boxes)
+        maps = split_levels(teacher.boxes, teacher_grid)
         convert = boxes_to_student_grid if reg_max > 1 else distances_to_student_grid
         boxes = torch.cat([convert(maps[k], hw, reg_max).flatten(2) for k, hw in zip(head_pairs, student_grid)], -1)
     return Taps(feats=feats, scores=scores, boxes=boxes, head=teacher.head, head_levels=list(head_pairs))

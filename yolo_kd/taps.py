@@ -61,10 +61,10 @@ def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
     return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes)
 
 
-def split_levels(x: torch.Tensor, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-anchor tensor (N, K, A) -> per level (N, K, H_l, W_l), with the level grids of `feats`."""
-    parts = torch.split(x, [f.shape[-2] * f.shape[-1] for f in feats], dim=-1)
-    return [p.reshape(*p.shape[:2], *f.shape[-2:]) for p, f in zip(parts, feats)]
+def split_levels(x: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Per-anchor tensor (N, K, A) -> per level (N, K, H_l, W_l), for the level grids (H_l, W_l) in head order."""
+    parts = torch.split(x, [h * w for h, w in grids], dim=-1)
+    return [p.reshape(*p.shape[:2], *hw) for p, hw in zip(parts, grids)]
 
 
 def anchors_in_boxes(feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:

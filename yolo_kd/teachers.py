@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import KDConfigError, first_line
+from .preflight import MIN_GRID
 from .recipe import TeacherSpec
 from .taps import TapShapes, head_taps, record_layers
 from .ultra import detect_head, fuse_conv_bn, load_model
@@ -75,6 +76,11 @@ def freeze(model: nn.Module) -> nn.Module:
     if hasattr(model, "criterion"):
         model.criterion = None
     return fuse_conv_bn(model)
+
+
+def probe_size(student: nn.Module) -> int:
+    """Image size of the dummy forward that reads tap shapes: two cells of the student's coarsest grid."""
+    return int(max(student.stride.max().item(), MIN_GRID)) * 2
 
 
 @torch.no_grad()

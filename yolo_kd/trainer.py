@@ -31,7 +31,6 @@ from .compat import check_before_run
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
 from .resolution import resample
-from .teachers import check_teacher_file
 
 
 class KDTrainer(DetectionTrainer):
@@ -45,8 +44,6 @@ class KDTrainer(DetectionTrainer):
         # before Ultralytics creates or writes the run directory; the first stage's teachers stay loaded
         self._pool, self._teacher_shapes = check_before_run(self.recipe, get_cfg(cfg, overrides))
         super().__init__(cfg, overrides, _callbacks)
-        for name, spec in self.recipe.teachers.items():
-            check_teacher_file(name, spec)
         self.recipe.resolve_stages(self.epochs)
         self.source_imgsz = source_size(self.recipe, self.args.imgsz)
         if self.args.compile:  # the distiller runs the student itself: a compiled forward would be a second one

@@ -13,13 +13,8 @@ import time
 from pathlib import Path
 
 from ..errors import KDConfigError
-from ..options import as_bool, as_float, as_int, as_list, as_str, optional, read_options
+from ..options import as_bool, as_count, as_int, as_list, as_nonnegative, as_str, optional, read_options
 from ..recipe import DEFAULT_METHOD
-
-def as_float_any(key, value) -> float:
-    """A number >= 0."""
-    return as_float(key, value, low=0.0, high=float("inf"))
-
 
 BENCH_SPEC = {
     "data": (as_str, None, "a data.yaml, or defect / agriculture for the demo data (required)"),
@@ -31,16 +26,16 @@ BENCH_SPEC = {
     "seeds": (as_list(int), [1, 2, 3], "one baseline and one run per method for each seed"),
     "methods": (as_list(), [DEFAULT_METHOD, "pred"], "yolo-kd methods to run, comma-separated"),
     "builtin": (as_bool, True, "also run Ultralytics' built-in KD (distill_model=, dis=)"),
-    "dis": (as_float_any, 6.0, "the built-in's weight"),
+    "dis": (as_nonnegative, 6.0, "the built-in's weight"),
     "recipe": (as_str, None, "also run this recipe YAML"),
     "teacher_imgsz": (optional(as_int), None, "run the yolo-kd methods with the teacher at this size"),
     "same_size_too": (as_bool, False, "with teacher_imgsz, also run each method with the teacher at the student's size"),
-    "weights": (optional(as_float_any), None, "one weight for every method (default: each method's own)"),
+    "weights": (optional(as_nonnegative), None, "one weight for every method (default: each method's own)"),
     "teacher_epochs": (optional(as_int), None, "epochs when the teacher is trained first (default 3 x epochs)"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "bench", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
-    "workers": (lambda k, v: as_int(k, v, minimum=0), 2, "data loader workers"),
+    "workers": (as_count, 2, "data loader workers"),
     "train": (as_bool, True, "train and score the runs"),
     "step": (as_bool, True, "run the step-time microbenchmark"),
     "step_batch": (as_int, 8, "step bench batch size"),

@@ -25,7 +25,7 @@ from yolo_kd.errors import KDConfigError
 from yolo_kd.evaluation.coco_dataset import find_images_dir, read_coco_json
 from yolo_kd.evaluation.coco_format import resolve_yolo_data
 from yolo_kd.files import list_image_files
-from yolo_kd.options import as_bool, as_float, as_int, as_str, existing_file, read_options
+from yolo_kd.options import as_bool, as_count, as_float, as_int, as_str, existing_file, read_options
 from yolo_kd.evaluation.table import format_table
 from yolo_kd.ultra import grid_imgsz
 from yolo_kd.evaluation.validate import evaluate_checkpoint, load_eval_set, make_run_dir
@@ -66,8 +66,8 @@ EXPORT_SPEC = {
     "batch": (as_int, 16),
     "conf": (as_float, 0.001),
     "iou": (as_float, 0.7),
-    "runs": (lambda k, v: as_int(k, v, minimum=0), 50),
-    "warmup": (lambda k, v: as_int(k, v, minimum=0), 10),
+    "runs": (as_count, 50),
+    "warmup": (as_count, 10),
     "threads": (as_int, None),  # CPU threads for latency (default: all cores), the same for every runtime
     "device": (as_str, None),
     "project": (as_str, None),

@@ -135,5 +135,6 @@ class ScoreWeightedImitation(Method):
         self.loss = ScoreWeightedL2()
 
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
-        scores = split_levels(t.scores.detach().float().sigmoid().amax(1, keepdim=True), t.feats)
+        scores = split_levels(t.scores.detach().float().sigmoid().amax(1, keepdim=True),
+                              [f.shape[-2:] for f in t.feats])
         return {"sl2": sum(self.loss(p(fs), ft, sc) for p, fs, ft, sc in zip(self.projector, s.feats, t.feats, scores))}
