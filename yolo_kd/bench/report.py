@@ -161,7 +161,8 @@ def step_targets(step: dict | None) -> list[str]:
 
 
 def plot(rows: dict, teacher: dict, path: Path) -> Path:
-    """Two panels: mAP50-95 per model with its spread (teacher and baseline as lines), and train-time overhead."""
+    """Three panels: mAP50-95 per model with its spread (teacher and baseline as lines); each run's gain over the
+    same seed's baseline (one dot per seed) with the mean and its 95% interval; train-time overhead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,19 +171,30 @@ def plot(rows: dict, teacher: dict, path: Path) -> Path:
     labels = list(rows)
     colors = ["tab:gray" if rows[k]["kind"] == "baseline" else "tab:orange" if rows[k]["kind"] == "builtin"
               else "tab:blue" for k in labels]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.8))
     ax1.bar(labels, [rows[k]["mAP50-95"][0] for k in labels], yerr=[rows[k]["mAP50-95"][1] for k in labels],
             color=colors, capsize=4)
     ax1.axhline(teacher["mAP50-95"], color="tab:green", ls="--", label="teacher")
     base = next(r for r in rows.values() if r["kind"] == "baseline")
     ax1.axhline(base["mAP50-95"][0], color="tab:gray", ls=":", label="baseline")
-    ax1.set_ylabel("mAP50-95 (pycocotools)")
+    ax1.set_ylabel("mAP50-95 (pycocotools), mean ± sd")
     ax1.legend()
-    ax2.bar(labels, [rows[k]["overhead"][0] for k in labels], yerr=[rows[k]["overhead"][1] for k in labels],
+    distilled = [k for k in labels if rows[k]["kind"] != "baseline"]
+    for x, label in enumerate(distilled):
+        r, color = rows[label], colors[labels.index(label)]
+        ax2.scatter([x] * len(r["gains"]), r["gains"], color=color, alpha=0.6, s=18, zorder=3)
+        mean, half = r["gain_ci95"]
+        ax2.errorbar([x + 0.15], [mean], yerr=None if math.isinf(half) else [half], fmt="D", color=color, capsize=6)
+    ax2.axhline(0.0, color="tab:gray", ls=":")
+    ax2.set_xticks(range(len(distilled)), distilled)
+    ax2.set_xlim(-0.6, len(distilled) - 0.4)
+    ax2.set_ylabel("gain over same-seed baseline (points)")
+    ax2.set_title("dots: seeds; diamond: mean with 95% interval", fontsize=9)
+    ax3.bar(labels, [rows[k]["overhead"][0] for k in labels], yerr=[rows[k]["overhead"][1] for k in labels],
             color=colors, capsize=4)
-    ax2.axhline(1.0, color="tab:gray", ls=":")
-    ax2.set_ylabel("train time per epoch / baseline")
-    for ax in (ax1, ax2):
+    ax3.axhline(1.0, color="tab:gray", ls=":")
+    ax3.set_ylabel("train time per epoch / baseline")
+    for ax in (ax1, ax2, ax3):
         ax.tick_params(axis="x", rotation=30)
         for tick in ax.get_xticklabels():
             tick.set_ha("right")
