@@ -38,24 +38,68 @@ def convert(t_grid: int, s_grid: int, boxes: torch.Tensor) -> torch.Tensor:
     return to_student_grid(teacher, [(s_grid, s_grid)], [0], [(s_grid, s_grid)], [0], [(t_grid, t_grid)], REG_MAX).boxes
 
 
-@pytest.mark.parametrize("t_grid, s_grid", [(16, 8), (12, 8)])
-def test_teacher_boxes_decode_to_the_same_image_boxes_on_the_student_grid(t_grid, s_grid):
-    """6 teacher cells on a 16x16 grid are 3 student cells on 8x8 (and 4 on 8x8 from 12x12): same boxes in the image."""
-    out = convert(t_grid, s_grid, peaked_dfl(t_grid, 6))
+def test_teacher_boxes_decode_to_the_same_image_boxes_on_a_non_multiple_grid():
+    """12x12 -> 8x8 (no whole blocks): the map is resampled and 6 teacher cells become 4 student cells."""
+    out = convert(12, 8, peaked_dfl(12, 6))
     dist = (out.reshape(4, REG_MAX, -1).softmax(1) * torch.arange(REG_MAX).view(1, -1, 1)).sum(1)
-    torch.testing.assert_close(dist, torch.full_like(dist, 6 * s_grid / t_grid), atol=1e-3, rtol=0)
-    student_boxes = decode(out, s_grid)
-    sizes = student_boxes[:, 2:] - student_boxes[:, :2]
-    torch.testing.assert_close(sizes, torch.full_like(sizes, 12 / t_grid), atol=1e-3, rtol=0)  # 12 teacher cells wide
-    if t_grid == 2 * s_grid:  # each student cell covers 2x2 teacher cells: its box is the mean of their boxes
-        t_boxes = decode(peaked_dfl(t_grid, 6), t_grid).T.reshape(4, t_grid, t_grid)
-        pooled = F.avg_pool2d(t_boxes[None], 2)[0].reshape(4, -1).T
-        torch.testing.assert_close(student_boxes, pooled, atol=1e-3, rtol=0)
+    torch.testing.assert_close(dist, torch.full_like(dist, 4.0), atol=1e-3, rtol=0)
+    sizes = decode(out, 8)[:, 2:] - decode(out, 8)[:, :2]
+    torch.testing.assert_close(sizes, torch.full_like(sizes, 1.0), atol=1e-3, rtol=0)  # 12 teacher cells wide
+
+
+def one_object_teacher(t_grid: int, cell: tuple[int, int], ltrb: tuple[int, int, int, int], reg_max: int = REG_MAX):
+    """A teacher level where one cell (row, col) sees an object (class-1 logit 4, box ltrb in its cells) and every other
+    cell sees nothing (logits -6) and predicts random boxes."""
+    torch.manual_seed(0)
+    scores = torch.full((1, 2, t_grid, t_grid), -6.0)
+    scores[0, 1, cell[0], cell[1]] = 4.0
+    if reg_max == 1:
+        boxes = torch.rand(1, 4, t_grid, t_grid) * 5
+        boxes[0, :, cell[0], cell[1]] = torch.tensor(ltrb, dtype=torch.float32)
+    else:
+        boxes = torch.randn(1, 4, reg_max, t_grid, t_grid)
+        boxes[0, :, :, cell[0], cell[1]] = -20.0
+        for side, d in enumerate(ltrb):
+            boxes[0, side, d, cell[0], cell[1]] = 20.0
+        boxes = boxes.reshape(1, 4 * reg_max, t_grid, t_grid)
+    return scores, boxes
+
+
+@pytest.mark.parametrize("cell", [(5, 9), (6, 2)])
+def test_block_select_keeps_the_detection_and_its_image_box(cell):
+    """16x16 -> 8x8: the student cell over the object's teacher cell gets that cell's class logits undiluted (area
+    pooling would average them with three empty cells) and a box that decodes to the same image box."""
+    ltrb = (2, 3, 4, 1)
+    scores, boxes = one_object_teacher(16, cell, ltrb)
+    teacher = Taps(feats=[torch.zeros(1, 1, 16, 16)], scores=scores.flatten(2), boxes=boxes.flatten(2))
+    out = to_student_grid(teacher, [(8, 8)], [0], [(8, 8)], [0], [(16, 16)], REG_MAX)
+    row, col = cell[0] // 2, cell[1] // 2
+    a = row * 8 + col
+    torch.testing.assert_close(out.scores[0, :, a], scores[0, :, cell[0], cell[1]])
+    assert F.avg_pool2d(scores, 2)[0, 1, row, col] < 0  # what area pooling would have taught: below 0.5 confidence
+    t_box = decode(boxes.flatten(2)[0], 16)[cell[0] * 16 + cell[1]]
+    torch.testing.assert_close(decode(out.boxes[0], 8)[a], t_box, atol=1e-3, rtol=0)
+    x1, y1 = (cell[1] + 0.5 - ltrb[0]) / 16, (cell[0] + 0.5 - ltrb[1]) / 16
+    torch.testing.assert_close(t_box[:2], torch.tensor([x1, y1]), atol=1e-3, rtol=0)
+
+
+def test_block_select_direct_distances_for_reg_max_1():
+    """YOLO26 heads (reg_max 1, distances in cells): the same box after the block move, 2x and 3x blocks."""
+    for m in (2, 3):
+        scores, boxes = one_object_teacher(6 * m, (m + 1, 2 * m + 1), (2, 3, 4, 1), reg_max=1)
+        teacher = Taps(feats=[torch.zeros(1, 1, 6 * m, 6 * m)], scores=scores.flatten(2), boxes=boxes.flatten(2))
+        out = to_student_grid(teacher, [(6, 6)], [0], [(6, 6)], [0], [(6 * m, 6 * m)], 1)
+        a = 1 * 6 + 2
+        cx, cy = (2 * m + 1 + 0.5) / (6 * m), (m + 1 + 0.5) / (6 * m)
+        image_box = torch.tensor([cx - 2 / (6 * m), cy - 3 / (6 * m), cx + 4 / (6 * m), cy + 1 / (6 * m)])
+        d = out.boxes[0, :, a]
+        s_box = torch.tensor([2.5 - d[0], 1.5 - d[1], 2.5 + d[2], 1.5 + d[3]]) / 6
+        torch.testing.assert_close(s_box, image_box, atol=1e-5, rtol=0)
 
 
 def test_level_shift_at_2x_keeps_the_dfl_unit():
     """At 2x, teacher P4 has the student's P3 grid and unit: its logits pass unchanged; the student's P5 is taught by
-    the teacher's P5 pooled 2x2, its distances halved."""
+    the teacher's P5, one cell of each 2x2 block, its distances halved."""
     assert level_pairs([8, 16, 32], [8, 16, 32], 2.0) == [1, 2, 2]
     assert level_pairs([8, 16, 32], [8, 16, 32], 1.0) == [0, 1, 2]
     t_grid, s_grid = [(16, 16), (8, 8), (4, 4)], [(8, 8), (4, 4), (2, 2)]
@@ -68,8 +112,9 @@ def test_level_shift_at_2x_keeps_the_dfl_unit():
     assert torch.equal(out.boxes[..., :64], boxes[..., 256:320])  # teacher P4 -> student P3, unchanged
     assert torch.equal(out.scores[..., :64], teacher.scores[..., 256:320])
     p5 = out.boxes[..., 64 + 16:].reshape(4, REG_MAX, -1).softmax(1)
-    dist = (p5 * torch.arange(REG_MAX).view(1, -1, 1)).sum(1)
-    torch.testing.assert_close(dist, torch.full_like(dist, 3.0), atol=1e-3, rtol=0)
+    dist = (p5 * torch.arange(REG_MAX).view(1, -1, 1)).sum(1)  # 6 teacher cells each side: a box 6 student cells wide
+    torch.testing.assert_close(dist[0] + dist[2], torch.full_like(dist[0], 6.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(dist[1] + dist[3], torch.full_like(dist[1], 6.0), atol=1e-3, rtol=0)
 
 
 def high_frequency(img: torch.Tensor) -> float:
@@ -105,14 +150,14 @@ def test_teacher_at_128_student_at_64_every_method(tiny_data, tiny_teacher, tmp_
     yolo_kd.distill(model, teacher=str(tiny_teacher), method=methods, teacher_imgsz=128)
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="res", **TINY_TRAIN)
     distiller = model.trainer.model
-    assert distiller.head_pairs["teacher"] == [1, 2, 2]
+    assert distiller.head_pairs["teacher"] == [0, 1, 2]  # the default pairing: level with level, blocks selected
     row = read_results(tmp_path / "res")[0]
     for col in distiller.term_names:
         assert math.isfinite(float(row[f"train/{col}"])) and float(row[f"train/{col}"]) > 0, col
 
 
 def test_two_teachers_each_at_its_own_size(tiny_data, tiny_teacher, tiny_teacher_b, tmp_path):
-    cfg = {"teachers": {"big": {"model": str(tiny_teacher), "imgsz": 128}, "same": str(tiny_teacher_b)},
+    cfg = {"teachers": {"big": {"model": str(tiny_teacher), "imgsz": 128, "levels": "area"}, "same": str(tiny_teacher_b)},
            "stages": [{"fraction": [0, 1], "teachers": ["big", "same"], "methods": "pred+pkd"}]}
     model = YOLO("yolov8n.yaml")
     yolo_kd.distill(model, cfg=cfg)
@@ -128,14 +173,16 @@ def test_levels_index_pairs_same_levels_and_converts_distances(tiny_teacher):
     from yolo_kd.distiller import Distiller
     from yolo_kd.ultra import train_args
 
-    def distiller(levels):
+    def distiller(levels=None):
         student = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
         student.args = train_args(imgsz=64)
-        cfg = {"teachers": {"t": {"model": str(tiny_teacher), "imgsz": 128, "levels": levels}},
+        teacher = {"model": str(tiny_teacher), "imgsz": 128, **({"levels": levels} if levels else {})}
+        cfg = {"teachers": {"t": teacher},
                "stages": [{"fraction": [0, 1], "teachers": ["t"], "methods": "pred"}]}
         return Distiller(student, Recipe.from_kwargs(cfg=cfg), epochs=1, names={0: "square", 1: "disc"})
 
     assert distiller("area").head_pairs["t"] == [1, 2, 2]
     assert distiller("index").head_pairs["t"] == [0, 1, 2]
+    assert distiller().head_pairs["t"] == [0, 1, 2]  # index is the default
     with pytest.raises(yolo_kd.KDConfigError, match="levels='shifted' is unknown"):
         distiller("shifted")

@@ -85,8 +85,8 @@ class Distiller(nn.Module):
         return self.recipe.layers[who] if self.recipe.layers else None
 
     def _level_pairs(self, name: str, s_shapes: TapShapes, t_shapes: TapShapes) -> list[int]:
-        """Teacher Detect level per student Detect level: the same image area per cell for a teacher at its own size
-        (`resolution.level_pairs`), else level i with level i."""
+        """Teacher Detect level per student Detect level: level i with level i, or, for a teacher at its own size with
+        `levels: area`, the same image area per cell (`resolution.level_pairs`)."""
         spec = self.recipe.teachers[name]
         student_size = image_size(getattr(getattr(self.student, "args", None), "imgsz", None))
         ratio = spec.imgsz / student_size if spec.imgsz and student_size and spec.levels == "area" else 1.0

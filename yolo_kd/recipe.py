@@ -35,7 +35,7 @@ DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benc
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
-LEVEL_PAIRINGS = ("area", "index")
+LEVEL_PAIRINGS = ("index", "area")
 SCHEDULE_KEYS = {"decay", "final", "warmup_epochs", "off_close_mosaic"}
 DECAYS = ("constant", "linear", "cosine")
 COMBINES = ("sum", "mean")
@@ -44,12 +44,14 @@ COMBINES = ("sum", "mean")
 @dataclass
 class TeacherSpec:
     """A frozen teacher: its checkpoint path and, optionally, its own input size and how its Detect levels pair with
-    the student's at that size ("area": the level whose cells cover the same image area, e.g. P4 -> P3 at 2x;
-    "index": P3 -> P3, resampled, distances converted)."""
+    the student's at that size ("index", the default: P3 -> P3, each student cell taught by the best cell of its block
+    of teacher cells, distances converted; "area": the level whose cells cover the same image area, P4 -> P3 at 2x,
+    only for teachers whose levels are scale-specialised: YOLOv8-family teachers trained at small sizes put nearly
+    every object on P3, so their P4 teaches "nothing here")."""
 
     model: str
     imgsz: int | None = None
-    levels: str = "area"
+    levels: str = "index"
 
 
 @dataclass
@@ -279,7 +281,7 @@ def _parse_teachers(value) -> dict[str, TeacherSpec]:
         if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz <= 0):
             raise KDConfigError(f"teacher '{name}' imgsz must be a positive integer, got {imgsz!r}")
         check_teacher_imgsz(str(name), imgsz, MIN_GRID)  # the exact stride is checked once the teacher is loaded
-        levels = spec.get("levels", "area")
+        levels = spec.get("levels", "index")
         if levels not in LEVEL_PAIRINGS:
             raise KDConfigError(f"teacher '{name}' levels={levels!r} is unknown: use one of {list(LEVEL_PAIRINGS)}")
         teachers[str(name)] = TeacherSpec(model=str(spec["model"]), imgsz=imgsz, levels=levels)
