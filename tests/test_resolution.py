@@ -186,3 +186,35 @@ def test_levels_index_pairs_same_levels_and_converts_distances(tiny_teacher):
     assert distiller().head_pairs["t"] == [0, 1, 2]  # index is the default
     with pytest.raises(yolo_kd.KDConfigError, match="levels='shifted' is unknown"):
         distiller("shifted")
+
+
+def test_target_decode_puts_one_anchors_box_in_pixels():
+    """The target check decodes like the Detect head: cell centre -/+ expected DFL distances, times the stride."""
+    from yolo_kd.target_check import decode, top_detections
+
+    grids, strides = [(4, 4), (2, 2), (1, 1)], [8.0, 16.0, 32.0]
+    scores = torch.full((1, 2, 21), -9.0)
+    boxes = torch.zeros(1, 4 * REG_MAX, 21)
+    anchor = 16 + 1 * 2 + 1  # P4 (stride 16), row 1, column 1
+    scores[0, 1, anchor] = 5.0
+    boxes[0, :, anchor] = -20.0
+    for side, d in enumerate((1, 2, 3, 1)):  # ... and peak them at l, t, r, b = 1, 2, 3, 1 cells
+        boxes[0, side * REG_MAX + d, anchor] = 20.0
+    xyxy, conf = decode(scores, boxes, grids, strides, REG_MAX)
+    b, c, k = top_detections(xyxy[0], conf[0])
+    torch.testing.assert_close(b[0], torch.tensor([(1.5 - 1) * 16, (1.5 - 2) * 16, (1.5 + 3) * 16, (1.5 + 1) * 16]),
+                               atol=1e-3, rtol=0)
+    assert k[0] == 1 and abs(c[0].item() - torch.sigmoid(torch.tensor(5.0)).item()) < 1e-6
+
+
+def test_target_map_rows_for_a_teacher_at_its_own_size(tiny_data, tiny_teacher):
+    from yolo_kd.target_check import target_map
+
+    same = target_map(tiny_teacher, tiny_data, 64)
+    assert list(same) == ["teacher at 64 (the student's size)"]
+    own = target_map(tiny_teacher, tiny_data, 64, teacher_imgsz=128)
+    assert list(own) == ["teacher at 64 (the student's size)", "teacher at 128, its own grid (upper bound)",
+                         "teacher at 128 on the student's grid, levels: index",
+                         "teacher at 128 on the student's grid, levels: area"]
+    assert own["teacher at 64 (the student's size)"] == same["teacher at 64 (the student's size)"]
+    assert all(0.0 <= s["mAP50-95"] <= s["mAP50"] <= 1.0 for s in own.values())
