@@ -148,3 +148,30 @@ def test_distill_without_method_uses_the_default(tiny_teacher):
     recipe = model.train.args[2].recipe
     assert "+".join(m.name for m in recipe.stages[0].methods) == DEFAULT_METHOD
     assert [method_weight(m) for m in recipe.stages[0].methods] == [6.0, 1.0]  # sl2 at the built-in's dis
+
+
+def test_sl2_at_weight_6_is_the_builtin_loss_on_the_same_batch(tiny_teacher):
+    """The same student, batch and projector weights through Ultralytics' DistillationModel and through the distiller
+    with `sl2`: the KD term is the built-in's dis_loss, so the bench compares losses, not engines."""
+    import copy
+
+    from yolo_kd.distiller import Distiller
+    from yolo_kd.recipe import Recipe
+    from yolo_kd.ultra import builtin_distillation_model, train_args
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolov8n.yaml", nc=2, verbose=False)
+    student.args = train_args(imgsz=64, dis=6.0)
+    builtin = builtin_distillation_model(str(tiny_teacher), copy.deepcopy(student)).train()
+    ours = Distiller(copy.deepcopy(student), Recipe.from_kwargs(teacher=str(tiny_teacher), method="sl2"), epochs=1,
+                     names={0: "square", 1: "disc"}).train()
+    ours.methods["teacher__sl2"].projector.load_state_dict(builtin.projector.state_dict())
+    ours.set_epoch(0, 1)
+    g = torch.Generator().manual_seed(3)
+    batch = {"img": torch.rand(2, 3, 64, 64, generator=g), "cls": torch.tensor([[0.0], [1.0]]),
+             "bboxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.5, 0.4, 0.2]]), "batch_idx": torch.tensor([0.0, 1.0])}
+    b_loss, b_items = builtin.loss(copy.deepcopy(batch))
+    o_loss, o_items = ours.loss(copy.deepcopy(batch))
+    assert b_items["dis_loss"].item() > 0
+    assert o_items["sl2"].item() == pytest.approx(b_items["dis_loss"].item(), rel=1e-5)
+    torch.testing.assert_close(o_loss, b_loss, rtol=1e-5, atol=1e-6)  # detection terms and KD * batch size alike
