@@ -6,9 +6,9 @@ onto the student's grid (blocks, below). The alternative (`levels: area`) pairs 
 teacher level whose cells cover the same image area, t_k = ratio * s_l (at 2x: teacher P4 -> student P3, P5 -> P4, the
 level shift of multi-scale aligned distillation; the student's P5 gets the teacher's P5). It assumes scale-specialised
 levels, and YOLOv8-family teachers are not: the task-aligned assigner has no scale ranges, and a teacher trained at
-128-160 px scores its objects on P3 alone (its P4/P5 max class sigmoid ~1e-4 on the defect and pedestrian sets), so
-decoded on the student's grid the level-shifted target is an empty detector (mAP 0.000 on both sets, where the
-index-paired target scores 0.33 and 0.08; `tools/teacher_target_map.py`).
+128-160 px scores its objects on P3 alone (its P4/P5 max class sigmoid below 0.005 on the defect and pedestrian
+sets), so decoded on the student's grid the level-shifted target is an empty detector (mAP 0.000 on both sets, where
+the index-paired target scores 0.32 and 0.08; `tools/teacher_target_map.py`).
 
 Boxes. DFL bins count distances in cells of the grid that predicts them. A teacher level of grid width w_t resampled
 onto a student grid of width w_s predicts distances in units w_s / w_t times the student's cells (at 2x on the same
