@@ -27,13 +27,17 @@ SPEC = {
 def main(argv: list[str]) -> int:
     try:
         positional, overrides = parse_tokens(argv)
+        if positional == ["help"]:
+            print("\n".join(f"{k}={'' if d is ... else d}  {h}" for k, (_, d, h) in SPEC.items()))
+            return 0
         if positional:
             raise KDConfigError(f"unexpected {positional}: every option is key=value, e.g. imgsz=320")
         opts = read_options("target-map", overrides, SPEC)
         setup_offline()
         stats = target_map(opts["teacher"], opts["data"], opts["imgsz"], opts["teacher_imgsz"], opts["split"])
     except KDConfigError as e:
-        print(f"teacher_target_map: error: {e}", file=sys.stderr)
+        message = str(e).replace("'yolo-kd target-map'", "it").replace("yolo-kd target-map", "teacher_target_map.py")
+        print(f"teacher_target_map: error: {message}", file=sys.stderr)
         return 2
     print("| target | mAP50-95 | mAP50 |\n|---|---|---|")
     for name, s in stats.items():
