@@ -89,8 +89,8 @@ class Distiller(nn.Module):
         `levels: area`, the same image area per cell (`resolution.level_pairs`)."""
         spec = self.recipe.teachers[name]
         student_size = image_size(getattr(getattr(self.student, "args", None), "imgsz", None))
-        ratio = spec.imgsz / student_size if spec.imgsz and student_size and spec.levels == "area" else 1.0
-        return level_pairs(list(s_shapes.strides), list(t_shapes.strides), ratio)
+        ratio = spec.imgsz / student_size if spec.imgsz and student_size else 1.0
+        return level_pairs(list(s_shapes.strides), list(t_shapes.strides), ratio, spec.levels)
 
     def _method_teachers(self, si: int) -> list[str]:
         """Teachers that own adapters in stage `si`: each one (combine=sum) or the first (combine=mean)."""

@@ -37,9 +37,13 @@ from .taps import Taps, split_levels
 PROB_FLOOR = 1e-30  # log-probability floor for bins a rescaled distribution leaves empty
 
 
-def level_pairs(student_strides: list[float], teacher_strides: list[float], ratio: float) -> list[int]:
+def level_pairs(student_strides: list[float], teacher_strides: list[float], ratio: float,
+                pairing: str = "area") -> list[int]:
     """For each student level, the teacher level whose cells cover the same image area (t_k == ratio * s_l), or the
-    level of the same index when none does."""
+    level of the same index when none does. `pairing="index"` ignores the ratio (a teacher at its own size is paired
+    as one at the student's size: level with level of the same stride)."""
+    if pairing == "index":
+        ratio = 1.0
     pairs = []
     for i, s in enumerate(student_strides):
         match = [k for k, t in enumerate(teacher_strides) if abs(t - ratio * s) < 1e-6]

@@ -92,8 +92,7 @@ def target_map(teacher: str | Path, data: str | Path, imgsz: int, teacher_imgsz:
                 targets[f"teacher at {teacher_imgsz}, its own grid (upper bound)"] = (big.scores, big.boxes, t_grid,
                                                                                      teacher_imgsz)
                 for pairing in LEVEL_PAIRINGS:
-                    ratio = teacher_imgsz / imgsz if pairing == "area" else 1.0
-                    pairs = level_pairs(strides, strides, ratio)
+                    pairs = level_pairs(strides, strides, teacher_imgsz / imgsz, pairing)
                     mapped = to_student_grid(big, [tuple(f.shape[-2:]) for f in big.feats], list(range(len(pairs))),
                                              s_grid, pairs, t_grid, reg_max)
                     targets[f"teacher at {teacher_imgsz} on the student's grid, levels: {pairing}"] = (
