@@ -29,6 +29,8 @@ b_s = b_t / m + dy: decoded, the same image box.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -115,6 +117,20 @@ def block_offsets(m: int, device=None) -> torch.Tensor:
     return torch.stack([dx.flatten(), dy.flatten()], 1)
 
 
+@functools.lru_cache(maxsize=64)
+def block_moves(m: int, reg_max: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Constants of `block_select`, built once per (m, reg_max, device) instead of at every training step: each block
+    position's offset per side, (4, m*m) in student cells (ltrb: l -= dx, t -= dy, r += dx, b += dy), and, for DFL
+    heads, the bin matrices that apply it, (m*m, 4, reg_max, reg_max). Read-only: callers must not modify them."""
+    offsets = block_offsets(m, device)  # (m*m, 2)
+    signs = offsets.new_tensor([[-1, 0], [0, -1], [1, 0], [0, 1]])
+    side_offsets = signs @ offsets.T
+    if reg_max == 1:
+        return side_offsets, None
+    matrices = [[bin_rescale_matrix(reg_max, 1 / m, device, float(o)) for o in side_offsets[:, j]] for j in range(m * m)]
+    return side_offsets, torch.stack([torch.stack(sides) for sides in matrices])
+
+
 def _blocks(x: torch.Tensor, m: int) -> torch.Tensor:
     """(N, C, h*m, w*m) -> (N, C, h, w, m*m): each student cell's block of teacher cells, row-major."""
     n, c, hh, ww = x.shape
@@ -138,9 +154,7 @@ def block_select(scores: torch.Tensor | None, boxes: torch.Tensor | None, m: int
         pick = torch.zeros(n, 1, h, w, 1, dtype=torch.long, device=ref.device)
     if boxes is None:
         return scores, None
-    offsets = block_offsets(m, boxes.device)  # (m*m, 2)
-    signs = offsets.new_tensor([[-1, 0], [0, -1], [1, 0], [0, 1]])  # ltrb: l -= dx, t -= dy, r += dx, b += dy
-    side_offsets = signs @ offsets.T  # (4, m*m)
+    side_offsets, matrices = block_moves(m, reg_max, boxes.device)
     if reg_max == 1:
         dist = _blocks(boxes.float(), m) / m + side_offsets.view(1, 4, 1, 1, -1)
         return scores, dist.gather(-1, pick.expand(-1, 4, -1, -1, -1)).squeeze(-1).clamp_min(0)
@@ -149,8 +163,7 @@ def block_select(scores: torch.Tensor | None, boxes: torch.Tensor | None, m: int
     chosen = probs.gather(-1, pick.view(n, 1, 1, h, w, 1).expand(-1, 4, reg_max, -1, -1, -1)).squeeze(-1)
     out = torch.zeros_like(chosen)  # (N, 4, reg_max, h, w)
     for j in range(m * m):  # each block position moves each side's bins by its own offset
-        matrices = torch.stack([bin_rescale_matrix(reg_max, 1 / m, boxes.device, float(o)) for o in side_offsets[:, j]])
-        out = out + torch.einsum("nsbhw,sbc->nschw", chosen, matrices) * (pick.view(n, 1, 1, h, w) == j)
+        out = out + torch.einsum("nsbhw,sbc->nschw", chosen, matrices[j]) * (pick.view(n, 1, 1, h, w) == j)
     return scores, out.clamp_min(PROB_FLOOR).log().reshape(n, 4 * reg_max, h, w)
 
 
