@@ -32,12 +32,11 @@ def main(argv: list[str]) -> int:
             return 0
         if positional:
             raise KDConfigError(f"unexpected {positional}: every option is key=value, e.g. imgsz=320")
-        opts = read_options("target-map", overrides, SPEC)
+        opts = read_options("target-map", overrides, SPEC, prog="python tools/teacher_target_map.py")
         setup_offline()
         stats = target_map(opts["teacher"], opts["data"], opts["imgsz"], opts["teacher_imgsz"], opts["split"])
     except KDConfigError as e:
-        message = str(e).replace("'yolo-kd target-map'", "it").replace("yolo-kd target-map", "teacher_target_map.py")
-        print(f"teacher_target_map: error: {message}", file=sys.stderr)
+        print(f"teacher_target_map: error: {e}", file=sys.stderr)
         return 2
     print("| target | mAP50-95 | mAP50 |\n|---|---|---|")
     for name, s in stats.items():

@@ -125,25 +125,28 @@ def optional(convert: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
     return wrapped
 
 
-def read_options(command: str, overrides: dict, spec: dict[str, tuple], passthrough: set | None = None):
+def read_options(command: str, overrides: dict, spec: dict[str, tuple], passthrough: set | None = None,
+                 prog: str | None = None):
     """Check `overrides` against `spec` ({key: (converter, default[, help])}) and return every key with a typed
     value; with `passthrough` (e.g. Ultralytics' train keys), return (settings, the passed-through keys) instead.
 
-    A default of `...` marks a required key. Unknown keys are refused with the list of known ones.
+    A default of `...` marks a required key. Unknown keys are refused with the list of known ones. Messages name the
+    program as `prog` (default "yolo-kd <command>"; a script under tools/ passes its own name).
     """
+    prog = prog or f"yolo-kd {command}"
     overrides = dict(overrides or {})
     extra = {k: v for k, v in overrides.items() if passthrough is not None and k not in spec and k in passthrough}
     unknown = sorted(set(overrides) - set(spec) - set(extra))
     if unknown:
         also = ", or any Ultralytics train argument" if passthrough is not None else ""
         raise KDConfigError(f"unknown {command} option(s) {unknown}: use one of {', '.join(sorted(spec))}{also} "
-                            f"(yolo-kd {command} help lists them)")
+                            f"({prog} help lists them)")
     settings = {}
     for key, (convert, default, *_) in spec.items():
         if key in overrides and overrides[key] is not None:
             settings[key] = convert(key, overrides[key])
         elif default is ...:
-            raise KDConfigError(f"'yolo-kd {command}' needs {key}=..., e.g. yolo-kd {command} {key}=<value>")
+            raise KDConfigError(f"'{prog}' needs {key}=..., e.g. {prog} {key}=<value>")
         else:
             settings[key] = default
     return settings if passthrough is None else (settings, extra)
