@@ -10,6 +10,7 @@ from .offline import setup_offline
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
+from .unlabeled import resolve_images
 
 #: yolo-kd's own options, beside every Ultralytics train argument (both entry points; `yolo-kd train help`)
 KD_OPTIONS = {
@@ -22,6 +23,8 @@ KD_OPTIONS = {
     "schedule": "{decay, final, warmup_epochs, off_close_mosaic}",
     "auto_balance": "fix each KD term at this share of the detection loss at its first step",
     "class_map": "{dataset class: teacher class} when the teacher's classes differ",
+    "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
+    "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
 }
 KD_KEYS = tuple(KD_OPTIONS)
 
@@ -41,6 +44,8 @@ def build_recipe(model=None, **kd) -> Recipe:
             check_method(m.name, m.params)
     for name, spec in recipe.teachers.items():
         check_teacher_file(name, spec)
+    if recipe.unlabeled:
+        resolve_images(recipe.unlabeled)
     return recipe
 
 
@@ -49,7 +54,8 @@ def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
     `DEFAULT_METHOD`; or 'pred', 'fgd+pred', ...); sets Ultralytics up air-gapped (`offline.setup_offline`).
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
-    ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map. Every Ultralytics train
+    ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
+    labels) and unlabeled_ratio. Every Ultralytics train
     argument keeps working. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
     """
     setup_offline()

@@ -21,9 +21,10 @@ from .methods import build_method, method_weight
 from .preflight import image_size
 from .recipe import Recipe
 from .resolution import head_grid, level_pairs, resample, to_student_grid
-from .taps import Targets, Taps, TapShapes, head_taps, record_layers
+from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teachers import TeacherPool, probe, probe_size
 from .ultra import copy_attributes, detect_head
+from .unlabeled import UnlabeledStream
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
@@ -32,9 +33,11 @@ class Distiller(nn.Module):
     """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
 
     def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict,
-                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None):
+                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None,
+                 unlabeled: list[str] | None = None):
         """`pool` and `teacher_shapes` come from `compat.check_before_run` when the trainer checked the teachers before
-        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each)."""
+        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each). `unlabeled`:
+        image files without labels, appended to every KD step (`yolo_kd.unlabeled`)."""
         super().__init__()
         from ultralytics.utils import LOGGER
 
@@ -43,6 +46,8 @@ class Distiller(nn.Module):
         self.spans = recipe.resolve_stages(epochs)
         close_mosaic = int(getattr(getattr(student, "args", None), "close_mosaic", 0) or 0)
         self.kd_end = epochs - close_mosaic if recipe.schedule.off_close_mosaic else epochs  # first epoch without KD
+        self.mosaic_end = epochs - close_mosaic if close_mosaic else None  # Ultralytics' first no-mosaic epoch
+        self.unlabeled = UnlabeledStream(unlabeled, recipe.unlabeled_ratio) if unlabeled else None
         self.pool = pool or TeacherPool(recipe.teachers)
         self.stage = None  # index of the active stage, None when no stage covers the epoch
         self.epoch = 0
@@ -79,6 +84,11 @@ class Distiller(nn.Module):
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
+        if self.unlabeled:
+            gt = sorted({k.split("__")[-1] for k, m in self.methods.items() if m.reads_gt})
+            LOGGER.info(f"yolo-kd: {len(unlabeled):,} unlabeled images, {recipe.unlabeled_ratio:g} per labeled image "
+                        f"in each KD step" + (f"; {', '.join(gt)} read ground truth and see the labeled images only"
+                                              if gt else ""))
 
     # ------------------------------------------------------------------ construction checks
     def _layers(self, who: str) -> list[int] | None:
@@ -102,6 +112,8 @@ class Distiller(nn.Module):
         """Select the stage covering `epoch` of `batches` batches; returns a log line when the stage changes (teachers
         swap lazily). The schedule factor then advances batch by batch: epoch + i / batches."""
         self.epoch, self.batches, self.batch_index = epoch, max(int(batches), 1), 0
+        if self.unlabeled and self.mosaic_end is not None and epoch >= self.mosaic_end:
+            self.unlabeled.close_mosaic()
         stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None) if epoch < self.kd_end else None
         if stage == self.stage:
             return None
@@ -136,21 +148,27 @@ class Distiller(nn.Module):
             items.update({t: zero for t in self.term_names})
             return torch.cat([det_loss, zero.view(1)]), items
 
-        img = batch["img"]
-        with record_layers(self.student, self._layers("student")) as s_layer_feats:
-            preds = self.student(img)
-        s_taps = head_taps(preds, s_layer_feats)
-        t_taps = self._teacher_taps(stage, img, batch.get("teacher_img"), s_taps)
-        det_loss, items = self.student.loss(batch, preds)
+        img, source = batch["img"], batch.get("teacher_img")
+        labeled = len(img)
+        s_taps, preds = self._student_taps(img)
+        if self.unlabeled is not None:  # a second forward: the labeled rows' outputs (and BN statistics) stay theirs
+            extra, extra_source = self._unlabeled_batch(img, source)
+            s_taps = cat_rows(s_taps, self._student_taps(extra)[0])
+            img = torch.cat([img, extra])
+            source = torch.cat([source, extra_source]) if source is not None else None
+        t_taps = self._teacher_taps(stage, img, source, s_taps)
+        det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.progress, *self.spans[self.stage])
         self.batch_index += 1
         values = {t: zero for t in self.term_names}
         for teacher, taps, teacher_weight in t_taps:
             for m in stage.methods:
-                terms = self.methods[f"{teacher}__{m.name}"](s_taps, taps, targets)
+                method = self.methods[f"{teacher}__{m.name}"]
+                s_in, t_in = (take_rows(s_taps, labeled), take_rows(taps, labeled)) if method.reads_gt else (s_taps, taps)
+                terms = method(s_in, t_in, targets)
                 for term, v in terms.items():
-                    balance = self._balance(f"{teacher}/{term}", v, det_loss, len(img))
+                    balance = self._balance(f"{teacher}/{term}", v, det_loss, labeled)
                     v = v.float() * (method_weight(m) * teacher_weight * factor * balance)
                     if not torch.isfinite(v):
                         self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
@@ -158,7 +176,25 @@ class Distiller(nn.Module):
                     values[term] = values[term] + v
         kd = torch.stack(list(values.values())).sum() if values else zero
         items.update({k: v.detach() for k, v in values.items()})
-        return torch.cat([det_loss, (kd * img.shape[0]).view(1).to(det_loss.dtype)]), items
+        return torch.cat([det_loss, (kd * labeled).view(1).to(det_loss.dtype)]), items
+
+    def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
+        """(the student's taps, its raw predictions) for a batch of images."""
+        with record_layers(self.student, self._layers("student")) as layer_feats:
+            preds = self.student(img)
+        return head_taps(preds, layer_feats), preds
+
+    def _unlabeled_batch(self, img: torch.Tensor, source: torch.Tensor | None):
+        """This step's unlabeled images at the student's size of `img` (and at the teachers' source size when there
+        is a high-resolution `source`); the loader is built at the first step, from the run's own arguments."""
+        if not self.unlabeled.built:
+            args = self.student.args
+            size = self.recipe.source_size(args.imgsz) or image_size(args.imgsz)
+            self.unlabeled.build(args, {"names": self.student.names, "channels": self.student.yaml.get("channels", 3)},
+                                 size, self.unlabeled.batch_size(len(img)), int(self.student.stride.max()))
+        extra = self.unlabeled.next(img.device)
+        extra_source = resample(extra, tuple(source.shape[-2:])).to(source.dtype) if source is not None else None
+        return resample(extra, tuple(img.shape[-2:])).to(img.dtype), extra_source
 
     @property
     def progress(self) -> float:

@@ -29,10 +29,11 @@ from typing import Any
 import yaml
 
 from .errors import KDConfigError, first_line
-from .preflight import MIN_GRID, check_teacher_imgsz
+from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
-RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map"}
+RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio"}
+DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
 LEVEL_PAIRINGS = ("index", "area")
@@ -114,18 +115,22 @@ class Recipe:
     schedule: Schedule = field(default_factory=Schedule)
     auto_balance: float | None = None
     class_map: dict[int, int] | None = None
+    unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
+    unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
-                    schedule=None, auto_balance=None, class_map=None) -> Recipe:
+                    schedule=None, auto_balance=None, class_map=None, unlabeled=None,
+                    unlabeled_ratio=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
             if teacher is not None:
                 raise KDConfigError("give the teacher either as teacher=... or inside cfg=..., not both")
             for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
-                               ("class_map", class_map)):
+                               ("class_map", class_map), ("unlabeled", unlabeled),
+                               ("unlabeled_ratio", unlabeled_ratio)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -136,6 +141,7 @@ class Recipe:
             "teachers": {"teacher": {"model": str(teacher), "imgsz": teacher_imgsz}},
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
+            "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio,
         }
         return cls.from_dict(data)
 
@@ -160,6 +166,9 @@ class Recipe:
             schedule=_parse_schedule(data.get("schedule")),
             auto_balance=_parse_positive(data.get("auto_balance"), "auto_balance", allow_none=True),
             class_map=_parse_class_map(data.get("class_map")),
+            unlabeled=_parse_unlabeled(data.get("unlabeled")),
+            unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
+                                            else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
         )
 
     def to_dict(self) -> dict:
@@ -181,9 +190,18 @@ class Recipe:
             "schedule": asdict(self.schedule),
             "auto_balance": self.auto_balance,
             "class_map": self.class_map,
+            "unlabeled": self.unlabeled,
+            "unlabeled_ratio": self.unlabeled_ratio,
         }
 
     # ------------------------------------------------------------------ resolving against a run
+    def source_size(self, imgsz) -> int | None:
+        """The training loader's size: the largest teacher's own size when it exceeds the student's `imgsz`, else
+        None (the loader runs at `imgsz`)."""
+        sizes = [t.imgsz for t in self.teachers.values() if t.imgsz]
+        student = image_size(imgsz)
+        return max(sizes) if sizes and student and max(sizes) > student else None
+
     def resolve_stages(self, epochs: int) -> list[tuple[int, int]]:
         """Stage spans as integer epoch ranges [start, end) for a run of `epochs`; rejects overlap and overflow."""
         spans = []
@@ -253,6 +271,16 @@ def _as_list(value, where: str) -> list:
     if not isinstance(value, list):
         raise KDConfigError(f"'{where}' must be a list, got {type(value).__name__}")
     return value
+
+
+def _parse_unlabeled(value) -> list[str] | None:
+    """`unlabeled`: a path or glob, or a list of them (checked for images by `yolo_kd.unlabeled.resolve_images`)."""
+    if value is None:
+        return None
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, (str, Path)) and str(v) for v in values):
+        raise KDConfigError(f"'unlabeled' must be a folder, a .txt list or a glob of images (or a list), got {value!r}")
+    return [str(v) for v in values]
 
 
 def _parse_positive(value, where: str, allow_none=False, allow_zero=True):

@@ -8,7 +8,7 @@ Other layers are read with `record_layers`, picklable hooks that exist only insi
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -59,6 +59,24 @@ def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
     """Taps from a model's output; `layer_feats` (from `record_layers`) replaces the head inputs when given."""
     feats, scores, boxes = head_outputs(output)
     return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes)
+
+
+def take_rows(taps: Taps, n: int) -> Taps:
+    """The first `n` images of a batch's taps (the labeled rows when unlabeled images follow them)."""
+    if taps.feats and len(taps.feats[0]) == n:
+        return taps
+    scores = taps.scores[:n] if taps.scores is not None else None
+    boxes = taps.boxes[:n] if taps.boxes is not None else None
+    return replace(taps, feats=[f[:n] for f in taps.feats], scores=scores, boxes=boxes)
+
+
+def cat_rows(a: Taps, b: Taps) -> Taps:
+    """Two batches' taps as one batch: `a`'s images first, then `b`'s (same model, same grids)."""
+    def cat(x, y):
+        return torch.cat([x, y]) if x is not None else None
+
+    return replace(a, feats=[cat(x, y) for x, y in zip(a.feats, b.feats)], scores=cat(a.scores, b.scores),
+                   boxes=cat(a.boxes, b.boxes))
 
 
 def split_levels(x: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:

@@ -28,9 +28,10 @@ from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
 
 from .distiller import KD_STATE_KEY, Distiller
 from .compat import check_before_run
-from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
+from .preflight import MIN_GRID, check_imgsz, check_train_labels
 from .recipe import Recipe
 from .resolution import resample
+from .unlabeled import unlabeled_files
 
 
 class KDTrainer(DetectionTrainer):
@@ -45,7 +46,7 @@ class KDTrainer(DetectionTrainer):
         self._pool, self._teacher_shapes = check_before_run(self.recipe, get_cfg(cfg, overrides))
         super().__init__(cfg, overrides, _callbacks)
         self.recipe.resolve_stages(self.epochs)
-        self.source_imgsz = source_size(self.recipe, self.args.imgsz)
+        self.source_imgsz = self.recipe.source_size(self.args.imgsz)
         if self.args.compile:  # the distiller runs the student itself: a compiled forward would be a second one
             LOGGER.warning("yolo-kd: 'compile' is not supported with distillation and is disabled")
             self.args.compile = False
@@ -55,9 +56,11 @@ class KDTrainer(DetectionTrainer):
                 self.add_callback(event, callback)
 
     def get_dataset(self):
-        """Ultralytics' dataset check, then ours: a train split without a single label cannot be distilled."""
+        """Ultralytics' dataset check, then ours: a train split without a single label cannot be distilled; the
+        unlabeled pool (`unlabeled=`, or `unlabeled:` in data.yaml) must hold images."""
         data = super().get_dataset()
         check_train_labels(data)
+        self._unlabeled_files = unlabeled_files(self.recipe, data)
         return data
 
     # ------------------------------------------------------------------ a high-resolution source for teachers at their own size
@@ -105,7 +108,8 @@ class KDTrainer(DetectionTrainer):
         if not isinstance(self.model, Distiller):
             check_imgsz(self.args.imgsz, max(int(self.model.stride.max()), MIN_GRID))  # Ultralytics' grid size
             self.model = Distiller(self.model, self.recipe, epochs=self.epochs, names=self.data["names"],
-                                   pool=self._pool, teacher_shapes=self._teacher_shapes)
+                                   pool=self._pool, teacher_shapes=self._teacher_shapes,
+                                   unlabeled=self._unlabeled_files)
             self.model.to(self.device)
             if self._kd_resume_state:
                 self.model.load_kd_state(self._kd_resume_state)
@@ -172,13 +176,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def source_size(recipe: Recipe, imgsz) -> int | None:
-    """The training loader's size: the largest teacher's own size when it exceeds the student's, else None."""
-    sizes = [t.imgsz for t in recipe.teachers.values() if t.imgsz]
-    student = image_size(imgsz)
-    return max(sizes) if sizes and student and max(sizes) > student else None
 
 
 def student_size(imgsz: int, multi_scale: float, stride: int) -> int:

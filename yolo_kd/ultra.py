@@ -224,3 +224,64 @@ def capturing_validator(sink: list, info: dict):
                         conf=self.args.conf, iou=self.args.iou, max_det=self.args.max_det)
 
     return CapturingValidator
+
+
+# ---------------------------------------------------------------------- unlabeled images
+
+
+class EmptyLabels:
+    """Labels of a pool of unlabeled images, made on demand: no scan, no cache, one path per image in memory."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        import numpy as np
+
+        return {"im_file": self.files[i], "shape": (0, 0), "cls": np.zeros((0, 1), dtype=np.float32),
+                "bboxes": np.zeros((0, 4), dtype=np.float32), "segments": [], "normalized": True,
+                "bbox_format": "xywh"}
+
+
+def _unlabeled_images_class():
+    """`UnlabeledImages`: Ultralytics' YOLODataset over a given file list whose labels are all empty (built on first
+    use, so importing this module imports no Ultralytics; published as `yolo_kd.ultra.UnlabeledImages` for pickling)."""
+    if "UnlabeledImages" not in globals():
+        from ultralytics.data.dataset import YOLODataset
+
+        class UnlabeledImages(YOLODataset):
+            def get_img_files(self, img_path):
+                return list(img_path)
+
+            def get_labels(self):
+                return EmptyLabels(self.im_files)
+
+        UnlabeledImages.__module__ = __name__
+        globals()["UnlabeledImages"] = UnlabeledImages
+    return globals()["UnlabeledImages"]
+
+
+def __getattr__(name):
+    if name == "UnlabeledImages":
+        return _unlabeled_images_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def unlabeled_dataset(files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int):
+    """A training dataset (the run's augmentation: mosaic, mixup, HSV, flips...) over unlabeled image `files`."""
+    from ultralytics.utils import colorstr
+
+    return _unlabeled_images_class()(
+        img_path=files, imgsz=imgsz, batch_size=batch, augment=True, hyp=hyp, rect=False, cache=None,
+        single_cls=False, stride=stride, pad=0.0, prefix=colorstr("unlabeled: "), task="detect", classes=None,
+        data=data, fraction=1.0)
+
+
+def build_loader(dataset, batch: int, workers: int):
+    """Ultralytics' shuffling InfiniteDataLoader for this process (rank -1: the caller shards the files)."""
+    from ultralytics.data.build import build_dataloader
+
+    return build_dataloader(dataset, batch, workers, shuffle=True, rank=-1)

@@ -44,6 +44,7 @@ class FocalGlobal(Method):
     """
 
     terms = ("fgd",)
+    reads_gt = True
 
     def __init__(self, student, teacher, temp=0.5, alpha=1e-3, beta=5e-4, gamma=1e-3, lam=5e-6, scale=1.0):
         super().__init__(student, teacher)

@@ -31,6 +31,7 @@ class HeadPrediction(Method):
         if ld_region not in LD_REGIONS:
             raise ValueError(f"ld_region={ld_region!r} is unknown: use one of {list(LD_REGIONS)}")
         self.ld_region = ld_region
+        self.reads_gt = ld_region == "gt"
         self.cls_loss = ClassScoreKD(temperature=temperature, conf_weighted=conf_weighted)
         self.has_dfl = student.reg_max > 1
         self.ld_weight = ld_weight

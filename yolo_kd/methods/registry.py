@@ -29,6 +29,7 @@ class Method(nn.Module):
     terms: tuple[str, ...] = ()
     needs_head = False  # reads class scores / box outputs, so teacher and student need matching heads
     needs_head_inputs = False  # reads the Detect head's own inputs (refuses custom `layers`)
+    reads_gt = False  # reads the batch's GT boxes: with unlabeled images it sees the labeled rows only
     default_weight = 1.0  # recipe weight when none is given, chosen from `yolo-kd bench` runs (README, Benchmark)
 
     def __init__(self, student, teacher):
