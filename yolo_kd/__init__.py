@@ -16,7 +16,7 @@ when first used (so `from yolo_kd.losses import FGDLoss` needs neither the train
 __version__ = "0.1.0"
 
 _NAMES = {"distill": "api", "KDConfigError": "errors", "KDTrainer": "trainer", "trainer_for": "trainer",
-          "Recipe": "recipe", "METHODS": "methods", "register": "methods"}
+          "Recipe": "recipe", "METHODS": "methods", "register": "methods", "label_images": "label"}
 
 __all__ = [*_NAMES, "__version__"]
 

@@ -1,11 +1,13 @@
-"""The `yolo-kd` command, in Ultralytics' key=value style: ``yolo-kd train|val|export|demo|bench|data ...``.
+"""The `yolo-kd` command, in Ultralytics' key=value style: ``yolo-kd train|val|export|label|demo|bench|data ...``.
 
-Each subcommand is a thin layer over the Python API. User mistakes print one line and exit with status 2.
+Each subcommand is a thin layer over the Python API. User mistakes print one line and exit with status 2; Ctrl-C
+prints one line (for train: where last.pt is and how to resume) and exits with status 130.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .errors import KDConfigError
 from .offline import setup_offline
@@ -19,6 +21,7 @@ yolo-kd: distil a large YOLO teacher into a small student inside the Ultralytics
   yolo-kd train resume=runs/kd/exp/weights/last.pt
   yolo-kd val model=teacher.pt,baseline.pt,distilled.pt data=data.yaml
   yolo-kd export model=best.pt format=onnx [int8=True] [data=data.yaml]
+  yolo-kd label teacher=teacher.pt source=unlabeled/images [conf=0.5 iou=0.7 class_map={0: 0} out=...]
   yolo-kd demo [defect|agriculture] [profile=quick|full]
   yolo-kd bench data=... teacher=... model=... epochs=... seeds=1,2,3 methods=fgd,cskd,pred
   yolo-kd data steel|neon-trees|neu-det|gc10-det|plantdoc root=... [src=...]
@@ -59,7 +62,21 @@ def train_command(overrides: dict) -> None:
         raise KDConfigError("no student given: add model=yolov8n.yaml (or a .pt to fine-tune)")
     model = YOLO(model_path)
     distill(model, **{k: v for k, v in kd.items() if v is not None})
-    model.train(**train)
+    try:
+        model.train(**train)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(interrupted_message(getattr(model, "trainer", None))) from None
+
+
+def interrupted_message(trainer) -> str:
+    """What Ctrl-C during training leaves: the run's last.pt (saved at each epoch end) and the command to resume."""
+    save_dir = getattr(trainer, "save_dir", None)
+    if save_dir is None:
+        return "interrupted before the run folder was made: nothing was saved"
+    last = Path(save_dir) / "weights" / "last.pt"
+    if not last.is_file():
+        return f"interrupted in the first epoch: no last.pt in {last.parent} yet; start the run again"
+    return f"interrupted: the last finished epoch is saved in {last}; resume with: yolo-kd train resume={last}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except KDConfigError as e:
         print(f"yolo-kd {command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        print(f"yolo-kd {command}: {e.args[0] if e.args else 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def command_help(command: str) -> str:
@@ -97,6 +117,12 @@ def command_help(command: str) -> str:
         from .export.export import EXPORT_SPEC
 
         return help_text("export", EXPORT_SPEC, "yolo-kd export model=best.pt format=onnx [int8=True data=d.yaml]")
+    if command == "label":
+        from .label import LABEL_SPEC
+
+        return help_text("label", LABEL_SPEC, "yolo-kd label teacher=t.pt source=images/ [key=value]",
+                         "Labels land where Ultralytics looks for them (.../images/x.jpg -> .../labels/x.txt) unless "
+                         "out= is given; an image without a confident box gets an empty file: a background image.")
     if command == "demo":
         from .demo import DEMO_SPEC
 
@@ -111,7 +137,7 @@ def command_help(command: str) -> str:
 
         return help_text("data", DATA_SPEC, f"yolo-kd data {'|'.join(DATASETS)} [key=value]",
                          "Each data set takes the keys listed for it in `yolo-kd data` errors and the README.")
-    raise KDConfigError(f"unknown command '{command}': use one of train, val, export, demo, bench, data")
+    raise KDConfigError(f"unknown command '{command}': use one of train, val, export, label, demo, bench, data")
 
 
 def run(command: str, positional: list[str], overrides: dict) -> None:
@@ -126,6 +152,10 @@ def run(command: str, positional: list[str], overrides: dict) -> None:
         from .export import export_command
 
         export_command(overrides)
+    elif command == "label":
+        from .label import label_command
+
+        label_command(overrides)
     elif command == "demo":
         from .demo import demo_command
 
@@ -141,7 +171,7 @@ def run(command: str, positional: list[str], overrides: dict) -> None:
             raise KDConfigError("say which dataset: yolo-kd data steel|neon-trees|neu-det|gc10-det|plantdoc ...")
         data_command({"dataset": positional[0], **overrides})
     else:
-        raise KDConfigError(f"unknown command '{command}': use one of train, val, export, demo, bench, data")
+        raise KDConfigError(f"unknown command '{command}': use one of train, val, export, label, demo, bench, data")
 
 
 if __name__ == "__main__":

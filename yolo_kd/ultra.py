@@ -153,6 +153,13 @@ def next_run_dir(path: Path, exist_ok: bool = False) -> Path:
     return increment_path(path, exist_ok=exist_ok)
 
 
+def progress(iterable, total: int, desc: str):
+    """Ultralytics' progress bar (TQDM) over `iterable`."""
+    from ultralytics.utils import TQDM
+
+    return TQDM(iterable, total=total, desc=desc)
+
+
 def config_dir() -> Path:
     """Ultralytics' user config folder (where it looks for its fonts)."""
     from ultralytics.utils import USER_CONFIG_DIR
