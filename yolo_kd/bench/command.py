@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ..errors import KDConfigError
-from ..options import as_bool, as_count, as_int, as_list, as_nonnegative, as_str, optional, read_options
+from ..options import (as_bool, as_count, as_float, as_int, as_list, as_nonnegative, as_str, optional,
+                       read_options)
 from ..recipe import DEFAULT_METHOD
 
 BENCH_SPEC = {
@@ -32,6 +33,13 @@ BENCH_SPEC = {
     "same_size_too": (as_bool, False, "with teacher_imgsz, also run each method with the teacher at the student's size"),
     "weights": (optional(as_nonnegative), None, "one weight for every method (default: each method's own)"),
     "teacher_epochs": (optional(as_int), None, "epochs when the teacher is trained first (default 3 x epochs)"),
+    "labeled_fraction": (optional(as_float), None, "label-scarce bench: keep this share of the train labels, the "
+                         "rest is the unlabeled pool (see yolo_kd/bench/scarce.py)"),
+    "split_seed": (as_count, 0, "label-scarce bench: which images keep their labels"),
+    "pseudo_conf": (as_float, 0.25, "label-scarce bench: the teacher's confidence for pseudo-labels (Ultralytics' "
+                    "predict default)"),
+    "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
+    "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "bench", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
@@ -155,6 +163,10 @@ def bench_command(overrides: dict) -> dict:
     teacher_job = Job(label="teacher", kind="teacher", model=teacher, seed=0, eval_imgsz=opts["imgsz"],
                       train=train_teacher, train_args={**train_args, "seed": 0, "name": "teacher",
                                                        "epochs": opts["teacher_epochs"] or 3 * opts["epochs"]})
+    if opts["labeled_fraction"]:
+        from .scarce import scarce_bench
+
+        return scarce_bench(opts, train_args, data, out)
     results, step = [], None
     if opts["train"]:
         LOGGER.info(f"yolo-kd bench: {'training and ' if train_teacher else ''}scoring the teacher")

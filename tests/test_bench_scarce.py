@@ -1,0 +1,82 @@
+"""Issue 22 item 4: the label-scarce bench: a fixed labeled subset, the rest as the unlabeled pool, pseudo-labels
+beside (never over) the real labels, every row at the same optimizer steps, gains paired seed by seed."""
+
+import json
+import math
+
+import pytest
+
+from yolo_kd.bench import bench_command
+from yolo_kd.bench.scarce import epochs_for, summarize
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def scarce(tiny_data, tiny_teacher, tmp_path_factory):
+    project = tmp_path_factory.mktemp("scarce")
+    labels = tiny_data.parent / "labels" / "train"
+    before = snapshot(labels)
+    opts = dict(data=str(tiny_data), teacher=str(tiny_teacher), epochs=1, imgsz=64, batch=4, seeds="1",
+                labeled_fraction=0.25, pseudo_conf=0.01, workers=0, project=str(project), mosaic=0.0)
+    summary = bench_command(dict(opts))
+    return project / "bench", summary, before, snapshot(labels)
+
+
+def test_split_keeps_a_quarter_and_pseudo_labels_land_beside_the_pool(scarce):
+    out, summary, before, after = scarce
+    assert before == after  # the real label files are untouched
+    split = out / "split"
+    assert len((split / "labeled.txt").read_text().split()) == 2
+    pool = sorted((split / "pool" / "images").iterdir())
+    assert len(pool) == 6 and all(p.is_symlink() for p in pool)
+    labeled = set((split / "labeled.txt").read_text().split())
+    assert not labeled & {str(p.resolve()) for p in pool}  # pool and labeled subset are disjoint
+    assert len(list((split / "pool" / "labels").glob("*.txt"))) == 6
+    assert summary["pseudo"]["images"] == 6
+
+
+def test_every_row_makes_the_same_optimizer_steps(scarce):
+    out, summary, _, _ = scarce
+    images = {"labeled": 2, "pseudo": 8, "full": 8}
+    steps = set()
+    for job_file in out.glob("*_s1/job.json"):
+        job = json.loads(job_file.read_text())
+        data = job["train_args"]["data"]
+        n = images["labeled"] if data.endswith("data_labeled.yaml") else images["full"]
+        steps.add(job["train_args"]["epochs"] * math.ceil(n / 4))
+    assert steps == {summary["steps"]} == {2}
+    labels = [r["label"] for r in summary["runs"]]
+    assert labels == ["baseline (labeled subset)", "Ultralytics KD (dis=6)", "yolo-kd sl2+pred",
+                      "yolo-kd sl2+pred + unlabeled pool", "pseudo-labels (yolo-kd label) + plain student",
+                      "ceiling: baseline on 100% of the labels"]
+    unlabeled = json.loads((out / "yolo-kd_sl2+pred_+_unlabeled_pool_s1" / "job.json").read_text())
+    assert unlabeled["kd"]["unlabeled"] == str(out / "split" / "pool" / "images")
+    text = (out / "scarce.md").read_text()
+    assert "| yolo-kd sl2+pred + unlabeled pool |" in text and "gap closed" in text
+    assert summary["rows"]["baseline (labeled subset)"]["vs_builtin"] is None
+
+
+def test_epochs_for_equal_steps():
+    assert epochs_for(240, 160, 8) == 12 and epochs_for(240, 40, 8) == 48 and epochs_for(3, 100, 8) == 1
+
+
+def test_scarce_summary_pairs_each_seed():
+    def run(label, kind, seed, m):
+        return {"label": label, "kind": kind, "seed": seed, "mAP50-95": m, "mAP50": m, "peak_mem_mb": 1.0,
+                "epoch_seconds": [1.0]}
+
+    results = [run("base", "baseline", 1, 0.10), run("base", "baseline", 2, 0.20),
+               run("builtin", "builtin", 1, 0.12), run("builtin", "builtin", 2, 0.21),
+               run("pool", "yolo-kd", 1, 0.15), run("pool", "yolo-kd", 2, 0.24),
+               run("pseudo", "pseudo", 1, 0.13), run("pseudo", "pseudo", 2, 0.25),
+               run("ceiling", "ceiling", 1, 0.20), run("ceiling", "ceiling", 2, 0.30)]
+    rows = summarize(results)
+    pool = rows["pool"]
+    assert pool["gains"] == pytest.approx([5.0, 4.0])
+    assert pool["vs_builtin"]["values"] == pytest.approx([3.0, 3.0])
+    assert pool["vs_pseudo"]["values"] == pytest.approx([2.0, -1.0])
+    assert pool["gap_closed"] == pytest.approx(9.0 / 20.0)
+    assert rows["builtin"]["vs_builtin"] is None and rows["pseudo"]["vs_pseudo"] is None

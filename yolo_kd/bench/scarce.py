@@ -1,0 +1,258 @@
+"""The label-scarce bench (`yolo-kd bench ... labeled_fraction=0.25`): what a teacher adds when most images have no
+labels.
+
+A fixed random `labeled_fraction` of the training images keeps its labels; the other training images become the
+unlabeled pool. The teacher is trained on the labeled subset only (a bigger model, not more labels). Per seed:
+
+- baseline: the student on the labeled subset;
+- the built-in (`distill_model=`) and yolo-kd's default recipe on the labeled subset;
+- yolo-kd's default recipe with `unlabeled=` the pool;
+- the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`), then the plain student (and, with
+  `pseudo_builtin=True`, the built-in) on labeled + pseudo-labeled images;
+- the ceiling: the student on 100% of the labels.
+
+Equal budgets: every run makes the same number of optimizer steps (`nbs` = batch, one step per batch):
+`epochs x ceil(n_train / batch)` of the full set. A run on the labeled subset gets proportionally more epochs, and
+every run's no-mosaic epochs are the same share of its epochs (`close_mosaic_share`). The report gives each row's
+paired gain over the same seed's baseline, its paired difference from the built-in and from the pseudo-label route,
+and the share of the baseline-to-ceiling gap it closes (mean gain / mean ceiling gain).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..errors import KDConfigError
+from ..files import list_image_files
+from .command import Progress, slug
+from .report import mean_ci95, verdict
+
+DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
+
+
+@dataclass
+class Split:
+    """A label-scarce split of a data set: the labeled subset's data.yaml, the pool folder, the full data.yaml."""
+
+    labeled_yaml: Path
+    pool: Path
+    full_yaml: str
+    n_labeled: int
+    n_pool: int
+
+    @property
+    def n_full(self) -> int:
+        return self.n_labeled + self.n_pool
+
+
+def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0) -> Split:
+    """Keep round(fraction * n) training images (at least 1, at most n - 1) with their labels, chosen by `split_seed`;
+    the rest become `root/pool/images` (links to the originals, so pseudo-labels land in `root/pool/labels`, never
+    beside the real labels). Written once; an existing split with the same settings is reused."""
+    from ..ultra import resolve_dataset
+
+    if not 0 < fraction < 1:
+        raise KDConfigError(f"labeled_fraction={fraction} must be between 0 and 1 (e.g. 0.1 or 0.25)")
+    data = resolve_dataset(data_yaml)
+    images = list_image_files(data["train"])
+    k = min(max(1, round(fraction * len(images))), len(images) - 1)
+    chosen = set(random.Random(split_seed).sample(range(len(images)), k))
+    labeled = [images[i] for i in sorted(chosen)]
+    pool = [images[i] for i in range(len(images)) if i not in chosen]
+    root.mkdir(parents=True, exist_ok=True)
+    key = {"data": str(data_yaml), "fraction": fraction, "split_seed": split_seed, "images": len(images)}
+    marker = root / "split.json"
+    pool_dir = root / "pool" / "images"
+    if not (marker.is_file() and json.loads(marker.read_text()) == key):
+        (root / "labeled.txt").write_text("".join(f"{p}\n" for p in labeled))
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        for i, src in enumerate(pool):
+            link = pool_dir / f"{i:06d}_{Path(src).name}"
+            if not link.exists():
+                link.symlink_to(Path(src).resolve())
+        marker.write_text(json.dumps(key))
+    val = data.get("val")
+    labeled_yaml = root / "data_labeled.yaml"
+    labeled_yaml.write_text(yaml.safe_dump({"path": str(root), "train": str(root / "labeled.txt"), "val": val,
+                                            "names": data["names"]}))
+    return Split(labeled_yaml, pool_dir, str(data_yaml), len(labeled), len(pool))
+
+
+def pseudo_labeled_yaml(split: Split, teacher: str, conf: float, root: Path) -> Path:
+    """Label the pool with the teacher (`yolo-kd label`, once per teacher and conf) and return a data.yaml that
+    trains on the labeled subset plus the pseudo-labeled pool."""
+    from ..label import label_images
+    from ..ultra import resolve_dataset
+
+    key = {"teacher": str(teacher), "mtime": Path(teacher).stat().st_mtime, "conf": conf}
+    marker = root / "pseudo.json"
+    if not (marker.is_file() and json.loads(marker.read_text()) == key):
+        summary = label_images(teacher, str(split.pool), conf=conf, overwrite=True)
+        marker.write_text(json.dumps(key))
+        (root / "pseudo_summary.json").write_text(json.dumps(summary))
+    data = resolve_dataset(str(split.labeled_yaml))
+    path = root / "data_pseudo.yaml"
+    path.write_text(yaml.safe_dump({"path": str(root), "train": [str(root / "labeled.txt"), str(split.pool)],
+                                    "val": data.get("val"), "names": data["names"]}))
+    return path
+
+
+def epochs_for(steps: int, images: int, batch: int) -> int:
+    """Epochs that make `steps` optimizer steps over `images` at `batch` (one step per batch), at least 1."""
+    return max(1, round(steps / math.ceil(images / batch)))
+
+
+def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: Path) -> list:
+    """The runs, seed by seed, at equal optimizer steps."""
+    from .runs import Job
+
+    batch, share = opts["batch"], opts["close_mosaic_share"]
+    steps = opts["epochs"] * math.ceil(split.n_full / batch)
+    sub_epochs, full_epochs = epochs_for(steps, split.n_labeled, batch), opts["epochs"]
+    kd = {"teacher": teacher, "method": DEFAULT_RECIPE}
+    jobs = []
+    for seed in opts["seeds"]:
+        def job(label, kind, data, epochs, kd=None, extra=None):
+            args = {**train_args, **(extra or {}), "data": str(data), "epochs": epochs, "seed": seed,
+                    "close_mosaic": max(1, round(share * epochs)), "name": f"{slug(label)}_s{seed}"}
+            return Job(label=label, kind=kind, model=opts["model"], seed=seed, train_args=args, kd=kd or {},
+                       eval_imgsz=opts["imgsz"])
+
+        labeled = split.labeled_yaml
+        jobs.append(job("baseline (labeled subset)", "baseline", labeled, sub_epochs))
+        if opts["builtin"]:
+            jobs.append(job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin", labeled, sub_epochs,
+                            extra={"distill_model": teacher, "dis": opts["dis"]}))
+        jobs.append(job(f"yolo-kd {DEFAULT_RECIPE}", "yolo-kd", labeled, sub_epochs, kd=kd))
+        jobs.append(job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool", "yolo-kd", labeled, sub_epochs,
+                        kd={**kd, "unlabeled": str(split.pool)}))
+        jobs.append(job("pseudo-labels (yolo-kd label) + plain student", "pseudo", pseudo_yaml, full_epochs))
+        if opts["pseudo_builtin"]:
+            jobs.append(job(f"pseudo-labels + Ultralytics KD (dis={opts['dis']:g})", "pseudo-builtin", pseudo_yaml,
+                            full_epochs, extra={"distill_model": teacher, "dis": opts["dis"]}))
+        jobs.append(job("ceiling: baseline on 100% of the labels", "ceiling", split.full_yaml, full_epochs))
+    return jobs
+
+
+def summarize(results: list[dict]) -> dict[str, dict]:
+    """Per row: mAP, paired gain over the same seed's baseline, paired difference from the built-in and from the
+    pseudo-label route, share of the baseline-to-ceiling gap closed."""
+    by_kind = {kind: {r["seed"]: r for r in results if r["kind"] == kind}
+               for kind in ("baseline", "builtin", "pseudo", "ceiling")}
+    base = by_kind["baseline"]
+
+    def gain(r):
+        return 100 * (r["mAP50-95"] - base[r["seed"]]["mAP50-95"])
+
+    ceiling = [gain(r) for r in by_kind["ceiling"].values() if r["seed"] in base]
+    rows = {}
+    for label in dict.fromkeys(r["label"] for r in results):
+        runs = [r for r in results if r["label"] == label and r["seed"] in base]
+        gains = [gain(r) for r in runs]
+
+        def paired(kind):
+            ref = by_kind[kind]
+            diffs = [g - gain(ref[r["seed"]]) for g, r in zip(gains, runs) if r["seed"] in ref]
+            skip = runs[0]["kind"] in {kind, "baseline"}
+            return {"values": diffs, "ci95": mean_ci95(diffs)} if diffs and not skip else None
+
+        seconds = [sum(r["epoch_seconds"]) for r in runs if r.get("epoch_seconds")]
+        rows[label] = {
+            "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
+            "map50s": [r["mAP50"] for r in runs], "gains": gains, "gain_ci95": mean_ci95(gains),
+            "vs_builtin": paired("builtin"), "vs_pseudo": paired("pseudo"),
+            "gap_closed": (sum(gains) / sum(ceiling)) if ceiling and sum(ceiling) > 0 else None,
+            "train_seconds": sum(seconds) / len(seconds) if seconds else None,
+            "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
+        }
+    return rows
+
+
+def _ci(ci) -> str:
+    if ci is None:
+        return ""
+    mean, half = ci["ci95"] if isinstance(ci, dict) else ci
+    return f"{mean:+.2f} ± {half:.2f} ({verdict(mean, half)})"
+
+
+def markdown(rows: dict, teacher: dict, settings: dict, split: Split, steps: int, pseudo: dict | None) -> str:
+    """The report: settings, the split and budget, the per-seed table and the targets as measured."""
+    seeds = sorted({s for r in rows.values() for s in r["seeds"]})
+    lines = [f"# yolo-kd label-scarce bench: {settings['data']}", "",
+             ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data"), "",
+             f"{split.n_labeled} labeled training images ({100 * settings['labeled_fraction']:g}%), "
+             f"{split.n_pool} in the unlabeled pool; every run makes {steps} optimizer steps. Teacher "
+             + ("(trained here on the labeled subset only)" if settings["teacher"].endswith((".yaml", ".yml"))
+                else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}."
+             + (f" Pseudo-labels: {pseudo['boxes']} boxes on {pseudo['images']} pool images, {pseudo['empty']} "
+                f"without a box." if pseudo else ""), "",
+             "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | gap closed | train s |",
+             "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
+    for label, r in rows.items():
+        by_seed = dict(zip(r["seeds"], r["gains"]))
+        cells = [f"{by_seed[s]:+.2f}" if s in by_seed else "" for s in seeds]
+        closed = "" if r["gap_closed"] is None or r["kind"] == "baseline" else f"{100 * r['gap_closed']:.0f}%"
+        secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        gain = "" if r["kind"] == "baseline" else _ci(r["gain_ci95"])
+        lines.append(f"| {label} | {r['epochs'] or ''} | {sum(r['maps']) / len(r['maps']):.4f} | " + " | ".join(cells)
+                     + f" | {gain} | {_ci(r['vs_builtin'])} | {_ci(r['vs_pseudo'])} | {closed} | {secs} |")
+    lines += ["", "Gains in mAP50-95 points over the same seed's baseline on the labeled subset; 'vs' columns are "
+              "paired differences of gains, seed by seed; gap closed = mean gain / mean gain of the 100%-labels "
+              "ceiling. A verdict holds only when the 95% interval excludes 0."]
+    return "\n".join(lines) + "\n"
+
+
+def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
+    """Run the label-scarce bench; writes scarce.md and scarce.json under `out` and returns the summary."""
+    from ultralytics.utils import LOGGER
+
+    from .runs import Job, launch
+
+    split = make_split(data, opts["labeled_fraction"], out / "split", opts["split_seed"])
+    batch = opts["batch"]
+    steps = opts["epochs"] * math.ceil(split.n_full / batch)
+    teacher = str(opts["teacher"])
+    train_teacher = teacher.endswith((".yaml", ".yml"))
+    teacher_epochs = epochs_for((opts["teacher_epochs"] or 3 * opts["epochs"]) * math.ceil(split.n_full / batch),
+                                split.n_labeled, batch)
+    teacher_job = Job(label="teacher", kind="teacher", model=teacher, seed=0, eval_imgsz=opts["imgsz"],
+                      train=train_teacher,
+                      train_args={**train_args, "data": str(split.labeled_yaml), "seed": 0, "name": "teacher",
+                                  "epochs": teacher_epochs,
+                                  "close_mosaic": max(1, round(opts["close_mosaic_share"] * teacher_epochs))})
+    LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; "
+                f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
+    teacher_result = launch(teacher_job)
+    teacher = teacher_result["checkpoint"]
+    pseudo_yaml = pseudo_labeled_yaml(split, teacher, opts["pseudo_conf"], out / "split")
+    summary_file = out / "split" / "pseudo_summary.json"
+    pseudo = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    jobs = plan(opts, train_args, split, teacher, pseudo_yaml)
+    progress, results = Progress(len(jobs)), []
+    for i, job in enumerate(jobs, 1):
+        prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
+        LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
+        r = launch(job)
+        progress.done(r.get("reused", False))
+        LOGGER.info(f"{prefix}: mAP50-95 {r['mAP50-95']:.4f}")
+        results.append({**r, "epochs": job.train_args["epochs"]})
+    rows = summarize(results)
+    settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],
+                "imgsz": opts["imgsz"], "batch": batch, "seeds": opts["seeds"],
+                "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
+                "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
+    text = markdown(rows, teacher_result, settings, split, steps, pseudo)
+    summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,
+               "runs": results}
+    (out / "scarce.md").write_text(text)
+    (out / "scarce.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(text)
+    print(f"saved: {out / 'scarce.md'}, {out / 'scarce.json'}")
+    return summary
