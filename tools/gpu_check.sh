@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 export YOLO_OFFLINE=1 MPLBACKEND=Agg PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT_DIR="${OUT_DIR:-runs/gpu_check$([ "${QUICK:-0}" = 1 ] && echo _quick)}"
 mkdir -p "$OUT_DIR"
-export OUT_DIR YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$PWD/$OUT_DIR/config}"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+export OUT_DIR YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$OUT_DIR/config}"  # fonts and settings stay in the output folder
 exec python - <<'PY'
 import json
 import math
