@@ -47,6 +47,9 @@ def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names
                     f"method '{m.name}' compares box outputs but teacher '{name}' has reg_max={t_reg} and the "
                     f"student reg_max={s_reg} (YOLO26 has no DFL): pick a teacher of the same head family"
                 )
+            if cls.needs_head_inputs and stage.combine == "mean" and len(stage.teachers) > 1:
+                raise KDConfigError(f"method '{m.name}' runs the student's features through one teacher's head, which "
+                                    f"does not predict the combine: mean target of {stage.teachers}: use combine: sum")
             if cls.needs_head_inputs and (recipe.layers or recipe.class_map):
                 raise KDConfigError(f"method '{m.name}' runs the student's Detect inputs through teacher '{name}''s "
                                     "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")

@@ -48,6 +48,6 @@ class HeadPrediction(Method):
         if self.has_dfl:
             weight = torch.sigmoid(t.scores.detach().float()).amax(dim=1)
             if self.ld_region == "gt":
-                weight = weight * anchors_in_boxes(s.feats, targets.boxes)
+                weight = weight * anchors_in_boxes(s.grid, targets.boxes, weight.device)
             out["pred_ld"] = self.ld_weight * self.ld_loss(s.boxes, t.boxes, weight)
         return out
