@@ -75,3 +75,17 @@ def test_segment_yaml_forced_to_detect_is_refused_by_its_head(tmp_path, tiny_dat
     with pytest.raises(KDConfigError, match="has a Segment head \\('segment' model\\)"):
         model.train(data=str(tiny_data), epochs=1, project=str(tmp_path / "runs"), name="x", **TINY_TRAIN)
     assert not (tmp_path / "runs").exists()
+
+
+def test_demo_accepts_the_overwrite_its_reuse_message_names(tmp_path):
+    from yolo_kd.data.domains import make_domain_data
+
+    data = make_domain_data("defect", tmp_path / "data", n_train=2, n_val=1, seed=0)
+    stray = data.parent / "images" / "train" / "stray.jpg"
+    stray.write_bytes(b"left from an older build")
+    assert make_domain_data("defect", tmp_path / "data", n_train=2, n_val=1, seed=0) == data and stray.exists()
+    make_domain_data("defect", tmp_path / "data", n_train=2, n_val=1, seed=0, overwrite=True)
+    assert not stray.exists() and len(list((data.parent / "images" / "train").iterdir())) == 2
+    line = one_error_line(cli("demo", "overwrite=True", "profile=nope", cwd=tmp_path), "demo")
+    assert "unknown profile 'nope'" in line  # overwrite= itself was accepted
+    assert "overwrite='maybe' is not a boolean" in one_error_line(cli("demo", "overwrite=maybe", cwd=tmp_path), "demo")
