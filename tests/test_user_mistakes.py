@@ -89,3 +89,71 @@ def test_demo_accepts_the_overwrite_its_reuse_message_names(tmp_path):
     line = one_error_line(cli("demo", "overwrite=True", "profile=nope", cwd=tmp_path), "demo")
     assert "unknown profile 'nope'" in line  # overwrite= itself was accepted
     assert "overwrite='maybe' is not a boolean" in one_error_line(cli("demo", "overwrite=maybe", cwd=tmp_path), "demo")
+
+
+def wide_dataset(tiny_data: Path, root: Path) -> Path:
+    """The tiny data set with each image placed beside the next (128x64): non-square, so rect batching matters."""
+    import cv2
+    import numpy as np
+
+    for split in ("train", "val"):
+        images = sorted((tiny_data.parent / "images" / split).glob("*.jpg"))
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for i, left in enumerate(images):
+            right = images[(i + 1) % len(images)]
+            cv2.imwrite(str(root / "images" / split / left.name),
+                        np.concatenate([cv2.imread(str(left)), cv2.imread(str(right))], axis=1))
+            lines = []
+            for side, image in enumerate((left, right)):
+                for row in (tiny_data.parent / "labels" / split / f"{image.stem}.txt").read_text().split("\n"):
+                    if row.strip():
+                        c, x, y, w, h = row.split()
+                        lines.append(f"{c} {(float(x) + side) / 2:.6f} {y} {float(w) / 2:.6f} {h}")
+            (root / "labels" / split / f"{left.stem}.txt").write_text("\n".join(lines) + "\n")
+    data = root / "data.yaml"
+    data.write_text(tiny_data.read_text().replace(str(tiny_data.parent), str(root)))
+    return data
+
+
+def test_export_and_val_score_a_checkpoint_alike(tiny_teacher, tiny_data, tmp_path, capsys):
+    """export scores at rect=False and says so beside its table; `yolo-kd val rect=False` then gives the same
+    detections (so the same score), and val's default (rect=True, as Ultralytics) gives other ones on wide images."""
+    import json
+    import shutil
+
+    from yolo_kd.evaluation import val_command
+    from yolo_kd.export import export_command
+
+    data = wide_dataset(tiny_data, tmp_path / "wide")
+    ckpt = shutil.copy(tiny_teacher, tmp_path / "teacher.pt")
+    exported = export_command({"model": ckpt, "format": "onnx", "data": str(data), "runs": 0,
+                               "project": str(tmp_path / "export"), "name": "e"})
+    assert "scores use rect=False" in capsys.readouterr().out
+    scores = {}
+    for rect in (False, True):
+        scores[rect] = val_command({"model": ckpt, "data": str(data), "rect": rect, "project": str(tmp_path / "val"),
+                                    "name": f"rect{rect}"})["models"]["teacher"]
+    ours = exported["models"]["pytorch"]
+    detections = {k: json.loads(Path(v["predictions"]).read_text()) for k, v in
+                  {"export": ours, "val": scores[False], "val_rect": scores[True]}.items()}
+    assert len(detections["export"]) > 0
+    assert detections["val"] == detections["export"] and scores[False]["coco"] == ours["coco"]
+    assert scores[False]["ultralytics"]["mAP50-95"] == ours["ultralytics"]["mAP50-95"]
+    assert detections["val_rect"] != detections["export"]  # the reason the note gives is real
+
+
+def test_val_names_a_model_by_its_run_only_for_run_checkpoints():
+    from yolo_kd.evaluation.validate import model_labels
+
+    assert model_labels(["clone/weights/defect_teacher.pt", "runs/kd/exp/weights/best.pt", "student.pt"]) == [
+        "defect_teacher", "exp", "student"]
+    assert model_labels(["runs/exp/weights/best.pt", "runs/exp/weights/last.pt"]) == ["exp/best", "exp/last"]
+
+
+@pytest.mark.parametrize("command", ["train", "val", "export", "label", "demo"])
+def test_every_help_key_has_a_description(command):
+    from yolo_kd.cli import command_help
+
+    keys = [ln.split() for ln in command_help(command).splitlines() if ln.startswith("  ") and "(" in ln]
+    assert len(keys) > 3 and all(len(words) > 2 for words in keys), [w for w in keys if len(w) <= 2]
