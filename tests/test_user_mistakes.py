@@ -157,3 +157,26 @@ def test_every_help_key_has_a_description(command):
 
     keys = [ln.split() for ln in command_help(command).splitlines() if ln.startswith("  ") and "(" in ln]
     assert len(keys) > 3 and all(len(words) > 2 for words in keys), [w for w in keys if len(w) <= 2]
+
+
+def test_ctrl_c_in_train_says_where_last_pt_is_and_how_to_resume(tmp_path, tiny_data, tiny_teacher):
+    run = tmp_path / "runs" / "cc"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "YOLO_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "yolo_kd.cli", "train", "model=yolov8n.yaml", f"teacher={tiny_teacher}",
+           f"data={tiny_data}", "epochs=200", f"project={tmp_path / 'runs'}", "name=cc", *tiny_args()]
+    # a child of a background job may inherit SIGINT ignored; reset it, as in a terminal
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while not (run / "weights" / "last.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next epoch
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    last = run / "weights" / "last.pt"
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == (f"yolo-kd train: interrupted: the last finished epoch is saved in "
+                                               f"{last}; resume with: yolo-kd train resume={last}")
+    assert last.is_file()
