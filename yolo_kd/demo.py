@@ -15,7 +15,7 @@ from pathlib import Path
 from .data.domains import make_domain_data
 from .errors import KDConfigError
 from .files import list_image_files
-from .options import as_count, as_int, as_str, optional, read_options
+from .options import as_bool, as_count, as_int, as_str, optional, read_options
 from .recipe import DEFAULT_METHOD
 from .ultra import label_paths, resolve_dataset
 
@@ -74,6 +74,7 @@ DEMO_SPEC = {
     "imgsz": (optional(as_int), None, "image size (default: the profile's)"),
     "seed": (as_count, 0, "seed of the data and of every training run"),
     "weights": (as_str, "weights", "where trained teachers are cached and reused"),
+    "overwrite": (as_bool, False, "rebuild the demo's data set under project/ (made once and reused otherwise)"),
 }
 
 
@@ -92,10 +93,10 @@ def demo_command(domain: str = "defect", overrides: dict | None = None) -> dict:
     # absolute, or Ultralytics would put a relative project under runs/detect/ and the demo would not find its runs
     project = Path(args["project"]).resolve() / f"{domain}_{args['profile']}"
     return run_demo(domain, spec, profile, args["profile"], project, args["device"], args["seed"],
-                    Path(args["weights"]))
+                    Path(args["weights"]), args["overwrite"])
 
 
-def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir) -> dict:
+def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir, overwrite=False) -> dict:
     """Train teacher (or reuse), baseline and distilled student; evaluate; write table and figures."""
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
@@ -103,7 +104,7 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     from .api import distill
 
     project.mkdir(parents=True, exist_ok=True)
-    data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed)
+    data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed, overwrite)
     train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
                       seed=seed, deterministic=True, workers=2, plots=False, val=False, project=str(project),
                       exist_ok=True, close_mosaic=max(1, profile.student_epochs // 5))

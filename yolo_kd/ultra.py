@@ -177,6 +177,25 @@ def resolve_dataset(data, autodownload: bool = False) -> dict:
     return check_det_dataset(str(data), autodownload=autodownload)
 
 
+def find_dataset_yaml(name: str) -> str | None:
+    """Where Ultralytics' check_det_dataset finds a data name that is not a local path (the dataset yamls it ships,
+    with or without the .yaml suffix), without downloading; None when it finds none."""
+    from ultralytics.utils.checks import check_file
+
+    for candidate in (name, f"{name}.yaml", f"{name}.yml") if Path(name).suffix == "" else (name,):
+        found = check_file(candidate, download=False, hard=False)
+        if found:
+            return str(found)
+    return None
+
+
+def online() -> bool:
+    """Whether Ultralytics thinks it can download (False under YOLO_OFFLINE=1)."""
+    from ultralytics.utils import ONLINE
+
+    return bool(ONLINE)
+
+
 def label_paths(images: list[str]) -> list[str]:
     """The YOLO label file of each image path (images/ -> labels/, suffix -> .txt), as Ultralytics finds them."""
     from ultralytics.data.utils import img2label_paths
