@@ -574,12 +574,12 @@ def test_ddp_launch_file_rebuilds_the_kd_trainer(tiny_data, tiny_teacher, tmp_pa
         "import runpy, sys\n"
         "from ultralytics.utils.patches import torch_load\n"
         f"state = torch_load({str(Path(file).with_suffix('.pt'))!r}, map_location='cpu')\n"
-        "import yolo_kd.trainer\n"
+        "import yolo_kd.trainer, yolo_kd.hooks\n"
         "assert issubclass(state['trainer'], yolo_kd.trainer.KDTrainer), state['trainer'].__mro__\n"
         f"assert state['trainer'].recipe.teachers['teacher'].model == {str(tiny_teacher)!r}\n"
         "assert state['trainer'].recipe.stages[0].methods[0].name == 'fgd'\n"
         f"trainer = runpy.run_path({file!r}, run_name='__main__')['trainer']\n"
-        "print('SELECT_STAGE_HOOKS', sum(f is yolo_kd.trainer.select_stage "
+        "print('SELECT_STAGE_HOOKS', sum(f is yolo_kd.hooks.select_stage "
         "for f in trainer.callbacks['on_train_epoch_start']))\n"
     )
     try:

@@ -1,0 +1,147 @@
+"""Issue 24 item 1 and issue 21 (resume): distillation through Ultralytics callbacks on any trainer (tiny data, CPU).
+
+Three real runs: the stock trainer with `add_callbacks` (1 epoch); a user's `DetectionTrainer` subclass with its own
+`get_dataloader` (3 epochs, uninterrupted); the same subclass interrupted after epoch 1 (its last.pt written) and
+resumed from last.pt.
+"""
+
+import pytest
+import torch
+from conftest import TINY_TRAIN, read_results
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
+
+import yolo_kd
+from yolo_kd.distiller import Distiller
+
+LOSSES = ("train/box_loss", "train/cls_loss", "train/dfl_loss", "train/mse")
+
+
+class CountingTrainer(DetectionTrainer):
+    """A user's trainer: its own get_dataloader override, counting calls per mode (class-level, across runs)."""
+
+    calls: list = []
+
+    def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+        CountingTrainer.calls.append(mode)
+        return super().get_dataloader(dataset_path, batch_size, rank, mode)
+
+
+class Interrupted(Exception):
+    """Raised by a callback to stop a run the way a crash does (last.pt of the epoch already written)."""
+
+
+def interrupt_after_first_save(trainer):
+    if trainer.epoch == 0:
+        raise Interrupted
+
+
+def recorder(seen: dict):
+    """on_pretrain_routine_end / on_train_end hooks that record the distiller's adapters and the trainer."""
+
+    def at_start(trainer):
+        seen["trainer"] = trainer
+        seen["start_epoch"] = trainer.start_epoch
+        seen["adapters_start"] = {k: v.detach().clone() for k, v in trainer.model.methods.state_dict().items()}
+        seen["balance_start"] = dict(trainer.model.balance)
+        seen["optimizer_start"] = {id(p): {k: v.detach().clone() for k, v in trainer.optimizer.state[p].items()}
+                                   for p in trainer.model.methods.parameters() if p in trainer.optimizer.state}
+        seen["adapter_index"] = adapter_indices(trainer)
+
+    return at_start
+
+
+def adapter_indices(trainer) -> dict[int, int]:
+    """id(adapter parameter) -> its index in the optimizer's state dict (parameters numbered across groups)."""
+    order = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    index = {id(p): i for i, p in enumerate(order)}
+    return {id(p): index[id(p)] for p in trainer.model.methods.parameters()}
+
+
+def train(model, seen: dict, **kwargs):
+    model.add_callback("on_pretrain_routine_end", recorder(seen))
+    yolo_kd.add_callbacks(model, **({"teacher": seen.pop("teacher")} if "teacher" in seen else {}), method="mse")
+    return model.train(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tiny_teacher, tmp_path_factory):
+    project = tmp_path_factory.mktemp("kd_callbacks")
+    args = dict(data=str(tiny_data), project=str(project), **{**TINY_TRAIN, "mosaic": 1.0})
+    out = {}
+
+    CountingTrainer.calls.clear()
+    out["stock"] = {"teacher": str(tiny_teacher)}
+    train(YOLO("yolov8n.yaml"), out["stock"], epochs=1, name="stock", **args)
+    assert CountingTrainer.calls == []  # the stock trainer ran, not the user's
+
+    out["user"] = {"teacher": str(tiny_teacher)}
+    train(YOLO("yolov8n.yaml"), out["user"], epochs=3, name="user", trainer=CountingTrainer, **args)
+    out["user_calls"] = list(CountingTrainer.calls)
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_model_save", interrupt_after_first_save)
+    out["cut"] = {"teacher": str(tiny_teacher)}
+    with pytest.raises(Interrupted):
+        train(model, out["cut"], epochs=3, name="cut", trainer=CountingTrainer, **args)
+    last = project / "cut" / "weights" / "last.pt"
+    out["saved"] = torch.load(last, map_location="cpu", weights_only=False)
+    out["cut_rows"] = read_results(project / "cut")
+
+    CountingTrainer.calls.clear()
+    out["resumed"] = {}
+    train(YOLO(str(last)), out["resumed"], resume=True, trainer=CountingTrainer)
+    out["resumed_calls"] = list(CountingTrainer.calls)
+    out["dirs"] = {name: project / name for name in ("stock", "user", "cut")}
+    return out
+
+
+@pytest.mark.parametrize("run", ["stock", "user"])
+def test_callbacks_distil_on_any_trainer(runs, run):
+    """KD columns non-zero, adapters trained (in the optimizer), best.pt a plain checkpoint YOLO() loads."""
+    seen, folder = runs[run], runs["dirs"][run]
+    trainer = seen["trainer"]
+    assert isinstance(trainer.model, Distiller)
+    assert type(trainer) is (DetectionTrainer if run == "stock" else CountingTrainer)  # no class of ours in play
+    rows = read_results(folder)
+    assert rows and all(float(r["train/mse"]) > 0 and r["kd_stage"] == "1" for r in rows)
+    assert set(seen["adapter_index"])  # every adapter parameter is in the optimizer (indices found)
+    after = trainer.model.methods.state_dict()
+    assert any(not torch.equal(seen["adapters_start"][k], after[k]) for k in after), "adapters did not change"
+    best = folder / "weights" / "best.pt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert type(ckpt["model"]).__name__ == "DetectionModel" and "yolo_kd" not in ckpt
+    assert not any(k.startswith("methods.") for k in ckpt["model"].state_dict())
+    YOLO(str(best)).predict(torch.zeros(1, 3, 64, 64), imgsz=64, verbose=False)  # stock Ultralytics loads it
+
+
+def test_user_get_dataloader_override_ran(runs):
+    assert runs["user_calls"] == ["train", "val"]
+    assert runs["resumed_calls"] == ["train", "val"]
+
+
+def test_resume_on_the_user_subclass_restores_kd_state(runs):
+    saved, seen = runs["saved"], runs["resumed"]
+    assert saved["epoch"] == 0 and len(runs["cut_rows"]) == 1
+    assert seen["start_epoch"] == 1 and type(seen["trainer"]) is CountingTrainer
+    kd = saved["yolo_kd"]
+    assert seen["adapters_start"].keys() == kd["adapters"].keys()
+    assert all(torch.equal(seen["adapters_start"][k].float().cpu(), kd["adapters"][k]) for k in kd["adapters"])
+    # the adapters' optimizer state (Ultralytics' optimizer holds them) comes back from last.pt (saved as fp16)
+    state = saved["optimizer"]["state"]
+    restored = 0
+    for pid, idx in seen["adapter_index"].items():
+        for k, v in seen["optimizer_start"].get(pid, {}).items():
+            if torch.is_tensor(v) and v.ndim:
+                assert torch.equal(v.float(), state[idx][k].float()), k
+                restored += 1
+    assert restored > 0
+    rows = read_results(runs["dirs"]["cut"])
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert all(float(r["train/mse"]) > 0 for r in rows)
+
+
+def test_print_rows(runs):
+    for name in ("user", "cut"):
+        for r in read_results(runs["dirs"][name]):
+            print(name, {k: r[k] for k in ("epoch", *LOSSES, "metrics/mAP50-95(B)")})
