@@ -5,6 +5,8 @@ Three real runs: the stock trainer with `add_callbacks` (1 epoch); a user's `Det
 resumed from last.pt.
 """
 
+import pickle
+
 import pytest
 import torch
 from conftest import TINY_TRAIN, read_results
@@ -141,7 +143,31 @@ def test_resume_on_the_user_subclass_restores_kd_state(runs):
     assert all(float(r["train/mse"]) > 0 for r in rows)
 
 
-def test_print_rows(runs):
-    for name in ("user", "cut"):
-        for r in read_results(runs["dirs"][name]):
-            print(name, {k: r[k] for k in ("epoch", *LOSSES, "metrics/mAP50-95(B)")})
+def test_distill_composes_with_the_users_trainer(tiny_data, tiny_teacher, tmp_path):
+    """distill() no longer refuses trainer=: the KD trainer class is mixed in front of the user's."""
+    CountingTrainer.calls.clear()
+    model = yolo_kd.distill(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), method="mse")
+    model.train(trainer=CountingTrainer, data=str(tiny_data), epochs=1, project=str(tmp_path), name="run",
+                **TINY_TRAIN)
+    assert isinstance(model.trainer, CountingTrainer) and isinstance(model.trainer, yolo_kd.KDTrainer)
+    assert CountingTrainer.calls == ["train", "val"]
+    row = read_results(tmp_path / "run")[0]
+    assert float(row["train/mse"]) > 0 and row["kd_stage"] == "1"
+
+
+def test_callbacks_refuse_bad_input_and_leave_no_run_folder(tiny_data, tiny_teacher, tmp_path):
+    model = yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher))
+    with pytest.raises(yolo_kd.KDConfigError, match="imgsz"):
+        model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="bad", **{**TINY_TRAIN, "imgsz": 70})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_callbacks_dict_pickles_and_checks_options_at_once(tiny_teacher):
+    hooks = yolo_kd.callbacks(teacher=str(tiny_teacher), method="fgd")
+    again = pickle.loads(pickle.dumps(hooks))  # what DDP and Ultralytics' tuner do with callbacks
+    assert again.keys() == hooks.keys() and again["on_pretrain_routine_start"][0].recipe == hooks[
+        "on_pretrain_routine_start"][0].recipe
+    with pytest.raises(yolo_kd.KDConfigError, match="unknown yolo-kd option"):
+        yolo_kd.callbacks(teacher=str(tiny_teacher), bogus=1)
+    with pytest.raises(yolo_kd.KDConfigError):
+        yolo_kd.callbacks(teacher=str(tiny_teacher), method="nope")
