@@ -45,7 +45,7 @@ def recorder(seen: dict):
         seen["trainer"] = trainer
         seen["start_epoch"] = trainer.start_epoch
         seen["adapters_start"] = {k: v.detach().clone() for k, v in trainer.model.methods.state_dict().items()}
-        seen["balance_start"] = dict(trainer.model.balance)
+        seen["ema_adapters_start"] = {k: v.detach().clone() for k, v in trainer.ema.ema.methods.state_dict().items()}
         seen["optimizer_start"] = {id(p): {k: v.detach().clone() for k, v in trainer.optimizer.state[p].items()}
                                    for p in trainer.model.methods.parameters() if p in trainer.optimizer.state}
         seen["adapter_index"] = adapter_indices(trainer)
@@ -127,8 +127,11 @@ def test_resume_on_the_user_subclass_restores_kd_state(runs):
     assert saved["epoch"] == 0 and len(runs["cut_rows"]) == 1
     assert seen["start_epoch"] == 1 and type(seen["trainer"]) is CountingTrainer
     kd = saved["yolo_kd"]
-    assert seen["adapters_start"].keys() == kd["adapters"].keys()
-    assert all(torch.equal(seen["adapters_start"][k].float().cpu(), kd["adapters"][k]) for k in kd["adapters"])
+    live = {k.removeprefix("methods."): v for k, v in kd["continue"]["model"].items() if k.startswith("methods.")}
+    for got, want in ((seen["adapters_start"], live), (seen["ema_adapters_start"], kd["adapters"])):
+        assert got.keys() == want.keys() and len(got) > 0
+        assert all(torch.equal(got[k].float().cpu(), want[k].float()) for k in want)
+    assert any(not torch.equal(live[k], kd["adapters"][k]) for k in live)  # the live adapters are not the EMA's
     # the adapters' optimizer state (Ultralytics' optimizer holds them) comes back from last.pt (saved as fp16)
     state = saved["optimizer"]["state"]
     restored = 0
@@ -141,6 +144,23 @@ def test_resume_on_the_user_subclass_restores_kd_state(runs):
     rows = read_results(runs["dirs"]["cut"])
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert all(float(r["train/mse"]) > 0 for r in rows)
+
+
+def test_resumed_run_continues_the_uninterrupted_one(runs):
+    """Issue 21: cut after epoch 1 and resumed, the run logs what the uninterrupted run logged, epoch by epoch."""
+    whole, resumed = read_results(runs["dirs"]["user"]), read_results(runs["dirs"]["cut"])
+    assert [r["epoch"] for r in resumed] == [r["epoch"] for r in whole] == ["1", "2", "3"]
+    for a, b in zip(whole, resumed):
+        for key in (*LOSSES, "val/box_loss", "val/cls_loss", "metrics/mAP50-95(B)"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-6), (a["epoch"], key)
+
+
+def test_a_finished_last_pt_holds_no_resume_tensors(runs):
+    saved = runs["saved"]["yolo_kd"]["continue"]  # a mid-run last.pt has them
+    assert saved["model"].keys() == runs["user"]["trainer"].model.state_dict().keys()
+    for name in ("user", "cut"):
+        final = torch.load(runs["dirs"][name] / "weights" / "last.pt", map_location="cpu", weights_only=False)
+        assert final["epoch"] == -1 and "continue" not in final["yolo_kd"] and final["yolo_kd"]["adapters"]
 
 
 def test_distill_composes_with_the_users_trainer(tiny_data, tiny_teacher, tmp_path):
@@ -160,6 +180,12 @@ def test_callbacks_refuse_bad_input_and_leave_no_run_folder(tiny_data, tiny_teac
     with pytest.raises(yolo_kd.KDConfigError, match="imgsz"):
         model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="bad", **{**TINY_TRAIN, "imgsz": 70})
     assert not (tmp_path / "bad").exists()
+
+
+def test_print_rows(runs):
+    for name in ("user", "cut"):
+        for r in read_results(runs["dirs"][name]):
+            print(name, {k: r[k] for k in ("epoch", *LOSSES, "metrics/mAP50-95(B)")})
 
 
 def test_callbacks_dict_pickles_and_checks_options_at_once(tiny_teacher):

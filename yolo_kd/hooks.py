@@ -11,9 +11,11 @@ wrappers around the trainer's own bound methods (the user's subclass overrides i
 - `set_model_attributes`: after nc/names/args are set, wrap the student in a `Distiller` (before compile, freeze,
   AMP, DDP, the optimizer and the EMA: adapters are optimised, synced, EMA'd, saved, resumed); compile is disabled;
 - `save_model`: plain student checkpoints, written atomically; last.pt adds the KD state under `yolo_kd`;
-- `_load_checkpoint_state`: resume and NaN recovery rebuild the EMA around the distiller and restore the adapters.
+- `_load_checkpoint_state`: resume and NaN recovery rebuild the EMA around the distiller and restore the adapters;
+- `resume_training`: a resumed run continues from the live weights, the float32 EMA and optimizer (`continuation`).
 Per epoch, `reseed` re-derives the random state from (seed, epoch), `select_stage` activates the stage; `log_stage` writes
-the `kd_stage` / `kd_nan_skips` columns. Every hook is a module-level function or a plain object (picklable for DDP).
+the `kd_stage` / `kd_nan_skips` columns; at the end, `drop_continuation` takes the resume-only tensors out of
+last.pt. Every hook is a module-level function or a plain object (picklable for DDP).
 
 Ultralytics fires `on_pretrain_routine_start` only on rank 0 and after the run folder exists, so `Attach` removes a
 folder it refuses while still empty, and refuses multi-GPU runs; `trainer.KDTrainer` attaches in its own `__init__`
@@ -91,7 +93,7 @@ def discard_fresh_run(save_dir: Path) -> None:
 def callbacks(recipe: Recipe) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe)], "on_train_epoch_start": [reseed, select_stage],
-            "on_train_epoch_end": [log_stage]}
+            "on_train_epoch_end": [log_stage], "on_train_end": [drop_continuation]}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -136,6 +138,17 @@ def log_stage(trainer) -> None:
     trainer.lr["kd_nan_skips"] = distiller.nan_skips
     if distiller.nan_skips and RANK in {-1, 0}:
         LOGGER.warning(f"yolo-kd: {distiller.nan_skips} non-finite KD term(s) dropped so far")
+
+
+def drop_continuation(trainer) -> None:
+    """on_train_end: a finished run's last.pt cannot be resumed, so the resume-only tensors leave it (its size)."""
+    if not trainer.last.exists():
+        return
+    ckpt = torch.load(trainer.last, map_location="cpu", weights_only=False)
+    if (ckpt.get(KD_STATE_KEY) or {}).pop("continue", None) is not None:
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        atomic_write(trainer.last, buffer.getvalue())
 
 
 # ---------------------------------------------------------------------- method wrappers: (trainer, base, *args)
@@ -222,7 +235,7 @@ def save_model(trainer, base):
     if best_sink.data is not None:
         atomic_write(best, best_sink.data)
     if last_sink.data is not None:
-        atomic_write(last, with_kd_state(last_sink.data, unwrap_model(model).kd_state(adapters=ema.methods)))
+        atomic_write(last, with_kd_state(last_sink.data, trainer, unwrap_model(model), ema))
     return saved
 
 
@@ -240,8 +253,23 @@ def _load_checkpoint_state(trainer, base, ckpt) -> None:
             trainer.ema.ema.load_kd_state(state)
 
 
+def resume_training(trainer, base, ckpt) -> None:
+    """The trainer's resume, then what continues the interrupted run rather than restarting from its EMA: the live
+    weights, the EMA in float32 and the optimizer tensors Ultralytics saved in float16 (`continuation`)."""
+    base(ckpt)
+    saved = ((ckpt or {}).get(KD_STATE_KEY) or {}).get("continue") if trainer.resume else None
+    if not saved:
+        return
+    unwrap_model(trainer.model).load_state_dict(saved["model"])
+    trainer.ema.ema.load_state_dict(saved["ema"])
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    for i, tensors in saved["optimizer"].items():
+        for key, value in tensors.items():
+            trainer.optimizer.state[params[i]][key].copy_(value)
+
+
 WRAPPERS = {f.__name__: f for f in (get_dataset, build_dataset, preprocess_batch, setup_model, set_model_attributes,
-                                    save_model, _load_checkpoint_state)}
+                                    save_model, _load_checkpoint_state, resume_training)}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -256,13 +284,32 @@ class CheckpointSink:
         return len(data)
 
 
-def with_kd_state(data: bytes, state: dict) -> bytes:
-    """A serialised Ultralytics checkpoint with the plain-data KD state added under `yolo_kd` (in memory)."""
+def with_kd_state(data: bytes, trainer, distiller: Distiller, ema: Distiller) -> bytes:
+    """A serialised Ultralytics checkpoint with the plain-data KD state added under `yolo_kd` (in memory): the
+    distiller's (EMA adapters, recipe, stage, balance) and what resume needs to continue the run (`continuation`)."""
     ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    ckpt[KD_STATE_KEY] = state
+    ckpt[KD_STATE_KEY] = {**distiller.kd_state(adapters=ema.methods),
+                          "continue": continuation(trainer, distiller, ema, ckpt["optimizer"])}
     buffer = io.BytesIO()
     torch.save(ckpt, buffer)
     return buffer.getvalue()
+
+
+def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer: dict | None) -> dict:
+    """What Ultralytics' checkpoint leaves out or rounds, as plain tensors: the live student and adapters (its resume
+    starts from the EMA), the EMA at full precision (saved in float16), and each optimizer tensor it saved at a lower
+    precision than the live one (SGD's momentum; Adam's moments are kept in float32), by parameter index."""
+    def plain(state: dict) -> dict:
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    optimizer = {}
+    for i, live in (trainer.optimizer.state_dict()["state"].items() if saved_optimizer else ()):
+        kept = saved_optimizer["state"].get(i, {})
+        rounded = {k: v.detach().cpu().clone() for k, v in live.items()
+                   if torch.is_tensor(v) and torch.is_tensor(kept.get(k)) and kept[k].dtype != v.dtype}
+        if rounded:
+            optimizer[i] = rounded
+    return {"model": plain(distiller.state_dict()), "ema": plain(ema.state_dict()), "optimizer": optimizer}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
