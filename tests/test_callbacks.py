@@ -5,7 +5,9 @@ Three real runs: the stock trainer with `add_callbacks` (1 epoch); a user's `Det
 resumed from last.pt.
 """
 
+import logging
 import pickle
+import re
 
 import pytest
 import torch
@@ -27,6 +29,15 @@ class CountingTrainer(DetectionTrainer):
     def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
         CountingTrainer.calls.append(mode)
         return super().get_dataloader(dataset_path, batch_size, rank, mode)
+
+
+class LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 class Interrupted(Exception):
@@ -78,7 +89,13 @@ def runs(tiny_data, tiny_teacher, tmp_path_factory):
     assert CountingTrainer.calls == []  # the stock trainer ran, not the user's
 
     out["user"] = {"teacher": str(tiny_teacher)}
-    train(YOLO("yolov8n.yaml"), out["user"], epochs=3, name="user", trainer=CountingTrainer, **args)
+    lines = LogLines()
+    logging.getLogger("ultralytics").addHandler(lines)
+    try:
+        train(YOLO("yolov8n.yaml"), out["user"], epochs=3, name="user", trainer=CountingTrainer, **args)
+    finally:
+        logging.getLogger("ultralytics").removeHandler(lines)
+    out["user_log"] = [line for line in lines.lines if "of the loss" in line]
     out["user_calls"] = list(CountingTrainer.calls)
 
     model = YOLO("yolov8n.yaml")
@@ -182,10 +199,19 @@ def test_callbacks_refuse_bad_input_and_leave_no_run_folder(tiny_data, tiny_teac
     assert not (tmp_path / "bad").exists()
 
 
-def test_print_rows(runs):
-    for name in ("user", "cut"):
-        for r in read_results(runs["dirs"][name]):
-            print(name, {k: r[k] for k in ("epoch", *LOSSES, "metrics/mAP50-95(B)")})
+def test_kd_share_logged_each_epoch_and_no_val_kd_columns(runs):
+    """Issue 24 item 4: one line per epoch with the KD share of the loss, the same share in `kd_share`; the
+    validation KD columns (always 0) are gone, validation's detection losses stay."""
+    rows = read_results(runs["dirs"]["user"])
+    assert "val/mse" not in rows[0] and "val/box_loss" in rows[0] and "train/mse" in rows[0]
+    assert len(runs["user_log"]) == 3
+    for epoch, (row, line) in enumerate(zip(rows, runs["user_log"]), 1):
+        train = [float(row[k]) for k in LOSSES]
+        share = train[-1] / sum(train)  # the KD term over the whole loss, from the logged (rounded) items
+        assert float(row["kd_share"]) == pytest.approx(share, rel=1e-3)
+        got = re.fullmatch(rf"yolo-kd: epoch {epoch}: KD ([\d.]+)% of the loss \(mse ([\d.]+)%\)", line)
+        assert got and all(float(g) == pytest.approx(100 * share, abs=0.06) for g in got.groups()), line
+
 
 
 def test_callbacks_dict_pickles_and_checks_options_at_once(tiny_teacher):

@@ -83,5 +83,4 @@ def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
 
 
 def _train_with(original, model, recipe, trainer=None, **kwargs):
-    return original(model, trainer=trainer_for(recipe) if trainer is None else trainer_for(recipe, base=trainer),
-                    **kwargs)
+    return original(model, trainer=trainer_for(recipe, base=trainer), **kwargs)

@@ -12,10 +12,12 @@ wrappers around the trainer's own bound methods (the user's subclass overrides i
   AMP, DDP, the optimizer and the EMA: adapters are optimised, synced, EMA'd, saved, resumed); compile is disabled;
 - `save_model`: plain student checkpoints, written atomically; last.pt adds the KD state under `yolo_kd`;
 - `_load_checkpoint_state`: resume and NaN recovery rebuild the EMA around the distiller and restore the adapters;
+- `label_loss_items`: no `val/<KD term>` columns (validation scores the student alone);
 - `resume_training`: a resumed run continues from the live weights, the float32 EMA and optimizer (`continuation`).
-Per epoch, `reseed` re-derives the random state from (seed, epoch), `select_stage` activates the stage; `log_stage` writes
-the `kd_stage` / `kd_nan_skips` columns; at the end, `drop_continuation` takes the resume-only tensors out of
-last.pt. Every hook is a module-level function or a plain object (picklable for DDP).
+Per epoch, `reseed` re-derives the random state from (seed, epoch) and `select_stage` activates the stage; at its
+end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and `log_kd_share` the KD share of the loss (a log
+line and the `kd_share` column); after the run, `drop_continuation` takes the resume-only tensors out of last.pt.
+Every hook is a module-level function or a plain object (picklable for DDP).
 
 Ultralytics fires `on_pretrain_routine_start` only on rank 0 and after the run folder exists, so `Attach` removes a
 folder it refuses while still empty, and refuses multi-GPU runs; `trainer.KDTrainer` attaches in its own `__init__`
@@ -93,7 +95,7 @@ def discard_fresh_run(save_dir: Path) -> None:
 def callbacks(recipe: Recipe) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe)], "on_train_epoch_start": [reseed, select_stage],
-            "on_train_epoch_end": [log_stage], "on_train_end": [drop_continuation]}
+            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation]}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -138,6 +140,20 @@ def log_stage(trainer) -> None:
     trainer.lr["kd_nan_skips"] = distiller.nan_skips
     if distiller.nan_skips and RANK in {-1, 0}:
         LOGGER.warning(f"yolo-kd: {distiller.nan_skips} non-finite KD term(s) dropped so far")
+
+
+def log_kd_share(trainer) -> None:
+    """on_train_epoch_end: the KD terms' share of the epoch's mean training loss, as the `kd_share` column and, while a
+    stage is active, one line: `yolo-kd: epoch 3: KD 38.2% of the loss (pred_cls 21.0%, pred_ld 17.2%)`. The loss
+    items already carry their gains and weights, and sum to the loss the optimiser steps on (per image)."""
+    distiller = unwrap_model(trainer.model)
+    items = {k: float(v) for k, v in (trainer.tloss or {}).items()}
+    total = sum(items.values())
+    shares = {t: items.get(t, 0.0) / total if total > 0 else 0.0 for t in distiller.term_names}
+    trainer.lr["kd_share"] = round(sum(shares.values()), 5)
+    if distiller.stage is not None and RANK in {-1, 0}:
+        parts = ", ".join(f"{t} {share:.1%}" for t, share in shares.items())
+        LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: KD {sum(shares.values()):.1%} of the loss ({parts})")
 
 
 def drop_continuation(trainer) -> None:
@@ -268,8 +284,18 @@ def resume_training(trainer, base, ckpt) -> None:
             trainer.optimizer.state[params[i]][key].copy_(value)
 
 
+def label_loss_items(trainer, base, loss_items=None, prefix: str = "train"):
+    """The trainer's loss labels, without `val/<KD term>`: validation scores the student alone (its KD terms would
+    be columns of zeros)."""
+    out = base(loss_items, prefix)
+    if prefix != "val":
+        return out
+    kd = {f"val/{t}" for t in unwrap_model(trainer.model).term_names}
+    return [k for k in out if k not in kd] if loss_items is None else {k: v for k, v in out.items() if k not in kd}
+
+
 WRAPPERS = {f.__name__: f for f in (get_dataset, build_dataset, preprocess_batch, setup_model, set_model_attributes,
-                                    save_model, _load_checkpoint_state, resume_training)}
+                                    save_model, _load_checkpoint_state, resume_training, label_loss_items)}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -34,9 +34,10 @@ class KDTrainer(DetectionTrainer):
         super().__init__(cfg, overrides, merged(_callbacks or get_default_callbacks(), callbacks(self.recipe)))
 
 
-def trainer_for(recipe: Recipe, base: type = KDTrainer) -> type:
-    """A trainer class distilling with `recipe`: `base` itself when it is a KDTrainer, else `KDTrainer` mixed in
-    front of it (picklable by value, so DDP workers get the same recipe)."""
+def trainer_for(recipe: Recipe, base: type | None = None) -> type:
+    """A trainer class distilling with `recipe`: a subclass of `base` (default `KDTrainer`), with `KDTrainer` mixed in
+    front when `base` is not one (picklable by value, so DDP workers get the same recipe)."""
+    base = base or KDTrainer
     bases = (base,) if issubclass(base, KDTrainer) else (KDTrainer, base)
     return type(f"KD{base.__name__}" if base is not KDTrainer else "RecipeKDTrainer", bases,
                 {"recipe": recipe, "__module__": __name__})
