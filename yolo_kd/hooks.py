@@ -271,7 +271,8 @@ def _load_checkpoint_state(trainer, base, ckpt) -> None:
 
 def resume_training(trainer, base, ckpt) -> None:
     """The trainer's resume, then what continues the interrupted run rather than restarting from its EMA: the live
-    weights, the EMA in float32 and the optimizer tensors Ultralytics saved in float16 (`continuation`)."""
+    weights, the EMA in float32, the optimizer tensors Ultralytics saved in float16 and the mosaic buffer
+    (`continuation`)."""
     base(ckpt)
     saved = ((ckpt or {}).get(KD_STATE_KEY) or {}).get("continue") if trainer.resume else None
     if not saved:
@@ -282,6 +283,9 @@ def resume_training(trainer, base, ckpt) -> None:
     for i, tensors in saved["optimizer"].items():
         for key, value in tensors.items():
             trainer.optimizer.state[params[i]][key].copy_(value)
+    dataset = trainer.train_loader.dataset
+    for i in saved.get("buffer", ()):  # reloads the images in the same order, which rebuilds the same buffer
+        dataset.load_image(i)
 
 
 def label_loss_items(trainer, base, loss_items=None, prefix: str = "train"):
@@ -323,8 +327,9 @@ def with_kd_state(data: bytes, trainer, distiller: Distiller, ema: Distiller) ->
 
 def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer: dict | None) -> dict:
     """What Ultralytics' checkpoint leaves out or rounds, as plain tensors: the live student and adapters (its resume
-    starts from the EMA), the EMA at full precision (saved in float16), and each optimizer tensor it saved at a lower
-    precision than the live one (SGD's momentum; Adam's moments are kept in float32), by parameter index."""
+    starts from the EMA), the EMA at full precision (saved in float16), each optimizer tensor it saved at a lower
+    precision than the live one (SGD's momentum; Adam's moments are kept in float32), by parameter index, and the
+    train set's mosaic buffer (the images recently loaded, which mosaic draws its partners from)."""
     def plain(state: dict) -> dict:
         return {k: v.detach().cpu().clone() for k, v in state.items()}
 
@@ -335,7 +340,9 @@ def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer:
                    if torch.is_tensor(v) and torch.is_tensor(kept.get(k)) and kept[k].dtype != v.dtype}
         if rounded:
             optimizer[i] = rounded
-    return {"model": plain(distiller.state_dict()), "ema": plain(ema.state_dict()), "optimizer": optimizer}
+    buffer = list(getattr(trainer.train_loader.dataset, "buffer", None) or [])  # empty with loader workers
+    return {"model": plain(distiller.state_dict()), "ema": plain(ema.state_dict()), "optimizer": optimizer,
+            "buffer": buffer}
 
 
 def atomic_write(path: Path, data: bytes) -> None:
