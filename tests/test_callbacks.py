@@ -8,6 +8,7 @@ resumed from last.pt.
 import logging
 import pickle
 import re
+from typing import ClassVar
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ LOSSES = ("train/box_loss", "train/cls_loss", "train/dfl_loss", "train/mse")
 class CountingTrainer(DetectionTrainer):
     """A user's trainer: its own get_dataloader override, counting calls per mode (class-level, across runs)."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
         CountingTrainer.calls.append(mode)
@@ -228,8 +229,3 @@ def test_callbacks_dict_pickles_and_checks_options_at_once(tiny_teacher):
     with pytest.raises(yolo_kd.KDConfigError):
         yolo_kd.callbacks(teacher=str(tiny_teacher), method="nope")
 
-
-def test_print_rows(runs):
-    for name in ("user", "cut"):
-        for r in read_results(runs["dirs"][name]):
-            print(name, {k: r[k] for k in ("epoch", *LOSSES, "kd_share", "metrics/mAP50-95(B)")})

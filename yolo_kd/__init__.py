@@ -21,7 +21,8 @@ when first used (so `from yolo_kd.losses import FGDLoss` needs neither the train
 __version__ = "0.1.0"
 
 _NAMES = {"distill": "api", "callbacks": "api", "add_callbacks": "api", "KDConfigError": "errors",
-          "KDTrainer": "trainer", "trainer_for": "trainer", "Recipe": "recipe", "METHODS": "methods", "register": "methods"}
+          "KDTrainer": "trainer", "trainer_for": "trainer", "Recipe": "recipe", "METHODS": "methods",
+          "register": "methods"}
 
 __all__ = [*_NAMES, "__version__"]
 

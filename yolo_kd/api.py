@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 
+from . import hooks
 from .errors import KDConfigError
 from .methods import check_method
-from . import hooks
 from .offline import setup_offline
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file

@@ -57,7 +57,7 @@ class KDRun:
 
 
 def attach(trainer, recipe: Recipe, pool=None, teacher_shapes=None) -> None:
-    """Wrap the trainer object's methods listed in `WRAPPERS` (once): `pool`/`teacher_shapes` from `check_before_run`."""
+    """Wrap the trainer object's methods listed in `WRAPPERS` (once); `pool`, `teacher_shapes`: `check_before_run`'s."""
     if getattr(trainer, "yolo_kd", None) is not None:
         return
     trainer.yolo_kd = KDRun(recipe, pool, teacher_shapes)
@@ -88,7 +88,8 @@ class Attach:
 def discard_fresh_run(save_dir: Path) -> None:
     """Remove a run folder holding only what the trainer just wrote (args.yaml, an empty weights/)."""
     weights = save_dir / "weights"
-    if {p.name for p in save_dir.iterdir()} <= {"args.yaml", "weights"} and not any(weights.iterdir()):
+    fresh = {p.name for p in save_dir.iterdir()} <= {"args.yaml", "weights"}
+    if fresh and not (weights.is_dir() and any(weights.iterdir())):
         shutil.rmtree(save_dir)
 
 
