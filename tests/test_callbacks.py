@@ -229,3 +229,22 @@ def test_callbacks_dict_pickles_and_checks_options_at_once(tiny_teacher):
     with pytest.raises(yolo_kd.KDConfigError):
         yolo_kd.callbacks(teacher=str(tiny_teacher), method="nope")
 
+
+
+def test_teacher_at_its_own_size_through_callbacks_on_a_user_trainer(tiny_data, tiny_teacher, tmp_path):
+    """The high-resolution train set and the per-batch downsample come with the callbacks too."""
+    shapes = []
+
+    def record_batches(trainer):  # a forward pre-hook on the distiller: the batch exactly as it is trained on
+        trainer.model.register_forward_pre_hook(
+            lambda module, args: shapes.append((args[0]["img"].shape[-1], args[0]["teacher_img"].shape[-1]))
+            if module.training else None)
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_pretrain_routine_end", record_batches)
+    yolo_kd.add_callbacks(model, teacher=str(tiny_teacher), method="pred", teacher_imgsz=128)
+    model.train(trainer=CountingTrainer, data=str(tiny_data), epochs=1, project=str(tmp_path), name="hr",
+                **TINY_TRAIN)
+    assert shapes and set(shapes) == {(64, 128)}
+    assert model.trainer.args.imgsz == 64  # validation and checkpoints stay at the student's size
+    assert float(read_results(tmp_path / "hr")[0]["train/pred_cls"]) > 0
