@@ -248,3 +248,29 @@ def test_teacher_at_its_own_size_through_callbacks_on_a_user_trainer(tiny_data, 
     assert shapes and set(shapes) == {(64, 128)}
     assert model.trainer.args.imgsz == 64  # validation and checkpoints stay at the student's size
     assert float(read_results(tmp_path / "hr")[0]["train/pred_cls"]) > 0
+
+
+class WorkersTrainer(CountingTrainer):
+    """Loads with two worker processes (Ultralytics sets workers=0 on CPU; GPU runs use workers)."""
+
+    def get_dataloader(self, dataset_path, batch_size=16, rank=0, mode="train"):
+        self.args.workers = 2
+        return super().get_dataloader(dataset_path, batch_size, rank, mode)
+
+
+def test_resume_continues_the_run_with_loader_workers(tiny_data, tiny_teacher, tmp_path):
+    """With workers each epoch restarts them from the generator seeded for it, so their augmentation continues too."""
+    args = dict(data=str(tiny_data), project=str(tmp_path), epochs=2, trainer=WorkersTrainer, optimizer="SGD",
+                close_mosaic=0, **{**TINY_TRAIN, "mosaic": 1.0})
+    yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), method="mse").train(name="whole", **args)
+    model = yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), method="mse")
+    model.add_callback("on_model_save", interrupt_after_first_save)
+    with pytest.raises(Interrupted):
+        model.train(name="cut", **args)
+    assert model.trainer.train_loader.num_workers == 2
+    yolo_kd.add_callbacks(YOLO(str(tmp_path / "cut" / "weights" / "last.pt"))).train(resume=True,
+                                                                                      trainer=WorkersTrainer)
+    whole, resumed = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")
+    assert len(whole) == len(resumed) == 2
+    for key in LOSSES:
+        assert float(whole[1][key]) == pytest.approx(float(resumed[1][key]), rel=1e-4, abs=1e-6), key
