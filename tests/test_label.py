@@ -148,7 +148,7 @@ def test_a_list_that_would_be_overwritten_by_a_label_is_refused(tiny_teacher, wi
 
 def test_an_unreadable_image_gets_no_label_and_the_others_keep_theirs(tiny_teacher, wide_images, tmp_path):
     images = Path(shutil.copytree(wide_images, tmp_path / "images"))
-    (images / "w1.png").write_bytes(b"not an image")  # unreadable, sorted second: a shifted pairing would mislabel w2, w3
+    (images / "w1.png").write_bytes(b"not an image")  # sorted second: a shifted pairing would mislabel w2, w3
     summary = yolo_kd.label_images(str(tiny_teacher), str(images), conf=LOW, imgsz=64, batch=4)
     assert summary["images"] == 3 and summary["unreadable"] == 1
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["w0.txt", "w2.txt", "w3.txt"]
