@@ -244,7 +244,8 @@ class Distiller(nn.Module):
         idx = self.class_index.get(name)
         if idx is None or taps.scores is None:
             return taps
-        return replace(taps, scores=taps.scores[:, idx])
+        one2one = self._map_classes(name, taps.one2one) if taps.one2one is not None else None
+        return replace(taps, scores=taps.scores[:, idx], one2one=one2one)
 
     def _balance(self, key: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
         """Auto balance: at the first usable step of a term of a teacher (key 'teacher/term'), fix the multiplier that
@@ -342,6 +343,7 @@ def average_taps(taps: list[Taps], weights: list[float]) -> Taps:
             return None
         return sum(w * x.float() for w, x in zip(weights, xs)) / total
 
+    one2one = average_taps([t.one2one for t in taps], weights) if all(t.one2one is not None for t in taps) else None
     return Taps(feats=[mean(list(f)) for f in zip(*(t.feats for t in taps))],
                 scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]), head=taps[0].head,
-                head_levels=taps[0].head_levels)
+                head_levels=taps[0].head_levels, one2one=one2one)

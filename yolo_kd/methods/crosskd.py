@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import ClassScoreKD, DFLDistillLoss
+from ..needs import SCORES, TEACHER_DFL
 from ..ultra import dense_predictions
 from .registry import Method, register
 from .feature import channel_aligners
@@ -29,17 +30,16 @@ class CrossHead(Method):
     """Student features through the teacher's head, matched to the teacher's predictions."""
 
     terms = ("crosskd_cls", "crosskd_ld")
-    needs_head = True
+    needs = {"crosskd_cls": frozenset({SCORES}), "crosskd_ld": frozenset({SCORES, TEACHER_DFL})}
+    drops_terms = True  # the cross-head outputs are the teacher head's: any student head family fits
     needs_head_inputs = True  # feeds the teacher's Detect head, so the taps must be its inputs (no custom layers)
 
     def __init__(self, student, teacher, temperature=1.0, ld_temperature=10.0):
         super().__init__(student, teacher)
         self.align = channel_aligners(student.channels, teacher.channels)
         self.cls_loss = ClassScoreKD(temperature=temperature, conf_weighted=True)
-        self.has_dfl = teacher.reg_max > 1
+        self.has_dfl = "crosskd_ld" in self.keep_terms(self.terms)
         self.ld_loss = DFLDistillLoss(reg_max=teacher.reg_max, temperature=ld_temperature) if self.has_dfl else None
-        if not self.has_dfl:
-            self.terms = ("crosskd_cls",)
 
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
         feats = [a(f) for a, f in zip(self.align, s.feats)]
