@@ -126,3 +126,32 @@ def test_sl2_at_weight_6_is_the_builtin_loss_on_a_yolo26_pair(teacher_26):
     assert b_items["dis_loss"].item() > 0
     assert o_items["sl2"].item() == pytest.approx(b_items["dis_loss"].item(), rel=1e-5)
     torch.testing.assert_close(o_loss, b_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_one2one_branch_follows_the_teacher_target_transforms():
+    """Grid change (2x blocks), teacher mean, row selection: the one2one branch is moved exactly as its own taps."""
+    from yolo_kd.distiller import average_taps
+    from yolo_kd.resolution import to_student_grid
+    from yolo_kd.taps import Taps, cat_rows, take_rows
+
+    g = torch.Generator().manual_seed(0)
+    grid_t, grid_s = [(8, 8)], [(4, 4)]
+
+    def taps(n=2):
+        o2o = Taps(feats=[], scores=torch.randn(n, 2, 64, generator=g), boxes=torch.rand(n, 4, 64, generator=g) * 3)
+        return Taps(feats=[torch.randn(n, 3, 8, 8, generator=g)], scores=torch.randn(n, 2, 64, generator=g),
+                    boxes=torch.rand(n, 4, 64, generator=g) * 3, one2one=o2o)
+
+    a, b = taps(), taps()
+    moved = to_student_grid(a, [(4, 4)], [0], grid_s, [0], grid_t, reg_max=1)
+    alone = to_student_grid(Taps(feats=[], scores=a.one2one.scores, boxes=a.one2one.boxes), [], [], grid_s, [0],
+                            grid_t, reg_max=1)
+    assert moved.one2one.scores.shape == (2, 2, 16)
+    torch.testing.assert_close(moved.one2one.scores, alone.scores)
+    torch.testing.assert_close(moved.one2one.boxes, alone.boxes)
+    assert not torch.allclose(moved.one2one.scores, moved.scores)
+    mean = average_taps([a, b], [1.0, 3.0])
+    torch.testing.assert_close(mean.one2one.scores, (a.one2one.scores + 3 * b.one2one.scores) / 4)
+    both = cat_rows(a, b)
+    torch.testing.assert_close(take_rows(both, 2).one2one.boxes, a.one2one.boxes)
+    assert both.one2one.scores.shape[0] == 4
