@@ -155,3 +155,34 @@ def test_one2one_branch_follows_the_teacher_target_transforms():
     both = cat_rows(a, b)
     torch.testing.assert_close(take_rows(both, 2).one2one.boxes, a.one2one.boxes)
     assert both.one2one.scores.shape[0] == 4
+
+
+def test_crosskd_and_quality_class_kd_on_a_yolo26_student_with_a_dfl_teacher():
+    """crosskd compares the teacher head's outputs with the teacher's: a reg_max=1 student fits (compat lets it through)
+    and keeps LD; pred's quality_beta is QualityClassKD on the same logits."""
+    from dataclasses import replace
+
+    from yolo_kd.compat import check_pair
+    from yolo_kd.losses import QualityClassKD
+    from yolo_kd.taps import Targets, head_taps
+
+    torch.manual_seed(0)
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    teacher = freeze(DetectionModel("yolov8s.yaml", nc=2, verbose=False))
+    teacher.names = dict(NAMES)
+    check_pair("teacher", teacher, student, 3, NAMES, Recipe.from_kwargs(teacher="t.pt", method="sl2+pred+crosskd"))
+    s_shapes, t_shapes = probe(student, 64, 3), probe(teacher, 64, 3)
+    cross = build_method("crosskd", {"quality_beta": 1.0}, s_shapes, t_shapes)
+    pred = build_method("pred", {"quality_beta": 2.0, "branches": "one2many"}, s_shapes, t_shapes)
+    assert cross.terms == ("crosskd_cls", "crosskd_ld") and pred.terms == ("pred_cls",)
+    img = torch.rand(2, 3, 64, 64)
+    t = replace(head_taps(teacher(img)), head=detect_head(teacher))
+    s = head_taps(student.train()(img))
+    targets = Targets.from_batch(batch())
+    terms = cross(s, t, targets)
+    assert all(torch.isfinite(v) and v > 0 for v in terms.values())
+    sum(terms.values()).backward()
+    adapters = list(cross.align.parameters())
+    assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
+    expected = QualityClassKD(beta=2.0)(s.scores, t.scores)
+    assert pred(s, t, targets)["pred_cls"].item() == pytest.approx(expected.item(), rel=1e-6)

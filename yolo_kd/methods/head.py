@@ -13,6 +13,13 @@ LD_REGIONS = ("all", "gt")
 BRANCHES = ("both", "one2many", "one2one")
 
 
+def class_kd(temperature: float, conf_weighted: bool, quality_beta: float | None):
+    """The class term: soft-label BCE (ClassScoreKD), or BCKD's quality-focused one when `quality_beta` is given."""
+    if quality_beta is None:
+        return ClassScoreKD(temperature=temperature, conf_weighted=conf_weighted)
+    return QualityClassKD(beta=quality_beta, temperature=temperature, conf_weighted=conf_weighted)
+
+
 @register("pred")
 class HeadPrediction(Method):
     """Class-score KD (teacher sigmoid targets, temperature, teacher-confidence weighting) + LD on DFL bins, and,
@@ -46,8 +53,7 @@ class HeadPrediction(Method):
             raise ValueError(f"branches={branches!r} is unknown: use one of {list(BRANCHES)}")
         self.ld_region = ld_region
         self.reads_gt = ld_region == "gt"
-        self.cls_loss = (ClassScoreKD(temperature=temperature, conf_weighted=conf_weighted) if quality_beta is None
-                         else QualityClassKD(beta=quality_beta, temperature=temperature, conf_weighted=conf_weighted))
+        self.cls_loss = class_kd(temperature, conf_weighted, quality_beta)
         self.ld_weight, self.box_weight, self.box_conf = ld_weight, box_weight, box_conf
         self.box_loss = DecodedBoxKD(student.reg_max, teacher.reg_max)
         many = ("pred_cls", "pred_ld") + (("pred_box",) if box_weight else ())
