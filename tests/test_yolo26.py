@@ -186,3 +186,21 @@ def test_crosskd_and_quality_class_kd_on_a_yolo26_student_with_a_dfl_teacher():
     assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters)
     expected = QualityClassKD(beta=2.0)(s.scores, t.scores)
     assert pred(s, t, targets)["pred_cls"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_class_map_selects_the_one2one_classes_too(tmp_path):
+    """A 3-class YOLO26 teacher mapped onto the 2 data set classes: the one2one target carries the mapped classes."""
+    torch.manual_seed(2)
+    model = DetectionModel("yolo26s.yaml", nc=3, verbose=False)
+    model.names = {0: "disc", 1: "other", 2: "square"}
+    torch.save({"model": model}, tmp_path / "t3.pt")
+    recipe = Recipe.from_kwargs(teacher=str(tmp_path / "t3.pt"), method="pred", class_map={0: 2, 1: 0})
+    ours = Distiller(student_26(), recipe, epochs=1, names=NAMES).train()
+    ours.set_epoch(0, 1)
+    img = batch()["img"]
+    s_taps, _ = ours._student_taps(img)
+    (_, t, _), = ours._teacher_taps(recipe.stages[0], img, None, s_taps)
+    with torch.no_grad():
+        raw = freeze(model)(img)[1]["one2one"]["scores"]
+    torch.testing.assert_close(t.one2one.scores, raw[:, [2, 0]], rtol=1e-4, atol=1e-4)
+    assert ours.loss(batch())[1]["pred_cls_o2o"] > 0
