@@ -2,6 +2,8 @@
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 
 from yolo_kd.demo import demo_command
@@ -12,15 +14,45 @@ def test_demo_quick_profile(domain, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative project and weights folders, like the command's defaults
     report = demo_command(domain, {"profile": "quick", "project": "runs", "weights": "w"})
     out = tmp_path / "runs" / f"{domain}_quick"
-    assert (out / "demo_table.md").read_text().count("\n") == 2 + 3
-    assert (out / "pr_curves.png").stat().st_size > 1000 and (out / "predictions.png").stat().st_size > 1000
+    labels = ["teacher", "baseline", "distilled (sl2+pred)"] + (["distilled (sl2+pred) + unlabeled pool"]
+                                                                 if domain == "defect" else [])
     saved = json.loads((out / "demo_results.json").read_text())
-    assert list(saved["models"]) == list(report["models"]) and len(saved["models"]) == 3
+    assert list(saved["models"]) == list(report["models"]) == labels
+    assert (out / "demo_table.md").read_text().count("\n| ") == len(labels)  # one row per model
     for row in saved["models"].values():
-        assert 0 <= row["mAP50-95"] <= 1 and row["params_M"] > 0 and row["cpu_ms"] > 0
+        assert all(0 <= m <= 1 for m in row["mAP50-95"]) and row["params_M"] > 0 and row["cpu_ms"] > 0
+    base = saved["models"]["baseline"]["mAP50-95"]
+    assert len(base) == 2  # the quick profile's two seeds
+    for label in labels[2:]:
+        row = saved["models"][label]
+        assert row["gains"] == pytest.approx([100 * (m - b) for m, b in zip(row["mAP50-95"], base)])  # paired
+        mean, half = row["gain_ci95"]
+        assert mean == pytest.approx(sum(row["gains"]) / 2)
+        assert row["verdict"] == ("above 0" if mean - half > 0 else "below 0" if mean + half < 0 else
+                                  "inside the noise")
+        assert label in report["verdict"]
     teacher, baseline = saved["models"]["teacher"], saved["models"]["baseline"]
     assert teacher["params_M"] > 2 * baseline["params_M"]
     assert (tmp_path / "w" / f"{domain}_teacher_quick.pt").is_file()  # cached for the next run
+    grid = cv2.imread(str(out / "predictions.png"))
+    assert grid.shape[1] == 256 * (1 + len(labels))  # the ground truth, then one column per model
+    gt = grid[:, :256]
+    assert ((gt[..., 1] == 200) & (gt[..., 0] == 0) & (gt[..., 2] == 0)).sum() > 50  # green ground-truth boxes
+    assert (out / "pr_curves.png").stat().st_size > 1000
+    if domain == "defect":
+        pool = out / "pool"
+        assert len(list((pool / "images" / "train").glob("*.jpg"))) == 8 and not (pool / "labels").exists()
+        assert saved["unlabeled"] == str(pool / "images" / "train")
+
+
+def test_ground_truth_is_drawn_where_the_label_says(tmp_path):
+    from yolo_kd.plots import draw_ground_truth
+
+    label = tmp_path / "a.txt"
+    label.write_text("0 0.5 0.25 0.5 0.25\n")  # box x 25-75, y 12.5-37.5 on a 100 x 100 image
+    img = draw_ground_truth(np.zeros((100, 100, 3), np.uint8), str(label), {0: "x"})
+    ys, xs = np.nonzero(img[..., 1] == 200)
+    assert (xs.min(), xs.max()) == (25, 75) and ys.max() == 38 and img[60:, :, 1].max() == 0
 
 
 def test_prediction_figure_uses_the_images_with_most_boxes(tmp_path):

@@ -1,5 +1,6 @@
 """Issue 2: the distillation engine inside the real Ultralytics trainer (tiny data, 1-2 epochs, CPU)."""
 
+import math
 import subprocess
 import sys
 import zipfile
@@ -21,18 +22,26 @@ def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
     project = tmp_path_factory.mktemp("kd_mse")
     seen = {}
 
+    def adapters(module):
+        return {k: v.detach().clone() for k, v in module.methods.state_dict().items()}
+
     def on_pretrain_end(trainer):
         distiller = trainer.model
-        seen["adapters_before"] = {k: v.clone() for k, v in distiller.methods.state_dict().items()}
+        seen["adapters_before"] = adapters(distiller)
+        seen["ema_steps"] = [(trainer.ema.updates, adapters(trainer.ema.ema), seen["adapters_before"])]
         in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
         seen["adapters_in_optimizer"] = all(id(p) in in_opt for p in distiller.methods.parameters())
+
+    def on_train_start(trainer):  # before the first step: the teacher as the pool loaded it
+        seen["teacher_before"] = {n: {k: v.clone() for k, v in t.state_dict().items()}
+                                  for n, t in trainer.model.pool.loaded.items()}
 
     def on_batch_end(trainer):
         teachers = trainer.model.pool.loaded
         seen.setdefault("teachers_seen", []).append(len(teachers))
+        seen["ema_steps"].append((trainer.ema.updates, adapters(trainer.ema.ema), adapters(trainer.model)))
         in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
         for t in teachers.values():
-            seen.setdefault("teacher_before", {k: v.clone() for k, v in t.state_dict().items()})  # first step
             seen["teacher_after"] = t.state_dict()
             seen.setdefault("teacher_modes", set()).add(t.training)
             seen.setdefault("teacher_grads", set()).add(any(p.grad is not None for p in t.parameters()))
@@ -40,6 +49,7 @@ def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
 
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_pretrain_routine_end", on_pretrain_end)
+    model.add_callback("on_train_start", on_train_start)
     model.add_callback("on_train_batch_end", on_batch_end)
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="mse")
     model.train(data=str(tiny_data), epochs=2, project=str(project), name="run", **TINY_TRAIN)
@@ -47,12 +57,18 @@ def mse_run(tiny_data, tiny_teacher, tmp_path_factory):
 
 
 def test_teacher_frozen_and_bit_identical(mse_run):
-    """The in-memory teacher (the one that ran) after the last step equals itself after the first, buffers too."""
+    """The in-memory teacher (the one that ran) after the last step equals itself before the first, buffers too, and
+    the checkpoint as loaded afresh (same dtype: no AMP cast left behind)."""
+    from yolo_kd.recipe import TeacherSpec
+    from yolo_kd.teachers import load_teacher
+
     seen = mse_run["seen"]
     assert seen["teachers_seen"] and all(n == 1 for n in seen["teachers_seen"])  # checked on the live teacher
-    before, after = seen["teacher_before"], seen["teacher_after"]
-    assert before.keys() == after.keys() and len(before) > 0
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    [before] = seen["teacher_before"].values()
+    after = seen["teacher_after"]
+    fresh = load_teacher("teacher", TeacherSpec(model=str(mse_run["teacher"]))).state_dict()
+    assert before.keys() == after.keys() == fresh.keys() and len(before) > 0
+    assert all(torch.equal(before[k], after[k]) and torch.equal(fresh[k], after[k]) for k in before)
     assert seen["teacher_modes"] == {False}  # always eval
     assert seen["teacher_grads"] == {False}  # never a gradient
     assert seen["teacher_params_in_optimizer"] == {False}
@@ -66,8 +82,17 @@ def test_adapters_trained_and_in_optimizer(mse_run):
     after = distiller.methods.state_dict()
     assert len(before) > 0
     assert any(not torch.equal(before[k], after[k]) for k in before), "adapters did not change"
-    ema_adapters = mse_run["trainer"].ema.ema.methods.state_dict()  # adapters are kept in the EMA
-    assert ema_adapters.keys() == after.keys()
+    steps = mse_run["seen"]["ema_steps"]  # (ema.updates, EMA adapters, live adapters) at each batch end
+    checked = 0
+    for (n0, ema0, _), (n1, ema1, live1) in zip(steps, steps[1:]):
+        if n1 == n0 + 1:  # one EMA update: ema1 = ema0 + (1 - d) * (live1 - ema0), d = 0.9999 * (1 - exp(-n / 2000))
+            d = 0.9999 * (1 - math.exp(-n1 / 2000))
+            for k, v in ema0.items():
+                if v.dtype.is_floating_point:
+                    torch.testing.assert_close(ema1[k], v + (1 - d) * (live1[k] - v), rtol=1e-5, atol=1e-7)
+            checked += 1
+    assert checked >= 2
+    assert any(not torch.equal(steps[0][1][k], steps[-1][1][k]) for k in steps[0][1])  # the EMA moved
 
 
 def test_kd_columns_finite_nonzero(mse_run):

@@ -135,3 +135,12 @@ def test_cli_writes_labels_and_prints_one_summary_line(tiny_teacher, wide_images
     assert len(summary) == 1 and "4 images" in summary[0] and str(tmp_path) in summary[0]
     assert sorted(p.name for p in tmp_path.glob("*.txt")) == ["w0.txt", "w1.txt", "w2.txt", "w3.txt"]
     assert "label" in cli("help").stdout and "class_map" in cli("help").stdout
+
+
+def test_a_list_that_would_be_overwritten_by_a_label_is_refused(tiny_teacher, wide_images, tmp_path):
+    image = Path(shutil.copy(sorted(wide_images.glob("*.png"))[0], tmp_path / "list.png"))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{image}\n")
+    with pytest.raises(KDConfigError, match="is also the label file of an image"):
+        yolo_kd.label_images(str(tiny_teacher), str(listing), overwrite=True)
+    assert listing.read_text() == f"{image}\n"

@@ -12,7 +12,7 @@ from ultralytics import YOLO
 import yolo_kd
 from yolo_kd.recipe import Recipe
 from yolo_kd.resolution import level_pairs, resample, to_student_grid
-from yolo_kd.taps import Taps
+from yolo_kd.taps import Taps, head_taps
 from yolo_kd.trainer import trainer_for
 
 REG_MAX = 16
@@ -144,6 +144,18 @@ def test_student_batch_is_the_downsample_of_the_teachers_real_pixels(tiny_data, 
     assert model.trainer.args.imgsz == 64  # validation, args.yaml and checkpoints stay at the student's size
 
 
+def assert_declared_encoding(distiller, img):
+    """Every target the methods get is on the student's grid, float32, its DFL boxes log-probabilities per side."""
+    with torch.no_grad():
+        s_taps = head_taps(distiller.student.train()(img))
+        targets = distiller._teacher_target(distiller.recipe.stages[0], img, None, s_taps)
+    for _, t, _ in targets:
+        assert t.grid == s_taps.grid and t.boxes.shape == s_taps.boxes.shape and t.boxes.dtype == torch.float32
+        p = t.boxes.reshape(len(img), 4, REG_MAX, -1).exp().sum(2)
+        torch.testing.assert_close(p, torch.ones_like(p))
+    return targets
+
+
 def test_teacher_at_128_student_at_64_every_method(tiny_data, tiny_teacher, tmp_path):
     methods = "mse+fgd+cskd+pred+cwd+mgd+pkd+sl2+crosskd"
     model = YOLO("yolov8n.yaml")
@@ -152,8 +164,10 @@ def test_teacher_at_128_student_at_64_every_method(tiny_data, tiny_teacher, tmp_
     distiller = model.trainer.model
     assert distiller.head_pairs["teacher"] == [0, 1, 2]  # the default pairing: level with level, blocks selected
     row = read_results(tmp_path / "res")[0]
+    assert float(row["kd_nan_skips"]) == 0  # no step's KD dropped
     for col in distiller.term_names:
         assert math.isfinite(float(row[f"train/{col}"])) and float(row[f"train/{col}"]) > 0, col
+    assert_declared_encoding(distiller, torch.rand(2, 3, 64, 64))
 
 
 def test_two_teachers_each_at_its_own_size(tiny_data, tiny_teacher, tiny_teacher_b, tmp_path):
@@ -164,7 +178,11 @@ def test_two_teachers_each_at_its_own_size(tiny_data, tiny_teacher, tiny_teacher
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="two", **TINY_TRAIN)
     assert model.trainer.model.head_pairs == {"big": [1, 2, 2], "same": [0, 1, 2]}
     row = read_results(tmp_path / "two")[0]
+    assert float(row["kd_nan_skips"]) == 0
     assert all(float(row[f"train/{c}"]) > 0 for c in ("pred_cls", "pred_ld", "pkd"))
+    (big, t_big, _), (same, t_same, _) = assert_declared_encoding(model.trainer.model, torch.rand(2, 3, 64, 64))
+    assert (big, same) == ("big", "same") and not torch.allclose(t_big.scores, t_same.scores)  # each its own target
+    assert [f.shape[1] for f in t_big.feats] == [256, 512, 512]  # big's P4, P5, P5 (area pairing) on P3, P4, P5
 
 
 def test_levels_index_pairs_same_levels_and_converts_distances(tiny_teacher):

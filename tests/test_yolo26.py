@@ -129,31 +129,33 @@ def test_sl2_at_weight_6_is_the_builtin_loss_on_a_yolo26_pair(teacher_26):
 
 
 def test_one2one_branch_follows_the_teacher_target_transforms():
-    """Grid change (2x blocks), teacher mean, row selection: the one2one branch is moved exactly as its own taps."""
-    from yolo_kd.distiller import average_taps
-    from yolo_kd.resolution import to_student_grid
+    """Class map, grid change (2x blocks), teacher mean, row selection: the one2one branch is moved exactly as its own
+    taps would be."""
     from yolo_kd.taps import Taps, cat_rows, take_rows
+    from yolo_kd.teacher_target import TeacherView, average, encode
 
     g = torch.Generator().manual_seed(0)
-    grid_t, grid_s = [(8, 8)], [(4, 4)]
+    view = TeacherView(class_index=[2, 0], feat_pairs=[0], head_pairs=[0], reg_max=1)
+    student = Taps(feats=[torch.zeros(2, 3, 4, 4)], grid=[(4, 4)])
 
-    def taps(n=2):
-        o2o = Taps(feats=[], scores=torch.randn(n, 2, 64, generator=g), boxes=torch.rand(n, 4, 64, generator=g) * 3)
-        return Taps(feats=[torch.randn(n, 3, 8, 8, generator=g)], scores=torch.randn(n, 2, 64, generator=g),
-                    boxes=torch.rand(n, 4, 64, generator=g) * 3, one2one=o2o)
+    def raw(n=2):
+        o2o = Taps(feats=[], grid=[(8, 8)], scores=torch.randn(n, 3, 64, generator=g),
+                   boxes=torch.rand(n, 4, 64, generator=g) * 3)
+        return Taps(feats=[torch.randn(n, 3, 8, 8, generator=g)], grid=[(8, 8)], one2one=o2o,
+                    scores=torch.randn(n, 3, 64, generator=g), boxes=torch.rand(n, 4, 64, generator=g) * 3)
 
-    a, b = taps(), taps()
-    moved = to_student_grid(a, [(4, 4)], [0], grid_s, [0], grid_t, reg_max=1)
-    alone = to_student_grid(Taps(feats=[], scores=a.one2one.scores, boxes=a.one2one.boxes), [], [], grid_s, [0],
-                            grid_t, reg_max=1)
+    a, b = raw(), raw()
+    moved = encode(a, view, student)
+    alone = encode(Taps(feats=[], grid=[(8, 8)], scores=a.one2one.scores, boxes=a.one2one.boxes), view,
+                   Taps(feats=[], grid=[(4, 4)]))
     assert moved.one2one.scores.shape == (2, 2, 16)
     torch.testing.assert_close(moved.one2one.scores, alone.scores)
     torch.testing.assert_close(moved.one2one.boxes, alone.boxes)
     assert not torch.allclose(moved.one2one.scores, moved.scores)
-    mean = average_taps([a, b], [1.0, 3.0])
-    torch.testing.assert_close(mean.one2one.scores, (a.one2one.scores + 3 * b.one2one.scores) / 4)
-    both = cat_rows(a, b)
-    torch.testing.assert_close(take_rows(both, 2).one2one.boxes, a.one2one.boxes)
+    mean = average([moved, encode(b, view, student)], [1.0, 3.0], reg_max=1)
+    torch.testing.assert_close(mean.one2one.scores, (moved.one2one.scores + 3 * encode(b, view, student).one2one.scores) / 4)
+    both = cat_rows(moved, moved)
+    torch.testing.assert_close(take_rows(both, 2).one2one.boxes, moved.one2one.boxes)
     assert both.one2one.scores.shape[0] == 4
 
 
@@ -199,7 +201,7 @@ def test_class_map_selects_the_one2one_classes_too(tmp_path):
     ours.set_epoch(0, 1)
     img = batch()["img"]
     s_taps, _ = ours._student_taps(img)
-    (_, t, _), = ours._teacher_taps(recipe.stages[0], img, None, s_taps)
+    (_, t, _), = ours._teacher_target(recipe.stages[0], img, None, s_taps)
     with torch.no_grad():
         raw = freeze(model)(img)[1]["one2one"]["scores"]
     torch.testing.assert_close(t.one2one.scores, raw[:, [2, 0]], rtol=1e-4, atol=1e-4)

@@ -72,7 +72,7 @@ def interrupted_message(trainer) -> str:
     """What Ctrl-C during training leaves: the run's last.pt (saved at each epoch end) and the command to resume."""
     save_dir = getattr(trainer, "save_dir", None)
     if save_dir is None:
-        return "interrupted before the run folder was made: nothing was saved"
+        return "interrupted before training started: no checkpoint was saved"
     last = Path(save_dir) / "weights" / "last.pt"
     if not last.is_file():
         return f"interrupted in the first epoch: no last.pt in {last.parent} yet; start the run again"

@@ -17,11 +17,12 @@ from torch import nn
 from .errors import KDConfigError, first_line
 from .methods import METHODS
 from .needs import describe, missing, offers
-from .preflight import MIN_GRID, check_imgsz, check_teacher_imgsz, check_train_labels
+from .preflight import (MIN_GRID, check_imgsz, check_student_task, check_teacher_imgsz, check_train_labels,
+                        locate_data)
 from .recipe import Recipe
 from .taps import TapShapes
-from .teachers import TeacherPool, check_classes, check_teacher_file, probe, probe_size
-from .ultra import detect_head, detection_model, has_one2one, load_model, resolve_dataset
+from .teachers import HEAD_TASKS, TeacherPool, check_classes, check_teacher_file, probe, probe_size
+from .ultra import detect_head, detection_model, has_one2one, load_model, online, resolve_dataset
 
 
 def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names: dict, recipe: Recipe) -> None:
@@ -52,6 +53,9 @@ def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names
                     f"method '{m.name}' cannot run with teacher '{name}': {term} {why} "
                     f"({describe(s_head, t_head)}): pick a teacher of the same head family, or pkd / sl2 (features)"
                 )
+            if cls.needs_head_inputs and stage.combine == "mean" and len(stage.teachers) > 1:
+                raise KDConfigError(f"method '{m.name}' runs the student's features through one teacher's head, which "
+                                    f"does not predict the combine: mean target of {stage.teachers}: use combine: sum")
             if cls.needs_head_inputs and (recipe.layers or recipe.class_map):
                 raise KDConfigError(f"method '{m.name}' runs the student's Detect inputs through teacher '{name}''s "
                                     "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
@@ -103,21 +107,41 @@ def student_from_files(model, ch: int, nc: int) -> nn.Module | None:
     return None
 
 
+def check_student_head(model, student: nn.Module) -> None:
+    """The student built from its file must end in a Detect head (a segment yaml built as task=detect does not)."""
+    try:
+        detect_head(student)
+    except TypeError as e:
+        kind = HEAD_TASKS.get(str(e), str(e))
+        raise KDConfigError(f"the student {model} has a {e} head ('{kind}' model), but yolo-kd distils detection "
+                            "only: use a detect model such as yolov8n.yaml") from None
+
+
 def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
-    """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, each
-    teacher file, the data set (a local YAML or folder must resolve and have labels), then each teacher against the student and data.
+    """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
+    student's task, each teacher file, the data set (a local YAML or folder, or a dataset Ultralytics ships, must
+    exist, resolve and have labels), the student's head, then each teacher against the student and data.
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
     check_imgsz(args.imgsz, MIN_GRID)
+    if not args.resume:
+        check_student_task(args.task, args.model)
     for name, spec in recipe.teachers.items():
         check_teacher_file(name, spec)
     pool = TeacherPool(recipe.teachers)
     data = str(args.data or "")
-    if args.resume or "://" in data or not data or not Path(data).exists():
+    if args.resume or "://" in data or not data:
         return pool, None
+    local = locate_data(data)
     try:
-        resolved = resolve_dataset(data)
+        resolved = resolve_dataset(local)
     except Exception as e:
+        if local != data:  # a dataset Ultralytics ships, downloaded on first use
+            if online():
+                return pool, None
+            raise KDConfigError(f"data={data} is a dataset Ultralytics ships, but its images are not here and "
+                                f"downloads are off ({first_line(e)}): fetch it once online, or pass a local "
+                                "data.yaml") from None
         raise KDConfigError(f"data={data} cannot be read as a detection data set ({first_line(e)}): give a data.yaml "
                             "with path, train, val and names (or a folder holding one)") from None
     check_train_labels(resolved)
@@ -125,6 +149,7 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
     student = student_from_files(args.model, ch, len(names))
     if student is None:
         return pool, None
+    check_student_head(args.model, student)
     check_imgsz(args.imgsz, max(int(student.stride.max()), MIN_GRID))
     keep = first_stage_teachers(recipe, args.epochs)
     return pool, check_teachers(recipe, pool, student, ch, names, torch.device("cpu"), keep)

@@ -1,8 +1,12 @@
 """`yolo-kd demo [defect|agriculture] [profile=default|quick|full]`: teacher vs undistilled baseline vs distilled.
 
-Fully offline: it makes (or converts) the domain's dataset, trains or reuses a cached teacher (weights/), trains the
-baseline student and the distilled student with identical settings, evaluates all three with pycocotools and
-prints and saves a table (mAP50-95, mAP50, params, GFLOPs, CPU latency per image) plus two figures.
+Fully offline: it makes (or converts) the domain's dataset, trains or reuses a cached teacher (weights/), then for
+each of the profile's seeds (default 1, 2, 3) trains the baseline student, the distilled student and, where the
+domain has images without labels (defect: generated), the distilled student with that unlabeled pool, all with
+identical settings. Every model is scored with pycocotools; each distilled run is paired with the same seed's
+baseline and the table gives the mean gain with its 95% interval and says "inside the noise" when the interval holds
+0 (one seed of a dozen CPU epochs is inside a 2-3 point spread: no single seed is reported). It saves the table,
+`pr_curves.png` and `predictions.png` (the ground truth beside each model's boxes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from .data.domains import make_domain_data
 from .errors import KDConfigError
 from .files import list_image_files
-from .options import as_count, as_int, as_str, optional, read_options
+from .options import as_bool, as_count, as_int, as_list, as_str, optional, read_options
 from .recipe import DEFAULT_METHOD
 from .ultra import label_paths, resolve_dataset
 
@@ -31,6 +35,8 @@ class Profile:
     student_epochs: int
     batch: int
     multi_teacher: bool = False
+    seeds: tuple[int, ...] = (1, 2, 3)  # paired seeds: each seed's distilled students against its own baseline
+    n_unlabeled: int = 0  # images without labels made for the unlabeled-pool row (defect: generated)
 
 
 @dataclass(frozen=True)
@@ -47,17 +53,19 @@ DOMAINS = {
     "defect": Domain(
         teacher="yolov8s.yaml", student="yolov8n.yaml", method=DEFAULT_METHOD,
         profiles={
-            "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
+            "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8,
+                             seeds=(1, 2), n_unlabeled=8),
             # teacher 40 epochs: mAP50 0.63 on this data (the bench teacher), a detector that visibly detects
-            "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=40, student_epochs=12, batch=8),
+            "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=40, student_epochs=12, batch=8,
+                               n_unlabeled=160),
             "full": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=40, student_epochs=12, batch=8,
-                            multi_teacher=True),
+                            multi_teacher=True, n_unlabeled=160),
         },
     ),
     "agriculture": Domain(
         teacher="yolov8s.yaml", student="yolov8n.yaml", method=DEFAULT_METHOD,
         profiles={
-            "quick": Profile(n_train=0, n_val=0, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8),
+            "quick": Profile(n_train=0, n_val=0, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8, seeds=(1, 2)),
             "default": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=15, student_epochs=15, batch=8),
             "full": Profile(n_train=0, n_val=0, imgsz=256, teacher_epochs=40, student_epochs=20, batch=8),
         },
@@ -66,14 +74,17 @@ DOMAINS = {
 
 
 DEMO_SPEC = {
-    "profile": (as_str, "default", "quick (a smoke run), default (about 10 min on 2 cores) or full"),
+    "profile": (as_str, "default", "quick (a smoke run), default (3 paired seeds) or full"),
     "project": (as_str, "runs/kd_demo", "output folder"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
     "epochs": (optional(as_int), None, "student epochs (default: the profile's)"),
     "teacher_epochs": (optional(as_int), None, "teacher epochs when it is trained (default: the profile's)"),
     "imgsz": (optional(as_int), None, "image size (default: the profile's)"),
-    "seed": (as_count, 0, "seed of the data and of every training run"),
+    "seed": (as_count, 0, "seed of the generated data"),
+    "seeds": (optional(as_list(int)), None, "training seeds, each distilled run paired with its baseline "
+                                            "(default: the profile's, 1,2,3)"),
     "weights": (as_str, "weights", "where trained teachers are cached and reused"),
+    "overwrite": (as_bool, False, "rebuild the demo's data set under project/ (made once and reused otherwise)"),
 }
 
 
@@ -86,47 +97,79 @@ def demo_command(domain: str = "defect", overrides: dict | None = None) -> dict:
     if args["profile"] not in spec.profiles:
         raise KDConfigError(f"unknown profile '{args['profile']}': choose from {sorted(spec.profiles)}")
     profile = spec.profiles[args["profile"]]
-    for key, field in (("epochs", "student_epochs"), ("teacher_epochs", "teacher_epochs"), ("imgsz", "imgsz")):
+    for key, field in (("epochs", "student_epochs"), ("teacher_epochs", "teacher_epochs"), ("imgsz", "imgsz"),
+                       ("seeds", "seeds")):
         if args[key] is not None:
             profile = replace(profile, **{field: args[key]})
     # absolute, or Ultralytics would put a relative project under runs/detect/ and the demo would not find its runs
     project = Path(args["project"]).resolve() / f"{domain}_{args['profile']}"
     return run_demo(domain, spec, profile, args["profile"], project, args["device"], args["seed"],
-                    Path(args["weights"]))
+                    Path(args["weights"]), args["overwrite"])
 
 
-def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir) -> dict:
-    """Train teacher (or reuse), baseline and distilled student; evaluate; write table and figures."""
+def run_demo(domain, spec, profile, profile_name, project, device, seed, weights_dir, overwrite=False) -> dict:
+    """Train the teacher (or reuse it), then per seed the baseline, the distilled student and (with a pool) the
+    distilled student with unlabeled images; evaluate; write the paired table and the figures."""
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
     from .api import distill
 
     project.mkdir(parents=True, exist_ok=True)
-    data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed)
+    data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed, overwrite)
+    pool = unlabeled_pool(domain, project / "pool", profile, seed, overwrite)
     train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
-                      seed=seed, deterministic=True, workers=2, plots=False, val=False, project=str(project),
-                      exist_ok=True, close_mosaic=max(1, profile.student_epochs // 5))
-    teacher_args = dict(train_args, epochs=profile.teacher_epochs, close_mosaic=max(1, profile.teacher_epochs // 6))
+                      deterministic=True, workers=2, plots=False, val=False, project=str(project), exist_ok=True,
+                      close_mosaic=max(1, profile.student_epochs // 5), epochs=profile.student_epochs)
+    teacher_args = dict(train_args, seed=seed, epochs=profile.teacher_epochs,
+                        close_mosaic=max(1, profile.teacher_epochs // 6))
     teacher = cached_teacher(weights_dir / f"{domain}_teacher_{profile_name}.pt", spec.teacher,
                              dict(teacher_args, name="teacher"))
-    models = {"teacher": teacher}
-    YOLO(spec.student).train(**train_args, epochs=profile.student_epochs, name="baseline")
-    models["baseline"] = project / "baseline" / "weights" / "best.pt"
-    student = YOLO(spec.student)
-    distill(student, teacher=str(teacher), method=spec.method)
-    student.train(**train_args, epochs=profile.student_epochs, name="distilled")
-    models[f"distilled ({spec.method})"] = project / "distilled" / "weights" / "best.pt"
+    distilled = f"distilled ({spec.method})"
+    runs: dict[str, list[Path]] = {"baseline": [], distilled: []}
+    if pool:
+        runs[f"{distilled} + unlabeled pool"] = []
+    for i, s in enumerate(profile.seeds, 1):
+        LOGGER.info(f"yolo-kd demo: seed {s} ({i} of {len(profile.seeds)}): baseline, distilled"
+                    + (", distilled + unlabeled pool" if pool else ""))
+        args = dict(train_args, seed=s)
+        YOLO(spec.student).train(**args, name=f"baseline_s{s}")
+        runs["baseline"].append(project / f"baseline_s{s}" / "weights" / "best.pt")
+        for label, extra, name in ((distilled, {}, "distilled"), (f"{distilled} + unlabeled pool",
+                                                                 {"unlabeled": str(pool)}, "unlabeled")):
+            if label in runs:
+                student = YOLO(spec.student)
+                distill(student, teacher=str(teacher), method=spec.method, **extra)
+                student.train(**args, name=f"{name}_s{s}")
+                runs[label].append(project / f"{name}_s{s}" / "weights" / "best.pt")
     if profile.multi_teacher:
-        models["multi-teacher"] = multi_teacher_student(spec, profile, teacher, weights_dir, domain, profile_name,
-                                                        train_args, teacher_args)
+        runs["multi-teacher"] = [multi_teacher_student(spec, profile, teacher, weights_dir, domain, profile_name,
+                                                       dict(train_args, seed=s), teacher_args)
+                                 for s in profile.seeds]
     LOGGER.info("yolo-kd demo: evaluating with pycocotools")
-    report = evaluate_models(models, data, profile.imgsz, project)
-    report.update({"domain": domain, "profile": profile_name, "data": str(data)})
+    report = evaluate_models(teacher, runs, data, profile.imgsz, project, list(profile.seeds))
+    report.update({"domain": domain, "profile": profile_name, "data": str(data), "seeds": list(profile.seeds),
+                   "unlabeled": str(pool) if pool else None})
     (project / "demo_results.json").write_text(json.dumps(report, indent=2))
     print(report["table"])
+    print(report["verdict"])
     print(f"saved: {project / 'demo_table.md'}, {report['pr_curves']}, {report['predictions']}")
     return report
+
+
+def unlabeled_pool(domain: str, root: Path, profile: Profile, seed: int, overwrite: bool) -> Path | None:
+    """The demo's images without labels: for the defect domain, `n_unlabeled` more procedural images (another seed,
+    the same generator), whose label files are removed so nothing could read them; None without a pool."""
+    if not profile.n_unlabeled or domain != "defect":
+        return None
+    from .data.steel import make_steel_dataset
+
+    images = root / "images" / "train"
+    if overwrite or not images.is_dir():
+        make_steel_dataset(root, n_train=profile.n_unlabeled, n_val=1, imgsz=max(profile.imgsz, 128),
+                           seed=seed + 1000, overwrite=True)
+        shutil.rmtree(root / "labels", ignore_errors=True)
+    return images
 
 
 def cached_teacher(cache: Path, cfg: str, args: dict) -> Path:
@@ -161,41 +204,72 @@ def multi_teacher_student(spec, profile, color_teacher, weights_dir, domain, pro
     }
     student = YOLO(spec.student)
     distill(student, cfg=recipe)
-    student.train(**train_args, epochs=profile.student_epochs, name="multi_teacher")
-    return Path(train_args["project"]) / "multi_teacher" / "weights" / "best.pt"
+    name = f"multi_teacher_s{train_args['seed']}"
+    student.train(**train_args, name=name)
+    return Path(train_args["project"]) / name / "weights" / "best.pt"
 
 
-def evaluate_models(models: dict[str, Path], data: Path, imgsz: int, project: Path) -> dict:
-    """pycocotools mAP, params, GFLOPs and CPU latency per model; table (markdown) and figures."""
+def evaluate_models(teacher: Path, runs: dict[str, list[Path]], data: Path, imgsz: int, project: Path,
+                    seeds: list[int]) -> dict:
+    """pycocotools mAP of the teacher and of every seed's students; each distilled row's gain paired with the
+    baseline of the same seed (mean with its 95% interval); params, GFLOPs and CPU latency per architecture; the
+    table (markdown), a one-line verdict and the figures (the first seed's students)."""
     from ultralytics import YOLO
 
+    from .bench.report import mean_ci95, verdict
     from .evaluation import evaluate_checkpoint, load_eval_set
-    from .evaluation.table import format_table
     from .export.benchmark import model_complexity
     from .plots import plot_pr_curves, plot_predictions
 
     evalset = load_eval_set(data, split="val", work_dir=project / "eval")
-    rows, curves = {}, {}
-    for label, ckpt in models.items():
-        res = evaluate_checkpoint(ckpt, evalset, project / "eval" / label.split()[0], imgsz=imgsz)
-        size = model_complexity(ckpt, imgsz)
-        rows[label] = {"mAP50-95": res["coco"]["mAP50-95"], "mAP50": res["coco"]["mAP50"],
-                       "params_M": size["params"] / 1e6, "GFLOPs": size["gflops"], "checkpoint": str(ckpt)}
+
+    def score(label, ckpt):
+        res = evaluate_checkpoint(ckpt, evalset, project / "eval" / label, imgsz=imgsz)
+        return res["coco"]["mAP50-95"], res["coco"]["mAP50"]
+
+    first = {"teacher": teacher, **{label: ckpts[0] for label, ckpts in runs.items()}}
+    latency = interleaved_latency(first, imgsz)
+    rows = {}
+    t_map, t_map50 = score("teacher", teacher)
+    rows["teacher"] = {"mAP50-95": [t_map], "mAP50": [t_map50], "checkpoints": [str(teacher)]}
+    for label, ckpts in runs.items():
+        scores = [score(f"{label.split()[0]}_s{s}", c) for s, c in zip(seeds, ckpts)]
+        rows[label] = {"mAP50-95": [m for m, _ in scores], "mAP50": [m for _, m in scores],
+                       "checkpoints": [str(c) for c in ckpts]}
+    base = rows["baseline"]["mAP50-95"]
+    for label, row in rows.items():
+        size = model_complexity(first[label], imgsz)
+        row.update(params_M=size["params"] / 1e6, GFLOPs=size["gflops"], cpu_ms=latency[label])
+        if label not in {"teacher", "baseline"}:
+            row["gains"] = [100 * (m - b) for m, b in zip(row["mAP50-95"], base)]
+            row["gain_ci95"] = mean_ci95(row["gains"])
+            row["verdict"] = verdict(*row["gain_ci95"])
+    table = markdown_table(rows, seeds)
+    (project / "demo_table.md").write_text(table)
+    curves = {}
+    for label, ckpt in first.items():
         metrics = YOLO(str(ckpt)).val(data=str(data), imgsz=imgsz, plots=False, verbose=False,
                                       project=str(project / "eval"), name=f"ultra_{label.split()[0]}", exist_ok=True)
         px, prec = metrics.box.curves_results[0][:2]
         curves[label] = (px, prec.mean(0) if len(prec) else prec)
-    for label, ms in interleaved_latency(models, imgsz).items():
-        rows[label]["cpu_ms"] = ms
-    headers = ["model", "mAP50-95", "mAP50", "params (M)", "GFLOPs", "CPU ms/img"]
-    table = format_table(headers, [[k, v["mAP50-95"], v["mAP50"], v["params_M"], v["GFLOPs"], v["cpu_ms"]]
-                                   for k, v in rows.items()])
-    (project / "demo_table.md").write_text(markdown_table(headers, rows))
     val_images = busiest_images(list_image_files(resolve_dataset(data)["val"]), 4)
-    pr = plot_pr_curves(curves, project / "pr_curves.png", f"PR curves (IoU 0.5), {len(evalset.gt['images'])} val images")
-    grid = plot_predictions({k: YOLO(str(v)) for k, v in models.items()}, val_images,
-                            project / "predictions.png", imgsz, conf=0.1)
-    return {"models": rows, "table": table, "pr_curves": str(pr), "predictions": str(grid)}
+    pr = plot_pr_curves(curves, project / "pr_curves.png",
+                        f"PR curves (IoU 0.5), {len(evalset.gt['images'])} val images, seed {seeds[0]}")
+    grid = plot_predictions({k: YOLO(str(v)) for k, v in first.items()}, val_images, project / "predictions.png",
+                            imgsz, conf=0.1, names=resolve_dataset(data)["names"])
+    return {"models": rows, "table": table, "verdict": verdict_line(rows, len(seeds)), "pr_curves": str(pr),
+            "predictions": str(grid)}
+
+
+def verdict_line(rows: dict, n_seeds: int) -> str:
+    """One sentence per distilled row: its paired gain and whether the interval excludes 0."""
+    parts = []
+    for label, row in rows.items():
+        if "gains" in row:
+            mean, half = row["gain_ci95"]
+            word = {"above 0": "a gain", "below 0": "a loss", "inside the noise": "inside the noise"}[row["verdict"]]
+            parts.append(f"{label}: {mean:+.2f} ± {half:.2f} mAP50-95 points over the baseline ({word})")
+    return f"yolo-kd demo, {n_seeds} paired seeds (95% interval): " + "; ".join(parts)
 
 
 def busiest_images(images: list, n: int) -> list[Path]:
@@ -220,10 +294,20 @@ def interleaved_latency(models: dict[str, Path], imgsz: int, rounds: int = 3, ru
     return best
 
 
-def markdown_table(headers: list[str], rows: dict) -> str:
-    """The demo table as markdown."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+def markdown_table(rows: dict, seeds: list[int]) -> str:
+    """The demo table as markdown: mean ± sd over seeds, the paired gain with its 95% interval and its verdict."""
+    from .bench.report import mean_std
+
+    lines = ["| model | mAP50-95 | mAP50 | gain (points, 95% CI) | verdict | params (M) | GFLOPs | CPU ms/img |",
+             "|---|---|---|---|---|---|---|---|"]
     for label, v in rows.items():
-        lines.append(f"| {label} | {v['mAP50-95']:.4f} | {v['mAP50']:.4f} | {v['params_M']:.2f} | {v['GFLOPs']:.2f} "
+        m, sd = mean_std(v["mAP50-95"])
+        m50, _ = mean_std(v["mAP50"])
+        gain = f"{v['gain_ci95'][0]:+.2f} ± {v['gain_ci95'][1]:.2f}" if "gains" in v else ""
+        lines.append(f"| {label} | {m:.4f}" + (f" ± {sd:.4f}" if len(v["mAP50-95"]) > 1 else "")
+                     + f" | {m50:.4f} | {gain} | {v.get('verdict', '')} | {v['params_M']:.2f} | {v['GFLOPs']:.2f} "
                      f"| {v['cpu_ms']:.1f} |")
+    lines.append("")
+    lines.append(f"Students: mean ± sd over seeds {', '.join(map(str, seeds))}; gain: each seed's run minus the same "
+                 "seed's baseline, mean with its 95% interval (Student t); latency and figures: the first seed.")
     return "\n".join(lines) + "\n"

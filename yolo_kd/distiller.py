@@ -1,10 +1,11 @@
 """The distiller: the student plus trainable adapters, wrapped like Ultralytics' DistillationModel, with teachers
 held outside the module tree.
 
-One training step: frozen teachers (eval, no grad, FP16 on CUDA under AMP) and the student see the same batch;
-their taps and the batch's GT go through each active method; the weighted terms join the detection loss as extra
-loss items (one column each). In eval mode (validation during training) it returns the student's loss with zero
-KD terms, so the column set never changes.
+One training step (`loss`): the student's forward and taps; the frozen teachers' forwards (eval, no grad, in the
+autocast dtype under AMP) turned into one target in a declared float32 encoding (`teacher_target`); each active
+method on (student taps, target, the batch's GT); the weighted terms join the detection loss as extra loss items
+(one column each). In eval mode (validation during training) it returns the student's loss with zero KD terms, so
+the column set never changes.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
 from .recipe import Recipe
-from .resolution import head_grid, level_pairs, resample, to_student_grid
+from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
+from .teacher_target import TeacherView, teacher_target
 from .teachers import TeacherPool, probe, probe_size
-from .ultra import copy_attributes, detect_head
+from .ultra import StudentSurface, copy_attributes, detect_head
 from .unlabeled import UnlabeledStream
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
 
-class Distiller(nn.Module):
+class Distiller(StudentSurface, nn.Module):
     """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
 
     def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict,
@@ -62,12 +64,14 @@ class Distiller(nn.Module):
         t_shapes = teacher_shapes or check_teachers(recipe, self.pool, student, ch, names, device,
                                                     keep=first_stage_teachers(recipe, epochs))
         self.head_pairs = {name: self._level_pairs(name, s_shapes, t_shapes[name]) for name in recipe.teachers}
-        self.feat_pairs = {name: list(range(len(t_shapes[name].channels))) if recipe.layers else self.head_pairs[name]
-                           for name in recipe.teachers}
-        t_shapes = {name: replace(t, channels=[t.channels[k] for k in self.feat_pairs[name]])
-                    for name, t in t_shapes.items()}
+        feat_pairs = {name: list(range(len(t_shapes[name].channels))) if recipe.layers else self.head_pairs[name]
+                      for name in recipe.teachers}
         self.class_index = {name: [recipe.class_map[k] for k in sorted(names)] for name in recipe.teachers} \
             if recipe.class_map else {}
+        self.views = {name: TeacherView(self.class_index.get(name), feat_pairs[name], self.head_pairs[name],
+                                        t_shapes[name].reg_max) for name in recipe.teachers}
+        t_shapes = {name: replace(t, channels=[t.channels[k] for k in feat_pairs[name]])
+                    for name, t in t_shapes.items()}
         for si, stage in enumerate(recipe.stages):
             if stage.combine == "mean" and len({str(t_shapes[n]) for n in stage.teachers}) > 1:
                 raise KDConfigError(f"stage {si + 1} combine: mean needs teachers with equal channels and heads, "
@@ -156,27 +160,26 @@ class Distiller(nn.Module):
             s_taps = cat_rows(s_taps, self._student_taps(extra)[0])
             img = torch.cat([img, extra])
             source = torch.cat([source, extra_source]) if source is not None else None
-        t_taps = self._teacher_taps(stage, img, source, s_taps)
+        target = self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.progress, *self.spans[self.stage])
         self.batch_index += 1
         values = {t: zero for t in self.term_names}
-        for teacher, taps, teacher_weight in t_taps:
+        for teacher, taps, teacher_weight in target:
             for m in stage.methods:
                 method = self.methods[f"{teacher}__{m.name}"]
                 s_in, t_in = (take_rows(s_taps, labeled), take_rows(taps, labeled)) if method.reads_gt else (s_taps, taps)
                 terms = method(s_in, t_in, targets)
                 for term, v in terms.items():
                     balance = self._balance(f"{teacher}/{term}", v, det_loss, labeled)
-                    v = v.float() * (method_weight(m) * teacher_weight * factor * balance)
-                    if not torch.isfinite(v):
-                        self.nan_skips += 1  # drop this term for this step; counted and logged per epoch
-                        continue
-                    values[term] = values[term] + v
-        kd = torch.stack(list(values.values())).sum() if values else zero
+                    values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
+        kd = torch.stack(list(values.values())) if values else zero.view(1)
+        if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
+            self.nan_skips += 1  # this step's KD is dropped whole: counted, logged per epoch as kd_nan_skips
+            values, kd = {t: zero for t in values}, zero.view(1)
         items.update({k: v.detach() for k, v in values.items()})
-        return torch.cat([det_loss, (kd * labeled).view(1).to(det_loss.dtype)]), items
+        return torch.cat([det_loss, (kd.sum() * labeled).view(1).to(det_loss.dtype)]), items
 
     def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
         """(the student's taps, its raw predictions) for a batch of images."""
@@ -201,33 +204,24 @@ class Distiller(nn.Module):
         """Training progress in epochs, fractional: epoch + (batches done this epoch) / (batches per epoch)."""
         return self.epoch + min(self.batch_index, self.batches) / self.batches
 
-    def _teacher_taps(self, stage, img: torch.Tensor, source: torch.Tensor | None,
-                      s_taps: Taps) -> list[tuple[str, Taps, float]]:
-        """Per method-owning teacher: (its taps on the student's grid, its weight); averaged when combine=mean.
-
-        `source` is the high-resolution batch the student's `img` was downsampled from (teacher at its own size)."""
-        half = img.is_cuda and torch.is_autocast_enabled("cuda")
-        teachers = self.pool.acquire(stage.teachers, img.device, half=half)
-        taps = {}
+    def _teacher_target(self, stage, img: torch.Tensor, source: torch.Tensor | None,
+                        s_taps: Taps) -> list[tuple[str, Taps, float]]:
+        """The teachers' forwards on their inputs, then `teacher_target`: per method-owning teacher (its target in the
+        declared float32 encoding, its weight). `source` is the high-resolution batch the student's `img` was
+        downsampled from (teacher at its own size). Under AMP the teachers run in the autocast dtype (fp16 or bf16)."""
+        device = img.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        teachers = self.pool.acquire(stage.teachers, img.device, dtype=dtype)
+        raw = {}
         with torch.no_grad():
             for name, teacher in teachers.items():
-                t_img = self._teacher_input(name, img, source).to(next(teacher.parameters()).dtype)
+                t_img = self._teacher_input(name, img, source).to(dtype)
                 if t_img.is_cuda:
                     t_img = t_img.contiguous(memory_format=torch.channels_last)
                 with record_layers(teacher, self._layers("teacher")) as feats:
                     out = teacher(t_img)
-                head = detect_head(teacher)
-                t = self._map_classes(name, replace(head_taps(out, feats), head=head))
-                if t_img.shape[-2:] != img.shape[-2:]:
-                    t = to_student_grid(t, [tuple(f.shape[-2:]) for f in s_taps.feats], self.feat_pairs[name],
-                                        head_grid(self.student.stride, img), self.head_pairs[name],
-                                        head_grid(head.stride, t_img), int(head.reg_max))
-                taps[name] = t
-        weights = dict(zip(stage.teachers, stage.teacher_weights))
-        if stage.combine == "mean":
-            mean = average_taps([taps[n] for n in stage.teachers], [weights[n] for n in stage.teachers])
-            return [(stage.teachers[0], mean, 1.0)]
-        return [(n, taps[n], weights[n]) for n in stage.teachers]
+                raw[name] = replace(head_taps(out, feats), head=detect_head(teacher))
+            return teacher_target(raw, self.views, s_taps, stage.teachers, stage.teacher_weights, stage.combine)
 
     def _teacher_input(self, name: str, img: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
         """The teacher's input at its own size: the high-resolution `source` batch (the trainer's loader makes it at
@@ -239,13 +233,6 @@ class Distiller(nn.Module):
         stride = int(self.student.stride.max())
         hw = tuple(max(stride, int(round(d * size / max(img.shape[-2:]) / stride)) * stride) for d in img.shape[-2:])
         return resample(img if source is None else source, hw)
-
-    def _map_classes(self, name: str, taps: Taps) -> Taps:
-        idx = self.class_index.get(name)
-        if idx is None or taps.scores is None:
-            return taps
-        one2one = self._map_classes(name, taps.one2one) if taps.one2one is not None else None
-        return replace(taps, scores=taps.scores[:, idx], one2one=one2one)
 
     def _balance(self, key: str, value: torch.Tensor, det_loss: torch.Tensor, batch_size: int) -> float:
         """Auto balance: at the first usable step of a term of a teacher (key 'teacher/term'), fix the multiplier that
@@ -292,58 +279,3 @@ class Distiller(nn.Module):
         if state_dict and not any(k.startswith(("student.", "methods.")) for k in state_dict):
             return self.student.load_state_dict(state_dict, strict=strict, assign=assign)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    # ------------------------------------------------------------------ the student's surface, for Ultralytics
-    @property
-    def model(self):
-        """The student's layers (Ultralytics reads `model.model[-1]` for the head)."""
-        return self.student.model
-
-    @property
-    def criterion(self):
-        return self.student.criterion
-
-    @criterion.setter
-    def criterion(self, value):
-        self.student.criterion = value
-
-    def init_criterion(self):
-        return self.student.init_criterion()
-
-    @property
-    def class_weights(self):
-        """The student's per-class loss weights (Ultralytics sets them for cls_pw > 0); its criterion reads them."""
-        return getattr(self.student, "class_weights", None)
-
-    @class_weights.setter
-    def class_weights(self, value):
-        self.student.class_weights = value
-
-    @property
-    def end2end(self):
-        return getattr(self.student, "end2end", False)
-
-    @end2end.setter
-    def end2end(self, value):
-        self.student.end2end = value
-
-    def set_head_attr(self, **kwargs):
-        self.student.set_head_attr(**kwargs)
-
-    def fuse(self, verbose: bool = True, imgsz: int = 640):
-        return self.student.fuse(verbose=verbose, imgsz=imgsz)
-
-
-def average_taps(taps: list[Taps], weights: list[float]) -> Taps:
-    """Weighted mean of several teachers' taps (equal shapes required): one averaged target for the student."""
-    total = sum(weights)
-
-    def mean(xs):
-        if any(x is None for x in xs):
-            return None
-        return sum(w * x.float() for w, x in zip(weights, xs)) / total
-
-    one2one = average_taps([t.one2one for t in taps], weights) if all(t.one2one is not None for t in taps) else None
-    return Taps(feats=[mean(list(f)) for f in zip(*(t.feats for t in taps))],
-                scores=mean([t.scores for t in taps]), boxes=mean([t.boxes for t in taps]), head=taps[0].head,
-                head_levels=taps[0].head_levels, one2one=one2one)

@@ -47,7 +47,7 @@ LABEL_SPEC = {
     "batch": (as_int, 8, "images per forward pass"),
     "device": (as_str, None, "cpu, 0, 0,1 ... (default: Ultralytics' choice)"),
     "max_det": (as_int, 300, "most boxes kept per image"),
-    "class_map": (as_mapping, None, "{teacher class: dataset class}; boxes of teacher classes not in it are dropped"),
+    "class_map": (as_mapping, None, "{teacher class id: dataset class id}; boxes of other teacher classes are dropped"),
     "out": (as_str, None, "write all labels into this folder as <image stem>.txt (default: images/ -> labels/, "
                           "where Ultralytics looks)"),
     "empty": (as_str, "write", "write: an image without a confident box gets an empty label file, which "
@@ -148,6 +148,9 @@ def label(o: dict) -> dict:
         raise KDConfigError(f"teacher={o['teacher']} does not exist: pass a trained detection checkpoint (best.pt)")
     images = find_images(o["source"])
     targets = label_targets(images, o["out"])
+    if Path(o["source"]).resolve() in {t.resolve() for t in targets}:
+        raise KDConfigError(f"source={o['source']} is also the label file of an image beside it: move the list, "
+                            "or pass out=<folder>")
     existing = [t for t in targets if t.exists()]
     if existing and not o["overwrite"]:
         raise KDConfigError(f"{len(existing)} of {len(targets)} label files already exist (e.g. {existing[0]}): "

@@ -27,18 +27,44 @@ def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path,
     return path
 
 
-def plot_predictions(models: dict[str, object], images: list[Path], path: Path, imgsz: int, conf: float = 0.25) -> Path:
-    """A grid: one row per image, one column per model (label on top), boxes drawn by Ultralytics."""
+def plot_predictions(models: dict[str, object], images: list[Path], path: Path, imgsz: int, conf: float = 0.25,
+                     names: dict | None = None) -> Path:
+    """A grid: one row per image; the first column the ground truth (the image's YOLO label file, green), then one
+    column per model (label on top), its boxes above `conf` drawn by Ultralytics."""
+    from .ultra import label_paths
+
     rows = []
-    for image in images:
-        cells = []
+    for image, label_file in zip(images, label_paths(images)):
+        cells = [titled(cv2.resize(draw_ground_truth(cv2.imread(str(image)), label_file, names or {}), (256, 256)),
+                        "ground truth")]
         for label, model in models.items():
             result = model.predict(str(image), imgsz=imgsz, conf=conf, verbose=False)[0]
-            cell = cv2.resize(result.plot(line_width=1, font_size=8), (256, 256))
-            (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-            cv2.rectangle(cell, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
-            cv2.putText(cell, label, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-            cells.append(cell)
+            cells.append(titled(cv2.resize(result.plot(line_width=1, font_size=8), (256, 256)), label))
         rows.append(np.hstack(cells))
     cv2.imwrite(str(path), np.vstack(rows))
     return path
+
+
+def draw_ground_truth(img: np.ndarray, label_file: str, names: dict) -> np.ndarray:
+    """`img` with the boxes of its YOLO label file (`cls xc yc w h`, normalised) drawn in green with class names."""
+    h, w = img.shape[:2]
+    lines = Path(label_file).read_text().split("\n") if Path(label_file).is_file() else []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        cls, xc, yc, bw, bh = int(float(parts[0])), *(float(v) for v in parts[1:5])
+        x1, y1, x2, y2 = (int(round(v)) for v in ((xc - bw / 2) * w, (yc - bh / 2) * h, (xc + bw / 2) * w,
+                                                 (yc + bh / 2) * h))
+        cv2.rectangle(img, (x1, y1), (x2, y2), (0, 200, 0), max(1, round(min(h, w) / 200)))
+        cv2.putText(img, str(names.get(cls, cls)), (x1, max(y1 - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX,
+                    max(0.3, min(h, w) / 600), (0, 200, 0), 1, cv2.LINE_AA)
+    return img
+
+
+def titled(cell: np.ndarray, label: str) -> np.ndarray:
+    """`cell` with `label` in white on black at its top left."""
+    (w, h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
+    cv2.rectangle(cell, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
+    cv2.putText(cell, label, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return cell

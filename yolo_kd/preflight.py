@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import KDConfigError
 from .files import list_image_files
-from .ultra import label_paths
+from .ultra import find_dataset_yaml, label_paths
 
 MIN_GRID = 32  # Ultralytics trains at multiples of max(largest model stride, 32) (BaseTrainer._setup_train)
 
@@ -48,6 +48,25 @@ def check_teacher_imgsz(name: str, imgsz, stride: int) -> None:
     if fixes:
         raise KDConfigError(f"teacher '{name}' imgsz={imgsz} is not a multiple of its largest stride "
                             f"{max(stride, MIN_GRID)}: set teacher_imgsz (or the recipe's teacher imgsz) to {fixes}")
+
+
+def check_student_task(task, model) -> None:
+    """yolo-kd distils detection students only (Ultralytics sets `task` from the model: yolov8n-seg.yaml -> segment)."""
+    if task not in (None, "detect"):
+        raise KDConfigError(f"the student {model} is a '{task}' model, but yolo-kd distils detection only "
+                            "(task=detect): use a detect model such as yolov8n.yaml or yolo11n.yaml")
+
+
+def locate_data(data: str) -> str:
+    """The file behind `data=`: a local path, or a dataset yaml Ultralytics ships (coco8.yaml); KDConfigError when
+    it is neither (Ultralytics would fail inside the trainer, after the run folder is made)."""
+    if Path(data).exists():
+        return data
+    found = find_dataset_yaml(data)
+    if found is None:
+        raise KDConfigError(f"data={data} not found: no such file, and not a dataset Ultralytics ships (e.g. "
+                            "coco8.yaml): pass the path of your data.yaml")
+    return found
 
 
 def check_train_labels(data: dict) -> None:

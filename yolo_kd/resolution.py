@@ -191,7 +191,4 @@ def to_student_grid(teacher: Taps, feat_sizes: list[tuple[int, int]], feat_pairs
         boxes.append(b_map.flatten(2) if b_map is not None else None)
     scores = torch.cat(scores, -1) if score_maps is not None else None
     boxes = torch.cat(boxes, -1) if box_maps is not None else None
-    one2one = (to_student_grid(teacher.one2one, [], [], student_grid, head_pairs, teacher_grid, reg_max)
-               if teacher.one2one is not None else None)  # the one-to-one branch's scores and boxes, alike
-    return Taps(feats=feats, scores=scores, boxes=boxes, head=teacher.head, head_levels=list(head_pairs),
-                one2one=one2one)
+    return Taps(feats=feats, scores=scores, boxes=boxes, head=teacher.head, head_levels=list(head_pairs))

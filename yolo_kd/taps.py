@@ -26,6 +26,7 @@ class Taps:
     boxes: torch.Tensor | None = None
     head: nn.Module | None = None  # the model's Detect head (teachers only: CrossKD runs student features through it)
     head_levels: list[int] | None = None  # head level that produced each level of scores/boxes (None: 0, 1, 2, ...)
+    grid: list[tuple[int, int]] | None = None  # (H, W) of each level of scores/boxes (the head's grids, not `feats`')
     one2one: Taps | None = None  # YOLO26: the one-to-one branch's scores/boxes (feats empty; None without the branch)
 
 
@@ -59,11 +60,14 @@ class Targets:
 
 
 def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
-    """Taps from a model's output; `layer_feats` (from `record_layers`) replaces the head inputs when given."""
+    """Taps from a model's output; `layer_feats` (from `record_layers`) replaces the head inputs when given (`grid`
+    keeps the head's own level grids, which the per-anchor scores and boxes follow)."""
     feats, scores, boxes = head_outputs(output)
+    grid = [tuple(f.shape[-2:]) for f in feats]
     o2o = one2one_outputs(output)
-    one2one = Taps(feats=[], scores=o2o[0], boxes=o2o[1]) if o2o is not None else None
-    return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes, one2one=one2one)
+    one2one = Taps(feats=[], scores=o2o[0], boxes=o2o[1], grid=grid) if o2o is not None else None
+    return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes, grid=grid,
+                one2one=one2one)
 
 
 def take_rows(taps: Taps, n: int) -> Taps:
@@ -92,16 +96,16 @@ def split_levels(x: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Te
     return [p.reshape(*p.shape[:2], *hw) for p, hw in zip(parts, grids)]
 
 
-def anchors_in_boxes(feats: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+def anchors_in_boxes(grid: list[tuple[int, int]], boxes: list[torch.Tensor], device=None) -> torch.Tensor:
     """(N, A) float mask: 1 where an anchor's cell centre lies inside one of its image's GT boxes (xyxy in [0, 1]).
 
-    Anchors are ordered as the Detect head flattens them: level by level, row-major within a level.
+    Anchors are ordered as the Detect head flattens them over its level grids `grid` (H, W): level by level,
+    row-major within a level.
     """
     centres = []
-    for f in feats:
-        h, w = f.shape[-2:]
-        ys = (torch.arange(h, device=f.device, dtype=torch.float32) + 0.5) / h
-        xs = (torch.arange(w, device=f.device, dtype=torch.float32) + 0.5) / w
+    for h, w in grid:
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         centres.append(torch.stack([gx.flatten(), gy.flatten()], 1))
     c = torch.cat(centres)  # (A, 2)

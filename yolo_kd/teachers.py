@@ -127,8 +127,10 @@ class TeacherPool:
         self.loaded: dict[str, nn.Module] = {}
         self.loads = 0  # how many times a teacher was loaded (for tests and logs)
 
-    def acquire(self, names: list[str], device: torch.device, half: bool = False) -> dict[str, nn.Module]:
-        """Make exactly `names` resident on `device` (FP16 when `half`, channels_last on CUDA); others are released."""
+    def acquire(self, names: list[str], device: torch.device,
+                dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+        """Make exactly `names` resident on `device` in `dtype` (the autocast dtype under AMP: fp16 or bf16;
+        channels_last on CUDA); others are released."""
         for n in list(self.loaded):
             if n not in names:
                 self.release(n)
@@ -141,9 +143,8 @@ class TeacherPool:
                 m.to(device)
                 if device.type == "cuda":
                     m.to(memory_format=torch.channels_last)
-            want = torch.float16 if half else torch.float32
-            if next(m.parameters()).dtype != want:
-                m.to(want)
+            if next(m.parameters()).dtype != dtype:
+                m.to(dtype)
         return {n: self.loaded[n] for n in names}
 
     def release(self, name: str) -> None:

@@ -54,16 +54,68 @@ def has_one2one(head: nn.Module) -> bool:
 def dense_predictions(head: nn.Module, feats: list[torch.Tensor],
                       levels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch, its
-    level levels[i] (default i) run on feats[i]; gradients flow into `feats` whatever the head's requires_grad."""
+    level levels[i] (default i) run on feats[i] with the head's weights detached: gradients flow into `feats` only,
+    never into the head, whatever its requires_grad."""
+    from torch.func import functional_call
+
+    def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, {k: v.detach() for k, v in module.named_parameters()}, (x,))
+
     branch = head.one2many
     levels = range(len(feats)) if levels is None else levels
     n = feats[0].shape[0]
-    boxes = [branch["box_head"][k](f).view(n, 4 * head.reg_max, -1) for k, f in zip(levels, feats)]
-    scores = [branch["cls_head"][k](f).view(n, head.nc, -1) for k, f in zip(levels, feats)]
+    boxes = [run(branch["box_head"][k], f).view(n, 4 * head.reg_max, -1) for k, f in zip(levels, feats)]
+    scores = [run(branch["cls_head"][k], f).view(n, head.nc, -1) for k, f in zip(levels, feats)]
     return torch.cat(scores, -1), torch.cat(boxes, -1)
 
 
 # ---------------------------------------------------------------------- models and checkpoints
+
+
+class StudentSurface:
+    """The surface of Ultralytics' `DistillationModel` that its trainer, validator and criterion read, forwarded to
+    `self.student` (a mixin for a wrapper `nn.Module`): model, criterion, init_criterion, class_weights, end2end,
+    set_head_attr, fuse."""
+
+    @property
+    def model(self):
+        """The student's layers (Ultralytics reads `model.model[-1]` for the head)."""
+        return self.student.model
+
+    @property
+    def criterion(self):
+        return self.student.criterion
+
+    @criterion.setter
+    def criterion(self, value):
+        self.student.criterion = value
+
+    def init_criterion(self):
+        return self.student.init_criterion()
+
+    @property
+    def class_weights(self):
+        """The student's per-class loss weights (Ultralytics sets them for cls_pw > 0); its criterion reads them."""
+        return getattr(self.student, "class_weights", None)
+
+    @class_weights.setter
+    def class_weights(self, value):
+        self.student.class_weights = value
+
+    @property
+    def end2end(self):
+        return getattr(self.student, "end2end", False)
+
+    @end2end.setter
+    def end2end(self, value):
+        self.student.end2end = value
+
+    def set_head_attr(self, **kwargs):
+        self.student.set_head_attr(**kwargs)
+
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        return self.student.fuse(verbose=verbose, imgsz=imgsz)
+
 
 
 def load_model(path) -> nn.Module:
@@ -138,6 +190,25 @@ def resolve_dataset(data, autodownload: bool = False) -> dict:
     from ultralytics.data.utils import check_det_dataset
 
     return check_det_dataset(str(data), autodownload=autodownload)
+
+
+def find_dataset_yaml(name: str) -> str | None:
+    """Where Ultralytics' check_det_dataset finds a data name that is not a local path (the dataset yamls it ships,
+    with or without the .yaml suffix), without downloading; None when it finds none."""
+    from ultralytics.utils.checks import check_file
+
+    for candidate in (name, f"{name}.yaml", f"{name}.yml") if Path(name).suffix == "" else (name,):
+        found = check_file(candidate, download=False, hard=False)
+        if found:
+            return str(found)
+    return None
+
+
+def online() -> bool:
+    """Whether Ultralytics thinks it can download (False under YOLO_OFFLINE=1)."""
+    from ultralytics.utils import ONLINE
+
+    return bool(ONLINE)
 
 
 def label_paths(images: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """`yolo-kd val`: COCO (pycocotools) evaluation of one or more checkpoints next to Ultralytics' own mAP.
 
-    yolo-kd val model=teacher.pt,baseline.pt,distilled.pt data=data.yaml [imgsz= batch= conf= iou= split=val
+    yolo-kd val model=teacher.pt,baseline.pt,distilled.pt data=data.yaml [imgsz= batch= conf= iou= rect= split=val
                 project= name= exist_ok= device= max_det= images=]
 
 `data` is a YOLO data.yaml, or a COCO `instances_*.json` (images found next to it, or given with `images=`).
@@ -23,19 +23,20 @@ from yolo_kd.evaluation.report import difference_notes, per_class_table, stats_t
 from yolo_kd.ultra import next_run_dir
 
 VAL_SPEC = {
-    "model": (as_str, ...),
-    "data": (as_str, ...),
-    "imgsz": (as_int, None),  # None: the checkpoint's training imgsz, as Ultralytics does
-    "batch": (as_int, 16),
-    "conf": (as_float, 0.001),
-    "iou": (as_float, 0.7),
-    "max_det": (as_int, 300),
-    "split": (as_str, "val"),
-    "project": (as_str, None),
-    "name": (as_str, None),
-    "exist_ok": (as_bool, False),
-    "device": (as_str, None),
-    "images": (as_str, None),
+    "model": (as_str, ..., "checkpoints or exports to compare, comma-separated (a.pt,b.pt,c.onnx)"),
+    "data": (as_str, ..., "a YOLO data.yaml, or a COCO instances_*.json"),
+    "imgsz": (as_int, None, "evaluation size (default: the checkpoint's training size, as Ultralytics does)"),
+    "batch": (as_int, 16, "images per batch"),
+    "conf": (as_float, 0.001, "confidence threshold (Ultralytics' val default, for a full PR curve)"),
+    "iou": (as_float, 0.7, "NMS IoU threshold"),
+    "max_det": (as_int, 300, "most detections per image"),
+    "rect": (as_bool, True, "rectangular batches, as Ultralytics' val (False: square letterbox, as an export sees)"),
+    "split": (as_str, "val", "split of data.yaml to evaluate (val, test, train)"),
+    "project": (as_str, None, "output folder (default: runs/kd_val)"),
+    "name": (as_str, None, "run name (default: val, val2, ...)"),
+    "exist_ok": (as_bool, False, "reuse the run folder instead of making a new one"),
+    "device": (as_str, None, "cpu, 0, ... (default: Ultralytics' choice)"),
+    "images": (as_str, None, "image folder of a COCO json (default: found next to it)"),
 }
 
 
@@ -96,11 +97,17 @@ def evaluate_checkpoint(model: str | Path, evalset: EvalSet, out_dir: str | Path
     }
 
 
+def run_checkpoint(path: Path) -> bool:
+    """Whether `path` is a checkpoint Ultralytics saves in a run, <run>/weights/{best,last,epochN}.pt."""
+    return path.parent.name == "weights" and (path.stem in {"best", "last"} or path.stem.startswith("epoch"))
+
+
 def model_labels(models: list[str]) -> list[str]:
-    """Short unique column names: the run folder of runs/<run>/weights/best.pt, else the file stem; <folder>/<stem>
-    where those clash (best.pt and last.pt of one run), then a numeric suffix for anything still equal."""
+    """Short unique column names: the run folder of <run>/weights/best.pt (or last.pt, epochN.pt), else the file stem
+    (weights/teacher.pt -> teacher); <folder>/<stem> where those clash (best.pt and last.pt of one run), then a
+    numeric suffix for anything still equal."""
     paths = [Path(m) for m in models]
-    runs = [p.parent.parent.name if p.parent.name == "weights" else "" for p in paths]
+    runs = [p.parent.parent.name if run_checkpoint(p) else "" for p in paths]
     labels = [run or p.stem for run, p in zip(runs, paths)]
     folders = [run or p.parent.name for run, p in zip(runs, paths)]
     labels = [f"{folder}/{p.stem}" if folder and labels.count(label) > 1 else label
@@ -147,7 +154,7 @@ def val_command(overrides: dict) -> dict:
     gt_path = run_dir / "coco_gt.json"
     gt_path.write_text(json.dumps(evalset.gt), encoding="utf-8")
 
-    val_args = {k: args[k] for k in ("imgsz", "batch", "conf", "iou", "max_det", "device")}
+    val_args = {k: args[k] for k in ("imgsz", "batch", "conf", "iou", "max_det", "rect", "device")}
     results = {}
     for label, model in zip(model_labels(models), models):
         results[label] = evaluate_checkpoint(model, evalset, run_dir / label.replace("/", "_"), **val_args)
@@ -159,7 +166,8 @@ def val_command(overrides: dict) -> dict:
     print(f"\nyolo-kd val: results saved to {run_dir}")
     print(f"data={args['data']} split={evalset.split}  images={len(evalset.gt['images'])}  "
           f"instances={sum(1 for a in evalset.gt['annotations'] if not a.get('iscrowd'))}  "
-          + "  ".join(f"{k}={results[next(iter(results))]['run'].get(k)}" for k in ("imgsz", "conf", "iou", "max_det")))
+          + "  ".join(f"{k}={results[next(iter(results))]['run'].get(k)}"
+                      for k in ("imgsz", "rect", "conf", "iou", "max_det")))
     print("\nCOCO metrics (pycocotools) beside Ultralytics' own mAP, same detections:")
     print(stats_table(results))
     print("\nPer-class AP (pycocotools, area=all, maxDets=100):")

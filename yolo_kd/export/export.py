@@ -55,27 +55,32 @@ def as_calib(key: str, value) -> int | float:
 
 
 EXPORT_SPEC = {
-    "model": (as_str, ...),
-    "format": (as_str, "onnx"),
-    "int8": (as_bool, False),
-    "imgsz": (as_int, None),  # None: the checkpoint's training imgsz, as Ultralytics does
-    "data": (as_str, None),
-    "split": (as_str, "val"),
-    "calib": (as_calib, 200),
-    "int8_act": (as_str, "int8"),  # int8 (S8S8) | uint8 (U8S8 + reduce_range: faster on AVX2 x86 without VNNI)
-    "batch": (as_int, 16),
-    "conf": (as_float, 0.001),
-    "iou": (as_float, 0.7),
-    "runs": (as_count, 50),
-    "warmup": (as_count, 10),
-    "threads": (as_int, None),  # CPU threads for latency (default: all cores), the same for every runtime
-    "device": (as_str, None),
-    "project": (as_str, None),
-    "name": (as_str, None),
-    "exist_ok": (as_bool, False),
-    "opset": (as_int, None),
-    "simplify": (as_bool, True),
+    "model": (as_str, ..., "the checkpoint to export (.pt)"),
+    "format": (as_str, "onnx", "onnx, torchscript, openvino, tflite or engine"),
+    "int8": (as_bool, False, "also quantise to INT8 (needs data= for calibration images)"),
+    "imgsz": (as_int, None, "export size (default: the checkpoint's training size, as Ultralytics does)"),
+    "data": (as_str, None, "a data.yaml or COCO json: evaluate every file on it (INT8 calibrates on its train split)"),
+    "split": (as_str, "val", "split to evaluate on"),
+    "calib": (as_calib, 200, "INT8 calibration images: a count (200) or a fraction of the train split (0.25)"),
+    "int8_act": (as_str, "int8", "int8 (S8S8) or uint8 (U8S8 + reduce_range: faster on AVX2 x86 without VNNI)"),
+    "batch": (as_int, 16, "evaluation batch of the PyTorch model (exports run at batch 1)"),
+    "conf": (as_float, 0.001, "evaluation confidence threshold"),
+    "iou": (as_float, 0.7, "evaluation NMS IoU threshold"),
+    "runs": (as_count, 50, "timed latency runs per file (0: no latency)"),
+    "warmup": (as_count, 10, "untimed warm-up runs before them"),
+    "threads": (as_int, None, "CPU threads for latency (default: all cores), the same for every runtime"),
+    "device": (as_str, None, "cpu, or 0 for TensorRT (default: cpu; 0 for engine)"),
+    "project": (as_str, None, "evaluation output folder (default: runs/kd_export)"),
+    "name": (as_str, None, "evaluation run name (default: export, export2, ...)"),
+    "exist_ok": (as_bool, False, "reuse the evaluation run folder"),
+    "opset": (as_int, None, "ONNX opset (default: Ultralytics' choice)"),
+    "simplify": (as_bool, True, "simplify the ONNX graph (onnxslim)"),
 }
+
+#: Why an export's scores differ from `yolo-kd val` on the same .pt, printed beside them
+RECT_NOTE = ("scores use rect=False (square letterboxed inputs, what a fixed-shape export sees); yolo-kd val uses "
+             "rect=True as Ultralytics' val does, so its score of the same .pt can differ; "
+             "yolo-kd val model={model} data={data} rect=False gives this one")
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
@@ -206,11 +211,11 @@ def export_command(overrides: dict) -> dict:
             json.dumps({"format": fmt, "imgsz": imgsz, "models": rows, "parity": parity}, indent=2, default=str),
             encoding="utf-8")
 
-    _print_report(fmt, files, rows, parity, save_dir, imgsz, data)
+    _print_report(fmt, files, rows, parity, save_dir, imgsz, data, model)
     return {"format": fmt, "imgsz": imgsz, "files": files, "models": rows, "parity": parity, "save_dir": save_dir}
 
 
-def _print_report(fmt, files, rows, parity, save_dir, imgsz, data) -> None:
+def _print_report(fmt, files, rows, parity, save_dir, imgsz, data, model) -> None:
     print(f"\nyolo-kd export: format={fmt} imgsz={imgsz}, written beside the checkpoint:")
     width = max(len(r["title"]) for r in rows.values())
     for label, path in files.items():
@@ -231,6 +236,8 @@ def _print_report(fmt, files, rows, parity, save_dir, imgsz, data) -> None:
                       f"{r['delta_points']:+.2f}"]
         table.append(cells)
     print(format_table(headers, table))
+    if data:
+        print(RECT_NOTE.format(model=model, data=data))
     first = next(iter(rows.values()))
     if first["latency"]:
         print(f"latency: model call only (no letterbox/NMS), batch 1, {first['latency']['warmup']} warm-up + "

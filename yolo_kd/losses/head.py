@@ -18,7 +18,9 @@ HikariTJU/LD), for box logits (N, 4 * reg_max, A) in Ultralytics' DFL layout (si
 the MEAN over the reg_max + 1 bins instead of the KL's sum (their value is ours / number of bins), and LD sums over
 positive anchors weighted by the student's detached max class score without dividing by the weight sum; here the
 anchor selection and weights are the caller's `weight`, and the sum is normalised by the weight sum so the scale
-does not depend on the number of anchors. Teacher logits and weights are detached.
+does not depend on the number of anchors. Teacher logits and weights are detached. The teacher side may be
+DFL logits z or log-probabilities log_softmax(z) (the teacher target's encoding): softmax(log_softmax(z) / T) ==
+softmax(z / T), so both give the same value.
 """
 
 from __future__ import annotations

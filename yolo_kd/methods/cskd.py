@@ -1,4 +1,15 @@
-"""CSKD: cosine-similarity-guided distillation of features and predictions (Park et al., Sci. Rep. 2024)."""
+"""CSKD: cosine-similarity-guided distillation of features and predictions (Park et al., Sci. Rep. 2024).
+
+The paper applies L = w_mse * mean(G * (S - T)^2) + w_cos * (mean(1 - cos_ch) + mean(1 - cos_sp)) (`losses.cskd`)
+to neck features, head towers and predictions "class logits after sigmoid, box outputs". Here the prediction map
+per anchor is [sigmoid(class logits), box] with box, for DFL heads (reg_max > 1), the per-side bin DISTRIBUTION:
+softmax over the bins of the student's raw logits against exp of the teacher target's log-probabilities
+(`teacher_target` encoding), so both sides are probabilities in [0, 1] on the same scale as the class sigmoids,
+whatever grid the teacher ran on. Where ours differs from the paper: the paper's FCOS/GFL box outputs are
+compared as raw regression values (no DFL there); raw DFL logits would differ by a per-side constant even for
+identical distributions, so we compare the distributions. For reg_max 1 (YOLO26) boxes are ltrb distances in
+student cells on both sides. No head-tower term (YOLO heads have no shared tower).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ from torch import nn
 
 from ..losses import CosineGuidedLoss
 from ..needs import SAME_BOXES, SCORES
+from ..teacher_target import dfl_probs
 from .registry import Method, register
 from .feature import channel_aligners
 
@@ -40,17 +52,22 @@ class CosineGuided(Method):
         super().__init__(student, teacher)
         self.mimic = channel_aligners(student.channels, teacher.channels)
         self.loss = CosineGuidedLoss(w_mse=w_mse, w_cos=w_cos)
-        self.nc, self.box_ch = student.nc, 4 * student.reg_max
+        self.nc, self.reg_max, self.box_ch = student.nc, student.reg_max, 4 * student.reg_max
         self.assistant = AssistantHead(student.channels, self.nc + self.box_ch) if assistant else None
         if not assistant:
             self.terms = ("cskd_feat", "cskd_pred")
 
+    def predictions(self, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """(N, nc + 4 * reg_max, A): class sigmoids and per-side DFL bin probabilities (reg_max 1: the distances)."""
+        boxes = boxes.float()
+        return torch.cat([scores.float().sigmoid(), dfl_probs(boxes, self.reg_max) if self.reg_max > 1 else boxes], 1)
+
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
         feat = sum(self.loss(m(fs), ft) for m, fs, ft in zip(self.mimic, s.feats, t.feats)) / len(s.feats)
-        t_pred = torch.cat([t.scores.sigmoid(), t.boxes], 1)
-        pred = self.loss(torch.cat([s.scores.sigmoid(), s.boxes], 1), t_pred)
-        out = {"cskd_feat": feat, "cskd_pred": pred}
+        t_boxes = t.boxes.exp() if self.reg_max > 1 else t.boxes  # target log-probabilities -> probabilities
+        t_pred = torch.cat([t.scores.sigmoid(), t_boxes], 1)
+        out = {"cskd_feat": feat, "cskd_pred": self.loss(self.predictions(s.scores, s.boxes), t_pred)}
         if self.assistant is not None:
             aux = self.assistant(s.feats)
-            out["cskd_aux"] = self.loss(torch.cat([aux[:, : self.nc].sigmoid(), aux[:, self.nc:]], 1), t_pred)
+            out["cskd_aux"] = self.loss(self.predictions(aux[:, : self.nc], aux[:, self.nc:]), t_pred)
         return out

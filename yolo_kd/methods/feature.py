@@ -7,6 +7,7 @@ from torch import nn
 
 from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss, PearsonFeatureLoss, ScoreWeightedL2
 from ..needs import SCORES
+from ..resolution import resample
 from ..taps import split_levels
 from .registry import Method, register
 
@@ -101,8 +102,12 @@ class MaskedGenerative(Method):
 @register("pkd")
 class PearsonImitation(Method):
     """PKD (Cao et al., NeurIPS 2022): per level, align (1x1 conv when widths differ), standardise each channel of
-    both maps, MSE / 2; mean over levels. Insensitive to the teacher's activation scale, so it suits teachers of
-    another width or family."""
+    both maps, MSE / 2; MEAN over the L levels. Insensitive to the teacher's activation scale, so it suits teachers of
+    another width or family.
+
+    mmrazor (`configs/distill/mmdet/pkd`) applies one PKDLoss per FPN level and SUMS them: its value is L x ours
+    (3 x on P3-P5), so mmrazor's loss_weight w corresponds to our weight w * L (their 6 on 5 RetinaNet levels = our
+    30). The mean keeps the default weight 1 meaning the same whatever the number of tapped levels."""
 
     terms = ("pkd",)
 
@@ -139,6 +144,6 @@ class ScoreWeightedImitation(Method):
 
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
         logits = t.scores if t.one2one is None else (t.scores + t.one2one.scores) / 2  # YOLO26: as the built-in
-        scores = split_levels(logits.detach().float().sigmoid().amax(1, keepdim=True),
-                              [f.shape[-2:] for f in t.feats])
+        scores = split_levels(logits.detach().float().sigmoid().amax(1, keepdim=True), t.grid)
+        scores = [resample(sc, tuple(ft.shape[-2:])) for sc, ft in zip(scores, t.feats)]  # custom layers' grids
         return {"sl2": sum(self.loss(p(fs), ft, sc) for p, fs, ft, sc in zip(self.projector, s.feats, t.feats, scores))}

@@ -69,7 +69,7 @@ class HeadPrediction(Method):
         if "pred_ld" in self.terms:
             weight = torch.sigmoid(t.scores.detach().float()).amax(dim=1)
             if self.ld_region == "gt":
-                weight = weight * anchors_in_boxes(s.feats, targets.boxes)
+                weight = weight * anchors_in_boxes(s.grid, targets.boxes, weight.device)
             out["pred_ld"] = self.ld_weight * self.ld_loss(s.boxes, t.boxes, weight)
         if "pred_box" in self.terms:
             out["pred_box"] = self.box_weight * self.box_loss(s.boxes, t.boxes, self.box_region(t.scores))
