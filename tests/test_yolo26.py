@@ -206,3 +206,20 @@ def test_class_map_selects_the_one2one_classes_too(tmp_path):
         raw = freeze(model)(img)[1]["one2one"]["scores"]
     torch.testing.assert_close(t.one2one.scores, raw[:, [2, 0]], rtol=1e-4, atol=1e-4)
     assert ours.loss(batch())[1]["pred_cls_o2o"] > 0
+
+
+@pytest.mark.parametrize("teacher_imgsz", [None, 96], ids=["same", "1.5x"])
+def test_box_kd_under_bf16_autocast_reads_the_dfl_target(tiny_teacher, teacher_imgsz):
+    """pred_box decodes the teacher target's DFL log-probabilities (converted at 1.5x) in float32 under autocast."""
+    student = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
+    student.args = train_args(imgsz=64)
+    recipe = Recipe.from_dict({"teachers": {"t": {"model": str(tiny_teacher), "imgsz": teacher_imgsz}},
+                               "stages": [{"fraction": [0.0, 1.0], "teachers": ["t"],
+                                           "methods": {"pred": {"box_weight": 1.0, "box_conf": 0.0}}}]})
+    d = Distiller(student, recipe, epochs=1, names=NAMES).train()
+    d.set_epoch(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, items = d.loss(batch())
+    loss.sum().backward()
+    assert d.nan_skips == 0 and d.term_names == ["pred_cls", "pred_box"]
+    assert 0 < float(items["pred_box"]) < 2  # 1 - GIoU lies in [0, 2]
