@@ -144,3 +144,15 @@ def test_a_list_that_would_be_overwritten_by_a_label_is_refused(tiny_teacher, wi
     with pytest.raises(KDConfigError, match="is also the label file of an image"):
         yolo_kd.label_images(str(tiny_teacher), str(listing), overwrite=True)
     assert listing.read_text() == f"{image}\n"
+
+
+def test_an_unreadable_image_gets_no_label_and_the_others_keep_theirs(tiny_teacher, wide_images, tmp_path):
+    images = Path(shutil.copytree(wide_images, tmp_path / "images"))
+    (images / "w1.png").write_bytes(b"not an image")  # sorted second: a shifted pairing would mislabel w2, w3
+    summary = yolo_kd.label_images(str(tiny_teacher), str(images), conf=LOW, imgsz=64, batch=4)
+    assert summary["images"] == 3 and summary["unreadable"] == 1
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["w0.txt", "w2.txt", "w3.txt"]
+    for name in ("w0", "w2", "w3"):
+        got = written_boxes(tmp_path / "labels" / f"{name}.txt", 128, 64)
+        want = teacher_boxes(tiny_teacher, images / f"{name}.png", LOW)
+        assert got.shape[0] == want.shape[0] and np.abs(got[:, 1:] - want[:, 1:5]).max(initial=0) < 1.0

@@ -13,7 +13,6 @@ import yolo_kd
 from yolo_kd.recipe import Recipe
 from yolo_kd.resolution import level_pairs, resample, to_student_grid
 from yolo_kd.taps import Taps, head_taps
-from yolo_kd.trainer import trainer_for
 
 REG_MAX = 16
 
@@ -123,18 +122,18 @@ def high_frequency(img: torch.Tensor) -> float:
 
 
 def test_student_batch_is_the_downsample_of_the_teachers_real_pixels(tiny_data, tiny_teacher, tmp_path):
+    """The batch the distiller receives (after the trainer's preprocessing and the engine's downsample)."""
     seen = []
-    recipe = Recipe.from_kwargs(teacher=str(tiny_teacher), method="pred", teacher_imgsz=128)
 
-    class Capturing(trainer_for(recipe)):
-        def preprocess_batch(self, batch):
-            batch = super().preprocess_batch(batch)
-            seen.append((batch["img"].clone(), batch["teacher_img"].clone()))
-            return batch
+    def record_batches(trainer):  # a forward pre-hook on the distiller: the batch dict exactly as it is trained on
+        trainer.model.register_forward_pre_hook(
+            lambda module, args: seen.append((args[0]["img"].clone(), args[0]["teacher_img"].clone()))
+            if module.training else None)
 
     model = YOLO("yolov8n.yaml")
-    model.train(trainer=Capturing, data=str(tiny_data), epochs=1, project=str(tmp_path), name="hr",
-                **{**TINY_TRAIN, "mosaic": 1.0})
+    model.add_callback("on_pretrain_routine_end", record_batches)
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method="pred", teacher_imgsz=128)
+    model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="hr", **{**TINY_TRAIN, "mosaic": 1.0})
     img, source = seen[0]
     assert img.shape[-1] == 64 and source.shape[-1] == 128
     assert torch.equal(img, resample(source, (64, 64)))

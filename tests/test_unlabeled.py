@@ -188,8 +188,10 @@ def test_train_on_a_pool_then_resume_keeps_distilling_on_it(tiny_data, tiny_teac
     yolo_kd.distill(resumed)  # no teacher: the recipe, pool included, comes back from last.pt
     resumed.train(resume=True)
     assert seen2["files"] == resolve_images(pool)
-    rows = read_results(tmp_path / "resumed")
-    assert [r["epoch"] for r in rows][-1] == "2" and float(rows[-1]["train/pred_cls"]) > 0
+    again = read_results(tmp_path / "resumed")
+    assert [r["epoch"] for r in again] == ["2"] and float(again[0]["train/pred_cls"]) > 0  # a fresh folder: epoch 2
+    for key in ("train/box_loss", "train/sl2", "train/pred_cls", "train/pred_ld"):  # the same pool images, too
+        assert float(again[0][key]) == pytest.approx(float(rows[1][key]), rel=1e-4), key
 
 
 def test_data_yaml_unlabeled_entry_is_read_relative_to_its_path(tiny_data, tiny_teacher, pool, tmp_path):

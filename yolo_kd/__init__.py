@@ -9,14 +9,20 @@ Drop-in::
     yolo_kd.distill(model, teacher="teacher.pt")   # the default recipe; method="fgd+pred" etc. to choose
     model.train(data="data.yaml", epochs=100)
 
+or as Ultralytics callbacks, on any trainer (the stock one, a subclass of your own)::
+
+    yolo_kd.add_callbacks(model, teacher="teacher.pt")    # or model.add_callback(event, fn) for yolo_kd.callbacks(...)
+    model.train(data="data.yaml", epochs=100, trainer=MyTrainer)
+
 Importing the package imports nothing heavy and changes nothing: the names below are handed on from their modules
 when first used (so `from yolo_kd.losses import FGDLoss` needs neither the trainer nor Ultralytics).
 """
 
 __version__ = "0.1.0"
 
-_NAMES = {"distill": "api", "KDConfigError": "errors", "KDTrainer": "trainer", "trainer_for": "trainer",
-          "Recipe": "recipe", "METHODS": "methods", "register": "methods", "label_images": "label"}
+_NAMES = {"distill": "api", "callbacks": "api", "add_callbacks": "api", "KDConfigError": "errors",
+          "KDTrainer": "trainer", "trainer_for": "trainer", "Recipe": "recipe", "METHODS": "methods",
+          "register": "methods", "label_images": "label"}
 
 __all__ = [*_NAMES, "__version__"]
 

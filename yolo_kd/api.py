@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from . import hooks
 from .errors import KDConfigError
 from .methods import check_method
 from .offline import setup_offline
@@ -49,24 +50,42 @@ def build_recipe(model=None, **kd) -> Recipe:
     return recipe
 
 
+def callbacks(teacher=None, method: str = DEFAULT_METHOD, model=None, **options) -> dict[str, list]:
+    """The Ultralytics callbacks dict that distils from `teacher` with `method` on whatever trainer runs: the stock one,
+    a `DetectionTrainer` subclass of the user's, `model.train(trainer=MyTrainer)`; `model` only to resume (no
+    teacher: the recipe comes back from the `yolo_kd` state of its checkpoint). Same options as `distill`; errors
+    raise `KDConfigError` here. Single process (one GPU or CPU); for multi-GPU use `distill`."""
+    setup_offline()
+    recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
+    return hooks.callbacks(recipe)
+
+
+def add_callbacks(model, teacher=None, method: str = DEFAULT_METHOD, **options):
+    """Add `callbacks(...)` to `model` (a YOLO), each once; call it before ``model.train(...)``, which copies the
+    model's callbacks into the trainer it builds. Returns `model`."""
+    for event, fns in callbacks(teacher, method, model=model, **options).items():
+        for fn in fns:
+            if fn not in model.callbacks.get(event, []):
+                model.add_callback(event, fn)
+    return model
+
+
 def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
     """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` (default: the default recipe,
     `DEFAULT_METHOD`; or 'pred', 'fgd+pred', ...); sets Ultralytics up air-gapped (`offline.setup_offline`).
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels) and unlabeled_ratio. Every Ultralytics train
-    argument keeps working. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
+    labels) and unlabeled_ratio. Every Ultralytics train argument keeps working, `trainer=MyTrainer` included (the
+    engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the run folder
+    exists and DDP works. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
     """
     setup_offline()
     recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
-    trainer = trainer_for(recipe)
-    train = functools.partial(_train_with, type(model).train, model, trainer)
+    train = functools.partial(_train_with, type(model).train, model, recipe)
     object.__setattr__(model, "train", train)
     return model
 
 
-def _train_with(original, model, trainer, **kwargs):
-    if "trainer" in kwargs:
-        raise KDConfigError("yolo_kd.distill sets the trainer; subclass yolo_kd.KDTrainer instead of passing trainer=")
-    return original(model, trainer=trainer, **kwargs)
+def _train_with(original, model, recipe, trainer=None, **kwargs):
+    return original(model, trainer=trainer_for(recipe, base=trainer), **kwargs)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -121,12 +122,22 @@ def label_lines(result, class_map: dict[int, int] | None) -> list[str]:
     return lines
 
 
+def predictions(model, images: list[str], predict: dict):
+    """The model's Results for `images`, streamed from disk the way Ultralytics reads a .txt source (its loader and
+    cv2 decoding, as in training); a Python list would make Ultralytics open every image in memory first."""
+    with tempfile.TemporaryDirectory() as folder:
+        listing = Path(folder) / "images.txt"
+        listing.write_text("".join(f"{p}\n" for p in images))
+        yield from model.predict(str(listing), stream=True, verbose=False, save=False, **predict)
+
+
 def label_images(teacher, source, **options) -> dict:
     """Write one YOLO label file per image of `source` from `teacher`'s predictions (see the module docstring).
 
     Options as `yolo-kd label help` lists them (conf, iou, imgsz, batch, device, max_det, class_map, out, empty,
-    overwrite). Returns {"images", "boxes", "empty" (images without a box), "labels" (files written),
-    "written_to" (folder), "classes" ({class id: boxes})}. Raises KDConfigError, with nothing written, on bad input.
+    overwrite). Returns {"images" (labelled), "unreadable" (images Ultralytics could not decode: no file written),
+    "boxes", "empty" (images without a box), "labels" (files written), "written_to" (folder), "classes"
+    ({class id: boxes})}. Raises KDConfigError, with nothing written, on bad input.
     """
     return label(read_options("label", {"teacher": teacher, "source": source, **options}, LABEL_SPEC))
 
@@ -159,10 +170,11 @@ def label(o: dict) -> dict:
     check_class_map(o["class_map"], model.names)
 
     predict = {k: o[k] for k in ("conf", "iou", "max_det", "batch", "imgsz", "device") if o[k] is not None}
-    results = model.predict(images, stream=True, verbose=False, save=False, **predict)
+    target_of = {str(Path(p).absolute()): t for p, t in zip(images, targets)}  # Ultralytics skips unreadable images
     classes: Counter = Counter()
-    n_empty = written = 0
-    for target, result in progress(zip(targets, results), total=len(images), desc="yolo-kd label"):
+    n_empty = written = seen = 0
+    for result in progress(predictions(model, list(target_of), predict), total=len(images), desc="yolo-kd label"):
+        target, seen = target_of[result.path], seen + 1
         lines = label_lines(result, o["class_map"])
         classes.update(int(line.split()[0]) for line in lines)
         n_empty += not lines
@@ -173,11 +185,12 @@ def label(o: dict) -> dict:
         elif target.exists():
             target.unlink()  # (overwrite=True) a stale label would claim objects the teacher does not see
     folder = o["out"] or os.path.commonpath([str(t.parent) for t in targets])
-    return {"images": len(images), "boxes": sum(classes.values()), "empty": n_empty, "labels": written,
-            "written_to": str(folder), "classes": dict(sorted(classes.items()))}
+    return {"images": seen, "unreadable": len(images) - seen, "boxes": sum(classes.values()), "empty": n_empty,
+            "labels": written, "written_to": str(folder), "classes": dict(sorted(classes.items()))}
 
 
 def summary_line(s: dict) -> str:
     """'yolo-kd label: 120 images, 431 boxes, 7 empty (background), 120 label files written to datasets/x/labels'."""
-    return (f"yolo-kd label: {s['images']} images, {s['boxes']} boxes, {s['empty']} without a box (background), "
-            f"{s['labels']} label files written to {s['written_to']}")
+    unreadable = f" ({s['unreadable']} unreadable, skipped)" if s["unreadable"] else ""
+    return (f"yolo-kd label: {s['images']} images{unreadable}, {s['boxes']} boxes, {s['empty']} without a box "
+            f"(background), {s['labels']} label files written to {s['written_to']}")

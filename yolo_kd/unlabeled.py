@@ -84,6 +84,7 @@ class UnlabeledStream:
     def __init__(self, files: list[str], ratio: float):
         self.files, self.ratio = list(files), float(ratio)
         self.mosaic_closed = False
+        self.seed = None  # the epoch's seed (`reseed`), so a resumed run draws what the uninterrupted one drew
         self._loader = self._iter = self._dataset = None
         self._hyp = None
 
@@ -101,7 +102,17 @@ class UnlabeledStream:
         if self.mosaic_closed:
             self._dataset.close_mosaic(hyp=self._closed_hyp())
         self._loader = build_loader(self._dataset, batch, getattr(hyp, "workers", 0))
+        if self.seed is not None:
+            self._loader.generator.manual_seed(self.seed)
         self._iter = iter(self._loader)
+
+    def reseed(self, seed: int) -> None:
+        """Start the epoch's pass over the pool from `seed` (the trainer re-derives one per epoch)."""
+        self.seed = seed
+        if self._loader is not None:
+            self._loader.generator.manual_seed(seed)
+            self._loader.reset()
+            self._iter = iter(self._loader)
 
     @property
     def built(self) -> bool:
