@@ -133,12 +133,12 @@ def test_other_family_student_yolo11_from_yolov8_teacher(tiny_data, tiny_teacher
     assert float(row["train/fgd"]) > 0 and float(row["train/pred_ld"]) > 0
 
 
-def test_yolo26_student_feature_kd_and_clear_error_for_dfl(tiny_data, tiny_teacher, tmp_path):
+def test_yolo26_student_feature_kd_and_clear_error_for_raw_box_outputs(tiny_data, tiny_teacher, tmp_path):
     model = YOLO("yolo26n.yaml")
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="cwd")
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="y26", **TINY_TRAIN)
     assert float(last_row(tmp_path / "y26" / "results.csv")["train/cwd"]) > 0
     model = YOLO("yolo26n.yaml")
-    yolo_kd.distill(model, teacher=str(tiny_teacher), method="pred")
-    with pytest.raises(yolo_kd.KDConfigError, match="reg_max"):
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method="cskd")  # compares raw box outputs: cannot drop them
+    with pytest.raises(yolo_kd.KDConfigError, match="cskd_pred needs box outputs in the same encoding"):
         model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="y26pred", **TINY_TRAIN)

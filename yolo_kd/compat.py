@@ -2,8 +2,9 @@
 creates the run folder (so a refused run writes nothing), and again by the distiller once the student is built.
 
 Checks: teacher task and head (on load), image channels, class names (or a class_map), Detect strides (unless
-`layers` pairs other layers), the teacher's own image size against its grid, matching DFL bins for methods that
-compare box outputs, and methods that need the teacher head's own inputs.
+`layers` pairs other layers), the teacher's own image size against its grid, what each method's terms read from the
+pair (`yolo_kd.needs`: a method that can drop the terms the pair cannot feed drops them, logged, when it is built;
+one that cannot, or has no term left, is refused), and methods that need the teacher head's own inputs.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from torch import nn
 
 from .errors import KDConfigError, first_line
 from .methods import METHODS
+from .needs import describe, missing, offers
 from .preflight import (MIN_GRID, check_imgsz, check_student_task, check_teacher_imgsz, check_train_labels,
                         locate_data)
 from .recipe import Recipe
 from .taps import TapShapes
 from .teachers import HEAD_TASKS, TeacherPool, check_classes, check_teacher_file, probe, probe_size
-from .ultra import detect_head, detection_model, load_model, online, resolve_dataset
+from .ultra import detect_head, detection_model, has_one2one, load_model, online, resolve_dataset
 
 
 def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names: dict, recipe: Recipe) -> None:
@@ -37,16 +39,19 @@ def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names
             f"teacher '{name}' has Detect levels at strides {t_strides} but the student at {s_strides}: use a "
             "teacher with the same levels, or pick matching layers with layers={student: [...], teacher: [...]}"
         )
-    s_reg, t_reg = int(detect_head(student).reg_max), int(detect_head(teacher).reg_max)
+    s_head, t_head = head_shapes(student), head_shapes(teacher)
+    offered = offers(s_head, t_head)
     for stage in recipe.stages:
         if name not in stage.teachers:
             continue
         for m in stage.methods:
             cls = METHODS[m.name]
-            if cls.needs_head and s_reg != t_reg:
+            gone = missing(cls.needs, offered)
+            if gone and (not cls.drops_terms or set(gone) >= set(cls.terms)):
+                term, why = next(iter(gone.items()))
                 raise KDConfigError(
-                    f"method '{m.name}' compares box outputs but teacher '{name}' has reg_max={t_reg} and the "
-                    f"student reg_max={s_reg} (YOLO26 has no DFL): pick a teacher of the same head family"
+                    f"method '{m.name}' cannot run with teacher '{name}': {term} {why} "
+                    f"({describe(s_head, t_head)}): pick a teacher of the same head family, or pkd / sl2 (features)"
                 )
             if cls.needs_head_inputs and stage.combine == "mean" and len(stage.teachers) > 1:
                 raise KDConfigError(f"method '{m.name}' runs the student's features through one teacher's head, which "
@@ -54,6 +59,12 @@ def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names
             if cls.needs_head_inputs and (recipe.layers or recipe.class_map):
                 raise KDConfigError(f"method '{m.name}' runs the student's Detect inputs through teacher '{name}''s "
                                     "head, so it cannot be combined with layers= or class_map=: drop those, or use pred")
+
+
+def head_shapes(model: nn.Module) -> TapShapes:
+    """The head facts the declared needs are checked against (no forward): classes, reg_max, one-to-one branch."""
+    head = detect_head(model)
+    return TapShapes(channels=[], nc=int(head.nc), reg_max=int(head.reg_max), one2one=has_one2one(head))
 
 
 def first_stage_teachers(recipe: Recipe, epochs: int) -> list[str]:

@@ -1,7 +1,8 @@
 """What the losses read: Detect-head features and raw predictions, or chosen layers, plus the batch's GT boxes.
 
 Default taps need no hooks: a YOLO head's raw output already carries its inputs (`feats`, P3/P4/P5), class logits
-(`scores`, N x nc x A) and box outputs (`boxes`, N x 4*reg_max x A). For YOLO26 the dense `one2many` branch is used.
+(`scores`, N x nc x A) and box outputs (`boxes`, N x 4*reg_max x A). For YOLO26 these are the dense `one2many` branch's,
+and the `one2one` branch's scores and boxes ride in `Taps.one2one`.
 Other layers are read with `record_layers`, picklable hooks that exist only inside its `with` block.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .ultra import head_outputs
+from .ultra import head_outputs, one2one_outputs
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Taps:
     head: nn.Module | None = None  # the model's Detect head (teachers only: CrossKD runs student features through it)
     head_levels: list[int] | None = None  # head level that produced each level of scores/boxes (None: 0, 1, 2, ...)
     grid: list[tuple[int, int]] | None = None  # (H, W) of each level of scores/boxes (the head's grids, not `feats`')
+    one2one: Taps | None = None  # YOLO26: the one-to-one branch's scores/boxes (feats empty; None without the branch)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class TapShapes:
     nc: int
     reg_max: int
     strides: tuple[float, ...] = ()  # Detect level strides (pairing levels for a teacher at its own size)
+    one2one: bool = False  # the head has a one-to-one branch (YOLO26)
 
 
 @dataclass
@@ -61,7 +64,10 @@ def head_taps(output, layer_feats: list[torch.Tensor] | None = None) -> Taps:
     keeps the head's own level grids, which the per-anchor scores and boxes follow)."""
     feats, scores, boxes = head_outputs(output)
     grid = [tuple(f.shape[-2:]) for f in feats]
-    return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes, grid=grid)
+    o2o = one2one_outputs(output)
+    one2one = Taps(feats=[], scores=o2o[0], boxes=o2o[1], grid=grid) if o2o is not None else None
+    return Taps(feats=list(layer_feats) if layer_feats else feats, scores=scores, boxes=boxes, grid=grid,
+                one2one=one2one)
 
 
 def take_rows(taps: Taps, n: int) -> Taps:
@@ -70,7 +76,8 @@ def take_rows(taps: Taps, n: int) -> Taps:
         return taps
     scores = taps.scores[:n] if taps.scores is not None else None
     boxes = taps.boxes[:n] if taps.boxes is not None else None
-    return replace(taps, feats=[f[:n] for f in taps.feats], scores=scores, boxes=boxes)
+    one2one = take_rows(taps.one2one, n) if taps.one2one is not None else None
+    return replace(taps, feats=[f[:n] for f in taps.feats], scores=scores, boxes=boxes, one2one=one2one)
 
 
 def cat_rows(a: Taps, b: Taps) -> Taps:
@@ -78,8 +85,9 @@ def cat_rows(a: Taps, b: Taps) -> Taps:
     def cat(x, y):
         return torch.cat([x, y]) if x is not None else None
 
+    one2one = cat_rows(a.one2one, b.one2one) if a.one2one is not None else None
     return replace(a, feats=[cat(x, y) for x, y in zip(a.feats, b.feats)], scores=cat(a.scores, b.scores),
-                   boxes=cat(a.boxes, b.boxes))
+                   boxes=cat(a.boxes, b.boxes), one2one=one2one)
 
 
 def split_levels(x: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Tensor]:

@@ -12,7 +12,8 @@ Encoding of every target `Taps` (whatever the teachers' sizes):
           log(1e-30) on another grid, `resolution`). softmax(boxes / T) == softmax(teacher logits / T), so a loss that
           takes logits (LD) reads them unchanged; one that compares distributions takes exp(boxes).
           reg_max == 1 (YOLO26): float32 ltrb distances in student cells;
-  grid    the student's head level grids; head, head_levels: the teacher's Detect head and its level per student level.
+  grid    the student's head level grids; head, head_levels: the teacher's Detect head and its level per student level;
+  one2one a YOLO26 teacher's one-to-one branch (scores, boxes; no feats) in the same encoding, else None.
 combine: mean averages feats and scores (logits) with the teacher weights, and boxes as probabilities (the mixture
 sum_i w_i p_i / sum_i w_i, re-encoded as log-probabilities; distances for reg_max 1).
 """
@@ -63,7 +64,10 @@ def encode(raw: Taps, view: TeacherView, student: Taps) -> Taps:
                             view.head_pairs, list(t.grid), view.reg_max)
     if t.boxes is not None and view.reg_max > 1:
         t = replace(t, boxes=dfl_log_probs(t.boxes, view.reg_max))
-    return replace(t, grid=list(student.grid))
+    t = replace(t, grid=list(student.grid))
+    if raw.one2one is not None:  # YOLO26: the one-to-one branch's scores and boxes, moved alike (it has no feats)
+        t = replace(t, one2one=encode(raw.one2one, view, Taps(feats=[], grid=student.grid)))
+    return t
 
 
 def average(targets: list[Taps], weights: list[float], reg_max: int) -> Taps:
@@ -79,8 +83,10 @@ def average(targets: list[Taps], weights: list[float], reg_max: int) -> Taps:
     else:
         box = mean(boxes)
     first = targets[0]
+    branches = [t.one2one for t in targets]
+    one2one = average(branches, weights, reg_max) if all(b is not None for b in branches) else None
     return replace(first, feats=[mean(list(f)) for f in zip(*(t.feats for t in targets))],
-                   scores=mean([t.scores for t in targets]), boxes=box)
+                   scores=mean([t.scores for t in targets]), boxes=box, one2one=one2one)
 
 
 def teacher_target(raw: dict[str, Taps], views: dict[str, TeacherView], student: Taps, teachers: list[str],

@@ -19,7 +19,7 @@ from .errors import KDConfigError, first_line
 from .preflight import MIN_GRID
 from .recipe import TeacherSpec
 from .taps import TapShapes, head_taps, record_layers
-from .ultra import detect_head, fuse_conv_bn, load_model
+from .ultra import detect_head, fuse_conv_bn, has_one2one, load_model
 
 FEATURE_LOSS_TASKS = {"detect"}
 HEAD_TASKS = {"Segment": "segment", "Segment26": "segment", "Pose": "pose", "Pose26": "pose", "OBB": "obb",
@@ -96,7 +96,7 @@ def probe(model: nn.Module, imgsz: int, ch: int, layers: list[int] | None = None
     model.train(was_training)
     head = detect_head(model)
     return TapShapes(channels=[f.shape[1] for f in taps.feats], nc=int(head.nc), reg_max=int(head.reg_max),
-                     strides=tuple(model.stride.tolist()))
+                     strides=tuple(model.stride.tolist()), one2one=has_one2one(head))
 
 
 def check_classes(name: str, teacher: nn.Module, names: dict, class_map: dict | None) -> None:

@@ -36,6 +36,21 @@ def head_outputs(output) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor
     return list(output["feats"]), output["scores"], output["boxes"]
 
 
+def one2one_outputs(output) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(class logits (N, nc, A), box outputs (N, 4 * reg_max, A)) of a YOLO26 head's one-to-one branch (the deployed,
+    NMS-free one; it runs on detached head inputs), or None for a head without one."""
+    if isinstance(output, (tuple, list)):
+        output = output[1]
+    if "one2one" not in output:
+        return None
+    return output["one2one"]["scores"], output["one2one"]["boxes"]
+
+
+def has_one2one(head: nn.Module) -> bool:
+    """Whether a Detect head has a one-to-one branch (YOLO26, end-to-end)."""
+    return getattr(head, "one2one_cv2", None) is not None
+
+
 def dense_predictions(head: nn.Module, feats: list[torch.Tensor],
                       levels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(class logits (N, nc, A), box outputs (N, 4*reg_max, A)) of a Detect head's dense (one-to-many) branch, its

@@ -4,6 +4,7 @@ Each loss can be reused in any training loop; the engine's methods (`yolo_kd.met
 All of them detach the teacher themselves and compute in float32 with autocast switched off.
 """
 
+from .box import DecodedBoxKD, decode_distances, giou
 from .cskd import CosineGuidedLoss
 from .cwd import ChannelWiseDivergence
 from .fgd import FGDLoss, GcBlock, fgd_attention, fgd_masks
@@ -11,6 +12,7 @@ from .head import ClassScoreKD, DFLDistillLoss
 from .mgd import MGDLoss
 from .mse import FeatureMSELoss
 from .pkd import PearsonFeatureLoss, channel_standardize
+from .quality import QualityClassKD
 from .sl2 import ScoreWeightedL2
 
 __all__ = [
@@ -18,13 +20,17 @@ __all__ = [
     "ClassScoreKD",
     "CosineGuidedLoss",
     "DFLDistillLoss",
+    "DecodedBoxKD",
     "FGDLoss",
     "FeatureMSELoss",
     "GcBlock",
     "MGDLoss",
     "PearsonFeatureLoss",
+    "QualityClassKD",
     "ScoreWeightedL2",
     "channel_standardize",
+    "decode_distances",
     "fgd_attention",
     "fgd_masks",
+    "giou",
 ]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..losses import CosineGuidedLoss
+from ..needs import SAME_BOXES, SCORES
 from ..teacher_target import dfl_probs
 from .registry import Method, register
 from .feature import channel_aligners
@@ -45,7 +46,7 @@ class CosineGuided(Method):
     outputs, anchor by anchor), and the assistant branch's predictions against the teacher's."""
 
     terms = ("cskd_feat", "cskd_pred", "cskd_aux")
-    needs_head = True
+    needs = {"cskd_pred": frozenset({SCORES, SAME_BOXES}), "cskd_aux": frozenset({SCORES, SAME_BOXES})}
 
     def __init__(self, student, teacher, w_mse=1.0, w_cos=0.5, assistant=True):
         super().__init__(student, teacher)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..losses import ChannelWiseDivergence, FeatureMSELoss, FGDLoss, MGDLoss, PearsonFeatureLoss, ScoreWeightedL2
+from ..needs import SCORES
 from ..resolution import resample
 from ..taps import split_levels
 from .registry import Method, register
@@ -122,14 +123,15 @@ class PearsonImitation(Method):
 @register("sl2")
 class ScoreWeightedImitation(Method):
     """Ultralytics' built-in KD loss as a method: per level, a Conv1x1-ReLU-Conv1x1 projector (always, as the
-    built-in) then L2 weighted per cell by the teacher's max class sigmoid; summed over levels.
+    built-in) then L2 weighted per cell by the teacher's max class sigmoid; summed over levels. A YOLO26 teacher's
+    cell score is that of the mean of its one2many and one2one class logits, as the built-in's.
 
     With weight 6 (the built-in's `dis`) it is the built-in's loss term for term, so the bench separates the loss from
     the engine, and it combines with head methods (`sl2+pred`).
     """
 
     terms = ("sl2",)
-    needs_head = True  # reads the teacher's class scores for the cell weights
+    needs = {"sl2": frozenset({SCORES})}  # the teacher's class scores weight the cells
     default_weight = 6.0  # the built-in's dis
 
     def __init__(self, student, teacher):
@@ -141,6 +143,7 @@ class ScoreWeightedImitation(Method):
         self.loss = ScoreWeightedL2()
 
     def forward(self, s, t, targets) -> dict[str, torch.Tensor]:
-        scores = split_levels(t.scores.detach().float().sigmoid().amax(1, keepdim=True), t.grid)
+        logits = t.scores if t.one2one is None else (t.scores + t.one2one.scores) / 2  # YOLO26: as the built-in
+        scores = split_levels(logits.detach().float().sigmoid().amax(1, keepdim=True), t.grid)
         scores = [resample(sc, tuple(ft.shape[-2:])) for sc, ft in zip(scores, t.feats)]  # custom layers' grids
         return {"sl2": sum(self.loss(p(fs), ft, sc) for p, fs, ft, sc in zip(self.projector, s.feats, t.feats, scores))}

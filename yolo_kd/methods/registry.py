@@ -7,6 +7,7 @@ import inspect
 from torch import nn
 
 from ..errors import KDConfigError
+from ..needs import describe, missing, offers
 
 METHODS: dict[str, type] = {}
 
@@ -27,7 +28,8 @@ class Method(nn.Module):
 
     name = ""
     terms: tuple[str, ...] = ()
-    needs_head = False  # reads class scores / box outputs, so teacher and student need matching heads
+    needs: dict[str, frozenset[str]] = {}  # term -> what it reads from the pair (`yolo_kd.needs`); unlisted: features
+    drops_terms = False  # True: a term the pair cannot feed is dropped (one log line); False: compat refuses the method
     needs_head_inputs = False  # reads the Detect head's own inputs (refuses custom `layers`)
     reads_gt = False  # reads the batch's GT boxes: with unlabeled images it sees the labeled rows only
     default_weight = 1.0  # recipe weight when none is given, chosen from `yolo-kd bench` runs (README, Benchmark)
@@ -35,6 +37,20 @@ class Method(nn.Module):
     def __init__(self, student, teacher):
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
+
+    def keep_terms(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        """`wanted` less the terms whose needs this pair lacks, logged in one line; sets and returns `self.terms`."""
+        gone = missing({t: self.needs.get(t, frozenset()) for t in wanted}, offers(self.student_shapes,
+                                                                                   self.teacher_shapes))
+        if gone:
+            from ultralytics.utils import LOGGER
+
+            LOGGER.warning(f"yolo-kd {self.name} ({describe(self.student_shapes, self.teacher_shapes)}): dropped "
+                           + "; ".join(f"{t} ({why})" for t, why in gone.items()))
+        self.terms = tuple(t for t in wanted if t not in gone)
+        if not self.terms:
+            raise ValueError(f"none of its terms {list(wanted)} applies to this pair: use a feature method (pkd, sl2)")
+        return self.terms
 
 
 def method_weight(spec) -> float:
