@@ -20,7 +20,8 @@ def scarce(tiny_data, tiny_teacher, tmp_path_factory):
     labels = tiny_data.parent / "labels" / "train"
     before = snapshot(labels)
     opts = dict(data=str(tiny_data), teacher=str(tiny_teacher), epochs=1, imgsz=64, batch=4, seeds="1",
-                labeled_fraction=0.25, pseudo_conf=0.01, workers=0, project=str(project), mosaic=0.0)
+                labeled_fraction=0.25, pseudo_conf=0.01, builtin=False, workers=0, project=str(project),
+                mosaic=0.0)
     summary = bench_command(dict(opts))
     return project / "bench", summary, before, snapshot(labels)
 
@@ -49,14 +50,14 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
         steps.add(job["train_args"]["epochs"] * math.ceil(n / 4))
     assert steps == {summary["steps"]} == {2}
     labels = [r["label"] for r in summary["runs"]]
-    assert labels == ["baseline (labeled subset)", "Ultralytics KD (dis=6)", "yolo-kd sl2+pred",
+    assert labels == ["baseline (labeled subset)", "yolo-kd sl2+pred",
                       "yolo-kd sl2+pred + unlabeled pool", "pseudo-labels (yolo-kd label) + plain student",
                       "ceiling: baseline on 100% of the labels"]
     unlabeled = json.loads((out / "yolo-kd_sl2+pred_+_unlabeled_pool_s1" / "job.json").read_text())
     assert unlabeled["kd"]["unlabeled"] == str(out / "split" / "pool" / "images")
     text = (out / "scarce.md").read_text()
     assert "| yolo-kd sl2+pred + unlabeled pool |" in text and "gap closed" in text
-    assert summary["rows"]["baseline (labeled subset)"]["vs_builtin"] is None
+    assert summary["rows"]["baseline (labeled subset)"]["vs_pseudo"] is None
 
 
 def test_epochs_for_equal_steps():
