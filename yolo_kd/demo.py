@@ -114,6 +114,7 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     from ultralytics.utils import LOGGER
 
     from .api import distill
+    from .hooks import reseed
 
     project.mkdir(parents=True, exist_ok=True)
     data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed, overwrite)
@@ -133,7 +134,9 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
         LOGGER.info(f"yolo-kd demo: seed {s} ({i} of {len(profile.seeds)}): baseline, distilled"
                     + (", distilled + unlabeled pool" if pool else ""))
         args = dict(train_args, seed=s)
-        YOLO(spec.student).train(**args, name=f"baseline_s{s}")
+        baseline = YOLO(spec.student)
+        baseline.add_callback("on_train_epoch_start", reseed)  # the random stream its distilled pair draws
+        baseline.train(**args, name=f"baseline_s{s}")
         runs["baseline"].append(project / f"baseline_s{s}" / "weights" / "best.pt")
         for label, extra, name in ((distilled, {}, "distilled"), (f"{distilled} + unlabeled pool",
                                                                  {"unlabeled": str(pool)}, "unlabeled")):
@@ -216,6 +219,7 @@ def evaluate_models(teacher: Path, runs: dict[str, list[Path]], data: Path, imgs
     table (markdown), a one-line verdict and the figures (the first seed's students)."""
     from ultralytics import YOLO
 
+    from .bench.command import slug
     from .bench.report import mean_ci95, verdict
     from .evaluation import evaluate_checkpoint, load_eval_set
     from .export.benchmark import model_complexity
@@ -233,7 +237,7 @@ def evaluate_models(teacher: Path, runs: dict[str, list[Path]], data: Path, imgs
     t_map, t_map50 = score("teacher", teacher)
     rows["teacher"] = {"mAP50-95": [t_map], "mAP50": [t_map50], "checkpoints": [str(teacher)]}
     for label, ckpts in runs.items():
-        scores = [score(f"{label.split()[0]}_s{s}", c) for s, c in zip(seeds, ckpts)]
+        scores = [score(f"{slug(label)}_s{s}", c) for s, c in zip(seeds, ckpts)]
         rows[label] = {"mAP50-95": [m for m, _ in scores], "mAP50": [m for _, m in scores],
                        "checkpoints": [str(c) for c in ckpts]}
     base = rows["baseline"]["mAP50-95"]
@@ -249,7 +253,7 @@ def evaluate_models(teacher: Path, runs: dict[str, list[Path]], data: Path, imgs
     curves = {}
     for label, ckpt in first.items():
         metrics = YOLO(str(ckpt)).val(data=str(data), imgsz=imgsz, plots=False, verbose=False,
-                                      project=str(project / "eval"), name=f"ultra_{label.split()[0]}", exist_ok=True)
+                                      project=str(project / "eval"), name=f"ultra_{slug(label)}", exist_ok=True)
         px, prec = metrics.box.curves_results[0][:2]
         curves[label] = (px, prec.mean(0) if len(prec) else prec)
     val_images = busiest_images(list_image_files(resolve_dataset(data)["val"]), 4)

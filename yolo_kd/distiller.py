@@ -155,7 +155,7 @@ class Distiller(StudentSurface, nn.Module):
         img, source = batch["img"], batch.get("teacher_img")
         labeled = len(img)
         s_taps, preds = self._student_taps(img)
-        if self.unlabeled is not None:  # a second forward: the labeled rows' outputs (and BN statistics) stay theirs
+        if self.unlabeled is not None and self._pool_used(self.stage):  # a second forward: the labeled rows stay theirs
             extra, extra_source = self._unlabeled_batch(img, source)
             s_taps = cat_rows(s_taps, self._student_taps(extra)[0])
             img = torch.cat([img, extra])
@@ -181,6 +181,12 @@ class Distiller(StudentSurface, nn.Module):
         items.update({k: v.detach() for k, v in values.items()})
         return torch.cat([det_loss, (kd.sum() * labeled).view(1).to(det_loss.dtype)]), items
 
+    def _pool_used(self, si: int) -> bool:
+        """Whether any method of stage `si` reads the unlabeled rows (a stage of ground-truth-only methods skips the
+        pool: its forwards would be thrown away)."""
+        return any(not self.methods[f"{t}__{m.name}"].reads_gt
+                   for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
+
     def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
         """(the student's taps, its raw predictions) for a batch of images."""
         with record_layers(self.student, self._layers("student")) as layer_feats:
@@ -195,7 +201,7 @@ class Distiller(StudentSurface, nn.Module):
             size = self.recipe.source_size(args.imgsz) or image_size(args.imgsz)
             self.unlabeled.build(args, {"names": self.student.names, "channels": self.student.yaml.get("channels", 3)},
                                  size, self.unlabeled.batch_size(len(img)), int(self.student.stride.max()))
-        extra = self.unlabeled.next(img.device)
+        extra = self.unlabeled.next(img.device, self.unlabeled.batch_size(len(img)))
         extra_source = resample(extra, tuple(source.shape[-2:])).to(source.dtype) if source is not None else None
         return resample(extra, tuple(img.shape[-2:])).to(img.dtype), extra_source
 

@@ -98,7 +98,7 @@ def discard_fresh_run(save_dir: Path) -> None:
 def callbacks(recipe: Recipe) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe)], "on_train_epoch_start": [reseed, select_stage],
-            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation]}
+            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation, close_pool]}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -171,6 +171,13 @@ def drop_continuation(trainer) -> None:
         buffer = io.BytesIO()
         torch.save(ckpt, buffer)
         atomic_write(trainer.last, buffer.getvalue())
+
+
+def close_pool(trainer) -> None:
+    """on_train_end: shut the unlabeled pool's loader workers down (Ultralytics closes only its own loaders)."""
+    pool = getattr(unwrap_model(trainer.model), "unlabeled", None)
+    if pool is not None:
+        pool.close()
 
 
 # ---------------------------------------------------------------------- method wrappers: (trainer, base, *args)

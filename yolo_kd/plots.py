@@ -47,6 +47,8 @@ def plot_predictions(models: dict[str, object], images: list[Path], path: Path, 
 
 def draw_ground_truth(img: np.ndarray, label_file: str, names: dict) -> np.ndarray:
     """`img` with the boxes of its YOLO label file (`cls xc yc w h`, normalised) drawn in green with class names."""
+    if img is None:
+        return np.zeros((256, 256, 3), np.uint8)  # an unreadable image: an empty cell, not a crash
     h, w = img.shape[:2]
     lines = Path(label_file).read_text().split("\n") if Path(label_file).is_file() else []
     for line in lines:

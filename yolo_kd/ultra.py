@@ -352,7 +352,27 @@ def _unlabeled_images_class():
             def get_labels(self):
                 return EmptyLabels(self.im_files)
 
+            def get_image_and_label(self, index):
+                """An unreadable pool image (never scanned: the pool may hold 500k paths) is skipped with one warning
+                and another image drawn in its place."""
+                import numpy as np
+
+                from .errors import KDConfigError
+
+                for _ in range(100):
+                    try:
+                        return super().get_image_and_label(index)
+                    except (FileNotFoundError, OSError) as e:
+                        if not getattr(self, "_warned", False):
+                            from ultralytics.utils import LOGGER
+
+                            LOGGER.warning(f"yolo-kd unlabeled: skipping unreadable images ({e})")
+                            self._warned = True
+                        index = int(np.random.randint(len(self)))
+                raise KDConfigError("unlabeled: 100 unreadable images in a row: check the pool's files")
+
         UnlabeledImages.__module__ = __name__
+        UnlabeledImages.__qualname__ = "UnlabeledImages"
         globals()["UnlabeledImages"] = UnlabeledImages
     return globals()["UnlabeledImages"]
 

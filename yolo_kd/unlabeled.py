@@ -23,7 +23,6 @@ import torch
 
 from .errors import KDConfigError
 from .files import list_image_files
-from .resolution import resample
 from .ultra import build_loader, image_formats, unlabeled_dataset
 
 
@@ -142,10 +141,17 @@ class UnlabeledStream:
             self._iter = iter(self._loader)
             return next(self._iter)
 
-    def next(self, device, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The next unlabeled batch on `device`, float in [0, 1], resampled to `size` when given."""
-        img = self.next_batch()["img"].to(device, non_blocking=True).float() / 255
-        return resample(img, size) if size is not None else img
+    def next(self, device, n: int | None = None) -> torch.Tensor:
+        """The next unlabeled batch on `device`, float in [0, 1]: its first `n` images when given (a labeled batch
+        smaller than the one the loader was built for: the epoch's last, or after Ultralytics halved the batch)."""
+        img = self.next_batch()["img"][:n]
+        return img.to(device, non_blocking=True).float() / 255
+
+    def close(self) -> None:
+        """Shut the loader's workers down; the next `build` starts afresh."""
+        if self._loader is not None:
+            self._loader.close()
+        self._loader = self._iter = self._dataset = None
 
     def __deepcopy__(self, memo):
         return self  # shared by EMA copies, as the teacher pool

@@ -140,6 +140,24 @@ class Progress:
         return f"elapsed {elapsed / 60:.1f} min, about {left / 60:.0f} min left"
 
 
+def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
+    """Launch the jobs in turn (a finished run is reused), logging 'run i of n', each score (+ `detail(result)`) and
+    the time left."""
+    from ultralytics.utils import LOGGER
+
+    from .runs import launch
+
+    progress, results = Progress(len(jobs)), []
+    for i, job in enumerate(jobs, 1):
+        prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
+        LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
+        result = launch(job)
+        progress.done(result.get("reused", False))
+        LOGGER.info(f"{prefix}: mAP50-95 {result['mAP50-95']:.4f}{detail(result)}")
+        results.append(result)
+    return results
+
+
 def bench_command(overrides: dict) -> dict:
     """Run the benchmark; returns the summary that bench.json holds."""
     from ultralytics.utils import LOGGER
@@ -172,15 +190,7 @@ def bench_command(overrides: dict) -> dict:
         LOGGER.info(f"yolo-kd bench: {'training and ' if train_teacher else ''}scoring the teacher")
         teacher_result = launch(teacher_job)
         teacher = teacher_result["checkpoint"]
-        jobs = plan(opts, train_args, teacher)
-        progress = Progress(len(jobs))
-        for i, job in enumerate(jobs, 1):
-            prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
-            LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
-            r = launch(job)
-            progress.done(r.get("reused", False))
-            LOGGER.info(f"{prefix}: mAP50-95 {r['mAP50-95']:.4f}, {r['sec_per_epoch']:.1f} s/epoch")
-            results.append(r)
+        results = run_jobs(plan(opts, train_args, teacher), lambda r: f", {r['sec_per_epoch']:.1f} s/epoch")
     if opts["step"]:
         LOGGER.info("yolo-kd bench: step-time microbenchmark")
         step = step_benchmark({"model": opts["model"], "teacher": teacher, "methods": opts["methods"],

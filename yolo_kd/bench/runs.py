@@ -62,6 +62,7 @@ def run_job(job: Job) -> dict:
     from ultralytics import YOLO
 
     from ..api import distill
+    from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
     timer = EpochTimer()
@@ -72,6 +73,8 @@ def run_job(job: Job) -> dict:
         model.add_callback("on_train_epoch_end", timer.stop)
         if job.kind == "yolo-kd":
             distill(model, **job.kd)
+        else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
+            model.add_callback("on_train_epoch_start", reseed)
         model.train(**job.train_args)
         checkpoint = job.folder / "weights" / "best.pt"
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import yaml
 
 from ..errors import KDConfigError
 from ..files import list_image_files
-from .command import Progress, slug
+from .command import run_jobs, slug
 from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
@@ -70,6 +71,8 @@ def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0)
     marker = root / "split.json"
     pool_dir = root / "pool" / "images"
     if not (marker.is_file() and json.loads(marker.read_text()) == key):
+        shutil.rmtree(root / "pool", ignore_errors=True)  # another split's links and pseudo-labels
+        (root / "pseudo.json").unlink(missing_ok=True)
         (root / "labeled.txt").write_text("".join(f"{p}\n" for p in labeled))
         pool_dir.mkdir(parents=True, exist_ok=True)
         for i, src in enumerate(pool):
@@ -150,7 +153,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
     def gain(r):
         return 100 * (r["mAP50-95"] - base[r["seed"]]["mAP50-95"])
 
-    ceiling = [gain(r) for r in by_kind["ceiling"].values() if r["seed"] in base]
+    ceiling = {s: gain(r) for s, r in by_kind["ceiling"].items() if s in base}
     rows = {}
     for label in dict.fromkeys(r["label"] for r in results):
         runs = [r for r in results if r["label"] == label and r["seed"] in base]
@@ -167,11 +170,19 @@ def summarize(results: list[dict]) -> dict[str, dict]:
             "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
             "map50s": [r["mAP50"] for r in runs], "gains": gains, "gain_ci95": mean_ci95(gains),
             "vs_builtin": paired("builtin"), "vs_pseudo": paired("pseudo"),
-            "gap_closed": (sum(gains) / sum(ceiling)) if ceiling and sum(ceiling) > 0 else None,
+            "gap_closed": gap_closed(gains, [r["seed"] for r in runs], ceiling),
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
             "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
         }
     return rows
+
+
+def gap_closed(gains: list[float], seeds: list[int], ceiling: dict[int, float]) -> float | None:
+    """Mean gain / mean ceiling gain over the seeds both have; None when the ceiling gains nothing on them (at a
+    small budget the 100%-labels run need not beat the labeled subset at equal steps: no gap to close)."""
+    pairs = [(g, ceiling[s]) for g, s in zip(gains, seeds) if s in ceiling]
+    gap = sum(c for _, c in pairs)
+    return sum(g for g, _ in pairs) / gap if pairs and gap > 0 else None
 
 
 def _ci(ci) -> str:
@@ -235,14 +246,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     summary_file = out / "split" / "pseudo_summary.json"
     pseudo = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     jobs = plan(opts, train_args, split, teacher, pseudo_yaml)
-    progress, results = Progress(len(jobs)), []
-    for i, job in enumerate(jobs, 1):
-        prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
-        LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
-        r = launch(job)
-        progress.done(r.get("reused", False))
-        LOGGER.info(f"{prefix}: mAP50-95 {r['mAP50-95']:.4f}")
-        results.append({**r, "epochs": job.train_args["epochs"]})
+    results = [{**r, "epochs": job.train_args["epochs"]} for job, r in zip(jobs, run_jobs(jobs))]
     rows = summarize(results)
     settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],
                 "imgsz": opts["imgsz"], "batch": batch, "seeds": opts["seeds"],
