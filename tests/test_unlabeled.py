@@ -206,3 +206,16 @@ def test_data_yaml_unlabeled_entry_is_read_relative_to_its_path(tiny_data, tiny_
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="pred")
     model.train(data=str(root / "data.yaml"), epochs=1, project=str(tmp_path / "runs"), name="run", **TINY_TRAIN)
     assert [p.rsplit("/", 1)[-1] for p in seen["files"]] == sorted(p.name for p in pool.iterdir())
+
+
+def test_an_unreadable_pool_image_is_skipped_not_a_crash(pool, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(pool, broken)
+    (broken / "zz_truncated.jpg").write_bytes(b"not a jpeg")
+    files = resolve_images(broken)
+    assert len(files) == 7  # the pool is never scanned: the broken file is in it
+    stream = UnlabeledStream(files, ratio=1.0)
+    stream.build(train_args(imgsz=64, workers=0, mosaic=0.0), {"names": NAMES, "channels": 3}, imgsz=64, batch=7,
+                 stride=32)
+    for _ in range(3):  # every image drawn, the broken one included
+        assert stream.next("cpu").shape == (7, 3, 64, 64)
