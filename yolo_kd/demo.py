@@ -219,7 +219,7 @@ def evaluate_models(teacher: Path, runs: dict[str, list[Path]], data: Path, imgs
     table (markdown), a one-line verdict and the figures (the first seed's students)."""
     from ultralytics import YOLO
 
-    from .bench.command import slug
+    from .bench.runs import slug
     from .bench.report import mean_ci95, verdict
     from .evaluation import evaluate_checkpoint, load_eval_set
     from .export.benchmark import model_complexity

@@ -8,14 +8,13 @@ the same settings, so an interrupted bench resumes where it stopped.
 from __future__ import annotations
 
 import json
-import re
-import time
 from pathlib import Path
 
 from ..errors import KDConfigError
 from ..options import (as_bool, as_count, as_float, as_int, as_list, as_nonnegative, as_str, optional,
                        read_options)
 from ..recipe import DEFAULT_METHOD
+from .runs import run_jobs, slug
 
 BENCH_SPEC = {
     "data": (as_str, None, "a data.yaml, or defect / agriculture for the demo data (required)"),
@@ -86,10 +85,6 @@ def resolve_data(data: str, root: Path) -> str:
     return data
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
-
-
 def plan(opts: dict, train_args: dict, teacher: str) -> list:
     """The training jobs, seed by seed: baseline, built-in KD, each method, the recipe."""
     from .runs import Job
@@ -119,43 +114,6 @@ def plan(opts: dict, train_args: dict, teacher: str) -> list:
         if opts["recipe"]:
             jobs.append(job(f"yolo-kd recipe {Path(opts['recipe']).stem}", "yolo-kd", kd={"cfg": opts["recipe"]}))
     return jobs
-
-
-class Progress:
-    """Elapsed time and an estimate of what remains, from the runs trained so far (runs reused from an earlier
-    bench take no time and do not count towards the estimate)."""
-
-    def __init__(self, total: int):
-        self.total, self.finished, self.trained, self.began = total, 0, 0, time.perf_counter()
-
-    def done(self, reused: bool) -> None:
-        self.finished += 1
-        self.trained += 0 if reused else 1
-
-    def status(self) -> str:
-        elapsed = time.perf_counter() - self.began
-        if not self.trained:
-            return f"elapsed {elapsed / 60:.1f} min"
-        left = elapsed / self.trained * (self.total - self.finished)
-        return f"elapsed {elapsed / 60:.1f} min, about {left / 60:.0f} min left"
-
-
-def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
-    """Launch the jobs in turn (a finished run is reused), logging 'run i of n', each score (+ `detail(result)`) and
-    the time left."""
-    from ultralytics.utils import LOGGER
-
-    from .runs import launch
-
-    progress, results = Progress(len(jobs)), []
-    for i, job in enumerate(jobs, 1):
-        prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
-        LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
-        result = launch(job)
-        progress.done(result.get("reused", False))
-        LOGGER.info(f"{prefix}: mAP50-95 {result['mAP50-95']:.4f}{detail(result)}")
-        results.append(result)
-    return results
 
 
 def bench_command(overrides: dict) -> dict:

@@ -7,6 +7,7 @@ result with pycocotools. A fresh process per run keeps runs independent and make
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,45 @@ def launch(job: Job, python: str = sys.executable) -> dict:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"bench run '{job.label}' seed {job.seed} failed (exit {code}); log {log}:\n{tail}")
     return json.loads(result_file.read_text())["result"]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
+
+
+class Progress:
+    """Elapsed time and an estimate of what remains, from the runs trained so far (runs reused from an earlier
+    bench take no time and do not count towards the estimate)."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.trained, self.began = total, 0, 0, time.perf_counter()
+
+    def done(self, reused: bool) -> None:
+        self.finished += 1
+        self.trained += 0 if reused else 1
+
+    def status(self) -> str:
+        elapsed = time.perf_counter() - self.began
+        if not self.trained:
+            return f"elapsed {elapsed / 60:.1f} min"
+        left = elapsed / self.trained * (self.total - self.finished)
+        return f"elapsed {elapsed / 60:.1f} min, about {left / 60:.0f} min left"
+
+
+def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
+    """Launch the jobs in turn (a finished run is reused), logging 'run i of n', each score (+ `detail(result)`) and
+    the time left."""
+    from ultralytics.utils import LOGGER
+
+    progress, results = Progress(len(jobs)), []
+    for i, job in enumerate(jobs, 1):
+        prefix = f"yolo-kd bench: run {i} of {len(jobs)}, {job.label}, seed {job.seed}"
+        LOGGER.info(f"{prefix} (log: {job.folder / 'bench.log'}; {progress.status()})")
+        result = launch(job)
+        progress.done(result.get("reused", False))
+        LOGGER.info(f"{prefix}: mAP50-95 {result['mAP50-95']:.4f}{detail(result)}")
+        results.append(result)
+    return results
 
 
 def main(job_file: str) -> None:

@@ -31,7 +31,7 @@ import yaml
 
 from ..errors import KDConfigError
 from ..files import list_image_files
-from .command import run_jobs, slug
+from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
