@@ -219,3 +219,10 @@ def test_an_unreadable_pool_image_is_skipped_not_a_crash(pool, tmp_path):
                  stride=32)
     for _ in range(3):  # every image drawn, the broken one included
         assert stream.next("cpu").shape == (7, 3, 64, 64)
+
+
+def test_a_relative_pool_is_kept_absolute_for_resume(tiny_teacher, pool, monkeypatch):
+    monkeypatch.chdir(pool.parent)
+    model = yolo_kd.distill(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), unlabeled=pool.name)
+    recipe = model.train.args[2]  # the partial over model.train holds the recipe (as test_new_methods reads it)
+    assert recipe.unlabeled == [str(pool.absolute())]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from . import hooks
 from .errors import KDConfigError
@@ -47,6 +48,8 @@ def build_recipe(model=None, **kd) -> Recipe:
         check_teacher_file(name, spec)
     if recipe.unlabeled:
         resolve_images(recipe.unlabeled)
+        # absolute, so last.pt's recipe finds the pool when the run is resumed from another folder
+        recipe.unlabeled = [p if any(c in p for c in "*?[") else str(Path(p).absolute()) for p in recipe.unlabeled]
     return recipe
 
 
