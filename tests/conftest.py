@@ -61,15 +61,15 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
 
 
-def train_tiny(tmp_path_factory, cfg: str, data: Path, epochs: int, name: str) -> Path:
-    """Train `cfg` on the tiny dataset with stock Ultralytics; return its best.pt."""
+def train_tiny(tmp_path_factory, cfg: str, data: Path, epochs: int, name: str, **overrides) -> Path:
+    """Train `cfg` on the tiny dataset with stock Ultralytics (TINY_TRAIN, then `overrides`); return its best.pt."""
     from ultralytics import YOLO
 
     from yolo_kd.offline import install_local_fonts
 
     install_local_fonts()
     project = tmp_path_factory.mktemp(f"{name}_runs")
-    YOLO(cfg).train(data=str(data), epochs=epochs, project=str(project), name=name, **TINY_TRAIN)
+    YOLO(cfg).train(data=str(data), epochs=epochs, project=str(project), name=name, **{**TINY_TRAIN, **overrides})
     return project / name / "weights" / "best.pt"
 
 

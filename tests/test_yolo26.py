@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TINY_NAMES, TINY_TRAIN, read_results
+from conftest import TINY_NAMES, TINY_TRAIN, read_results, train_tiny
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils import LOGGER
@@ -21,18 +21,11 @@ NAMES = dict(enumerate(TINY_NAMES))
 
 
 @pytest.fixture(scope="module")
-def teacher_26(tmp_path_factory):
-    """A yolo26s-width checkpoint whose one2one branch differs from its one2many branch (fresh init copies one into
-    the other; a seeded perturbation stands in for training, so averaging the two branches is visible)."""
-    torch.manual_seed(1)
-    model = DetectionModel("yolo26s.yaml", nc=2, verbose=False)
-    model.names = dict(NAMES)
-    with torch.no_grad():
-        for p in detect_head(model).one2one_cv3.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    path = tmp_path_factory.mktemp("teacher26") / "teacher26.pt"
-    torch.save({"model": model}, path)
-    return path
+def teacher_26(tiny_data, tmp_path_factory):
+    """A yolo26s teacher trained on the tiny dataset with stock Ultralytics, 10 epochs without warm-up:
+    its one2one branch (one-to-one assignment) has left the one2many branch it was copied from at init, so averaging
+    the two is visible."""
+    return train_tiny(tmp_path_factory, "yolo26s.yaml", tiny_data, 10, "teacher26", warmup_epochs=0, lr0=0.05)
 
 
 def student_26():
@@ -118,13 +111,15 @@ def test_sl2_at_weight_6_is_the_builtin_loss_on_a_yolo26_pair(teacher_26):
                      names=NAMES).train()
     ours.methods["teacher__sl2"].projector.load_state_dict(builtin.projector.state_dict())
     ours.set_epoch(0, 1)
-    with torch.no_grad():  # the branches differ, so one2many alone would not be the built-in's weighting
+    with torch.no_grad():  # the branches differ: the one2many weights alone are 0.1%+ off (and fail the check below)
         raw = builtin.teacher_model(batch()["img"])[1]
-        assert (raw["one2many"]["scores"] - raw["one2one"]["scores"]).abs().max() > 0.1
+        many, one = raw["one2many"]["scores"], raw["one2one"]["scores"]
+        mean_weight = ((many + one) / 2).sigmoid().amax(1)
+        assert ((many.sigmoid().amax(1) - mean_weight).abs() / mean_weight).mean() > 1e-3
     b_loss, b_items = builtin.loss(batch())
     o_loss, o_items = ours.loss(batch())
     assert b_items["dis_loss"].item() > 0
-    assert o_items["sl2"].item() == pytest.approx(b_items["dis_loss"].item(), rel=1e-5)
+    assert o_items["sl2"].item() == pytest.approx(b_items["dis_loss"].item(), rel=1e-6)
     torch.testing.assert_close(o_loss, b_loss, rtol=1e-5, atol=1e-6)
 
 
