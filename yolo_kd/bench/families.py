@@ -56,9 +56,10 @@ def teacher_jobs(train_args: dict, teacher_epochs: int, imgsz: int) -> dict[str,
             for t in dict.fromkeys(p.teacher for p in PAIRS)}
 
 
-def plan(train_args: dict, seeds: list[int], teachers: dict[str, str], dis: float, imgsz: int) -> list[Job]:
-    """Seed-major jobs: per seed, one baseline per student, then each pair's built-in and variant rows.
-    `teachers` maps each teacher yaml to its trained checkpoint."""
+def plan(train_args: dict, seeds: list[int], teachers: dict[str, str], dis: float, imgsz: int,
+         variants: list[str] | None = None) -> list[Job]:
+    """Seed-major jobs: per seed, one baseline per student, then each pair's built-in and variant rows (those of
+    `variants` only, when given). `teachers` maps each teacher yaml to its trained checkpoint."""
     jobs = []
     for seed in seeds:
         def job(label, kind, model, kd=None, extra=None):
@@ -72,7 +73,7 @@ def plan(train_args: dict, seeds: list[int], teachers: dict[str, str], dis: floa
             ckpt = teachers[pair.teacher]
             jobs.append(job(f"{pair.name} Ultralytics KD (dis={dis:g})", "builtin", pair.student,
                             extra={"distill_model": ckpt, "dis": dis}))
-            for variant in pair.variants:
+            for variant in (v for v in pair.variants if variants is None or v in variants):
                 jobs.append(job(f"{pair.name} yolo-kd {variant}", "yolo-kd", pair.student,
                                 kd={"cfg": recipe(ckpt, VARIANTS[variant])}))
     return jobs
@@ -105,7 +106,7 @@ def family_bench(opts: dict, train_args: dict, out: Path) -> dict:
         LOGGER.info(f"yolo-kd family bench: training and scoring {job.label}")
         teachers[yaml_name] = launch(job)
     jobs = plan(train_args, opts["seeds"], {k: v["checkpoint"] for k, v in teachers.items()}, opts["dis"],
-                opts["imgsz"])
+                opts["imgsz"], opts["variants"])
     results = run_jobs(jobs)
     summary = {"settings": {**opts, "data": train_args["data"]}, "teachers": teachers, "runs": results, "pairs": {}}
     lines = [f"# yolo-kd family bench: {train_args['data']}", "",
