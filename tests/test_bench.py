@@ -95,3 +95,24 @@ def test_tools_script_is_the_command(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "yolo-kd bench: error: bench needs data=: e.g. data=defect teacher=teacher.pt (or " \
                                   "teacher=yolov8s.yaml to train one first)"
+
+
+def test_family_plan_shares_the_yolo26n_baseline_and_picks_each_pairs_default():
+    from yolo_kd.bench.families import PAIRS, plan
+    from yolo_kd.methods.registry import check_method
+    from yolo_kd.recipe import Recipe
+
+    teachers = {"yolo11s.yaml": "t11.pt", "yolo26s.yaml": "t26.pt"}
+    jobs = plan({"epochs": 1}, [1, 2], teachers, 6.0, 64, ["default"])
+    seed1 = [j for j in jobs if j.seed == 1]
+    assert [j.label for j in seed1 if j.kind == "baseline"] == ["baseline yolo11n", "baseline yolo26n"]
+    kd_rows = [j for j in seed1 if j.kind == "yolo-kd"]
+    assert [j.label for j in kd_rows] == [f"{p.name} yolo-kd {p.default}" for p in PAIRS]
+    assert [j.kd["cfg"]["teachers"]["teacher"]["model"] for j in kd_rows] == ["t11.pt", "t26.pt", "t11.pt"]
+    for job in kd_rows:  # valid recipes whose options the methods take
+        for spec in Recipe.from_dict(job.kd["cfg"]).stages[0].methods:
+            check_method(spec.name, spec.params)
+    assert kd_rows[1].kd["cfg"]["stages"][0]["methods"]["pred"]["box_weight"] == 2.5
+    assert {j.train_args["seed"] for j in jobs} == {1, 2} and len(jobs) == 2 * len(seed1)
+    every = plan({"epochs": 1}, [1], teachers, 6.0, 64, None)
+    assert len([j for j in every if j.kind == "yolo-kd"]) == sum(len(p.variants) for p in PAIRS)

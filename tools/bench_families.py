@@ -10,7 +10,7 @@ Writes <project>/<name>/families.md, families.json and one families_<pair>.png p
 import sys
 from pathlib import Path
 
-from yolo_kd.bench.families import VARIANTS, family_bench
+from yolo_kd.bench.families import DEFAULT, VARIANTS, family_bench
 from yolo_kd.errors import KDConfigError
 from yolo_kd.offline import setup_offline
 from yolo_kd.options import as_count, as_int, as_list, as_nonnegative, as_str, existing_file, optional, parse_tokens, read_options
@@ -23,7 +23,8 @@ SPEC = {
     "batch": (as_int, 8, "batch size (nbs is set to it)"),
     "seeds": (as_list(int), [1, 2, 3, 4, 5], "seeds; each has its own baselines"),
     "dis": (as_nonnegative, 6.0, "the built-in's weight"),
-    "variants": (optional(as_list()), None, f"yolo-kd rows to run (default all: {', '.join(VARIANTS)})"),
+    "variants": (optional(as_list()), None, f"yolo-kd rows to run: all, or some of {', '.join(VARIANTS)}, "
+                                                  f"or {DEFAULT} (each pair's default row)"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "families", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
@@ -40,9 +41,9 @@ def main(argv: list[str]) -> int:
         if positional:
             raise KDConfigError(f"unexpected {positional}: every option is key=value, e.g. imgsz=128")
         opts = read_options("families", overrides, SPEC, prog="python tools/bench_families.py")
-        unknown = sorted(set(opts["variants"] or []) - set(VARIANTS))
+        unknown = sorted(set(opts["variants"] or []) - set(VARIANTS) - {DEFAULT})
         if unknown:
-            raise KDConfigError(f"variants {unknown} are unknown: pick from {', '.join(VARIANTS)}")
+            raise KDConfigError(f"variants {unknown} are unknown: pick from {', '.join(VARIANTS)} or {DEFAULT}")
     except KDConfigError as e:
         print(f"bench_families: error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,10 @@ share one baseline per seed. Jobs run seed by seed, so a bench stopped early hol
 as `yolo-kd bench` reports one teacher/student pair (`report.summarize`: gain over the same seed's baseline, and its
 difference from the built-in of the same seed), for mAP50-95 and mAP50 alike.
 
-Rows (`VARIANTS`): `sl2+pred` (the default), `+box` (`pred box_weight=2.5`: GIoU on decoded boxes, PP-YOLOE+'s
-iou:class weight 2.5:1), `+box+quality` (and BCKD's `quality_beta=1`).
+Rows (`VARIANTS`): `sl2+pred` without box KD (`box_weight=0`), `+box` (`pred box_weight=2.5`: GIoU on decoded boxes,
+PP-YOLOE+'s iou:class weight 2.5:1), `+box+quality` (and BCKD's `quality_beta=1`) and `+box o2o` (class and box KD on
+the one-to-one branch only, `branches=one2one`). Each pair names the row that is its family's default recipe
+(`Pair.default`); `variants=default` runs that row only.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from .runs import Job, launch, run_jobs, slug
 
 #: label -> the `pred` options of the row (the rest of the recipe is the default `sl2+pred`)
 VARIANTS = {
-    "sl2+pred": {},
+    "sl2+pred": {"box_weight": 0.0},
     "sl2+pred +box": {"box_weight": 2.5},
     "sl2+pred +box+quality": {"box_weight": 2.5, "quality_beta": 1.0},
+    "sl2+pred +box o2o": {"box_weight": 2.5, "branches": "one2one"},
 }
+#: `variants=` keyword for each pair's own default row
+DEFAULT = "default"
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,24 @@ class Pair:
     teacher: str  # a model yaml trained first, by that name
     student: str
     variants: tuple[str, ...]
+    default: str  # the row that is what `sl2+pred` does on this pair with the library's defaults
 
 
 PAIRS = (
-    Pair("YOLO11 (11s -> 11n)", "yolo11s.yaml", "yolo11n.yaml", tuple(VARIANTS)),
-    Pair("YOLO26 (26s -> 26n)", "yolo26s.yaml", "yolo26n.yaml", ("sl2+pred", "sl2+pred +box")),
-    Pair("mixed (11s -> 26n)", "yolo11s.yaml", "yolo26n.yaml", ("sl2+pred", "sl2+pred +box")),
+    Pair("YOLO11 (11s -> 11n)", "yolo11s.yaml", "yolo11n.yaml",
+         ("sl2+pred", "sl2+pred +box", "sl2+pred +box+quality"), "sl2+pred"),
+    Pair("YOLO26 (26s -> 26n)", "yolo26s.yaml", "yolo26n.yaml",
+         ("sl2+pred", "sl2+pred +box", "sl2+pred +box o2o"), "sl2+pred +box"),
+    Pair("mixed (11s -> 26n)", "yolo11s.yaml", "yolo26n.yaml",
+         ("sl2+pred", "sl2+pred +box", "sl2+pred +box o2o"), "sl2+pred +box"),
 )
+
+
+def picked(pair: Pair, variants: list[str] | None) -> list[str]:
+    """The pair's rows that `variants` asks for (None: all; `default`: the pair's default row)."""
+    if variants is None:
+        return list(pair.variants)
+    return [v for v in pair.variants if v in variants or (DEFAULT in variants and v == pair.default)]
 
 
 def recipe(teacher: str, pred_options: dict) -> dict:
@@ -59,7 +75,7 @@ def teacher_jobs(train_args: dict, teacher_epochs: int, imgsz: int) -> dict[str,
 def plan(train_args: dict, seeds: list[int], teachers: dict[str, str], dis: float, imgsz: int,
          variants: list[str] | None = None) -> list[Job]:
     """Seed-major jobs: per seed, one baseline per student, then each pair's built-in and variant rows (those of
-    `variants` only, when given). `teachers` maps each teacher yaml to its trained checkpoint."""
+    `variants` only, when given; see `picked`). `teachers` maps each teacher yaml to its trained checkpoint."""
     jobs = []
     for seed in seeds:
         def job(label, kind, model, kd=None, extra=None):
@@ -73,7 +89,7 @@ def plan(train_args: dict, seeds: list[int], teachers: dict[str, str], dis: floa
             ckpt = teachers[pair.teacher]
             jobs.append(job(f"{pair.name} Ultralytics KD (dis={dis:g})", "builtin", pair.student,
                             extra={"distill_model": ckpt, "dis": dis}))
-            for variant in (v for v in pair.variants if variants is None or v in variants):
+            for variant in picked(pair, variants):
                 jobs.append(job(f"{pair.name} yolo-kd {variant}", "yolo-kd", pair.student,
                                 kd={"cfg": recipe(ckpt, VARIANTS[variant])}))
     return jobs
@@ -118,6 +134,7 @@ def family_bench(opts: dict, train_args: dict, out: Path) -> dict:
         rows50 = report.summarize(with_map50(runs), {**teacher, "mAP50-95": teacher["mAP50"]})
         summary["pairs"][pair.name] = {"rows": rows, "rows_map50": rows50}
         lines += ["", f"## {pair.name}: teacher mAP50-95 {teacher['mAP50-95']:.4f}, mAP50 {teacher['mAP50']:.4f}"]
+        lines += ["", f"The family's default recipe is the `yolo-kd {pair.default}` row."]
         lines += report.markdown(rows, teacher, None, {"data": train_args["data"]}).splitlines()[3:]
         lines += ["", "Paired gains in mAP50 points, mean with 95% interval:"] + report.paired_table(rows50)[2:]
         report.plot(rows, teacher, out / f"families_{slug(pair.name)}.png")
