@@ -67,7 +67,7 @@ def test_every_method_under_amp_has_finite_nonzero_terms(tiny_data, tiny_teacher
     d = distiller(tiny_teacher, teacher_imgsz=teacher_imgsz)
     items = amp_step(d, real_batch(tiny_data), dtype)
     assert d.nan_skips == 0
-    optional = {"pred_box", "pred_cls_o2o", "pred_box_o2o"}  # box_weight 0 by default; one2one: YOLO26 pairs only
+    optional = {"pred_box", "pred_cls_o2o", "pred_box_o2o"}  # box KD: pairs without LD by default; one2one: YOLO26 pairs
     assert set(items) == {c for m in METHODS.values() for c in m.terms} - optional
     bad = {t: v for t, v in items.items() if not (math.isfinite(v) and v > 0)}
     assert not bad

@@ -97,9 +97,26 @@ def test_yolov8_teacher_trains_a_yolo26_student_with_the_default_method(tiny_dat
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="mixed", **TINY_TRAIN)
     row = read_results(tmp_path / "mixed")[-1]
     assert float(row["train/sl2"]) > 0 and float(row["train/pred_cls"]) > 0
+    assert "train/pred_box" in row  # the family default: box KD stands in for LD (0 where this tiny teacher is unsure)
     assert "train/pred_ld" not in row and "train/pred_cls_o2o" not in row
     dropped = [line for line in log_lines if "yolo-kd pred (" in line and "dropped" in line]
     assert dropped and "pred_ld" in dropped[0] and "pred_cls_o2o" in dropped[0]
+    assert any("stands in for LD" in line for line in log_lines)
+
+
+@pytest.mark.parametrize("teacher, student, terms", [
+    ("yolo11s.yaml", "yolo11n.yaml", ("pred_cls", "pred_ld")),
+    ("yolo26s.yaml", "yolo26n.yaml", ("pred_cls", "pred_box", "pred_cls_o2o", "pred_box_o2o")),
+    ("yolo11s.yaml", "yolo26n.yaml", ("pred_cls", "pred_box")),
+    ("yolo26s.yaml", "yolo11n.yaml", ("pred_cls", "pred_box")),
+])
+def test_pred_default_box_kd_is_per_head_family(teacher, student, terms):
+    """box_weight=None: 2.5 where LD cannot apply (a reg_max = 1 head on either side), 0 where LD teaches boxes."""
+    s = probe(DetectionModel(student, nc=2, verbose=False), 64, 3)
+    t = probe(freeze(DetectionModel(teacher, nc=2, verbose=False)), 64, 3)
+    m = build_method("pred", {}, s, t)
+    assert m.terms == terms and m.box_weight == (2.5 if "pred_box" in terms else 0.0)
+    assert build_method("pred", {"box_weight": 0}, s, t).terms == tuple(x for x in terms if "box" not in x)
 
 
 def test_sl2_at_weight_6_is_the_builtin_loss_on_a_yolo26_pair(teacher_26):
@@ -170,7 +187,7 @@ def test_crosskd_and_quality_class_kd_on_a_yolo26_student_with_a_dfl_teacher():
     check_pair("teacher", teacher, student, 3, NAMES, Recipe.from_kwargs(teacher="t.pt", method="sl2+pred+crosskd"))
     s_shapes, t_shapes = probe(student, 64, 3), probe(teacher, 64, 3)
     cross = build_method("crosskd", {"quality_beta": 1.0}, s_shapes, t_shapes)
-    pred = build_method("pred", {"quality_beta": 2.0, "branches": "one2many"}, s_shapes, t_shapes)
+    pred = build_method("pred", {"quality_beta": 2.0, "branches": "one2many", "box_weight": 0}, s_shapes, t_shapes)
     assert cross.terms == ("crosskd_cls", "crosskd_ld") and pred.terms == ("pred_cls",)
     img = torch.rand(2, 3, 64, 64)
     t = replace(head_taps(teacher(img)), head=detect_head(teacher))
