@@ -116,3 +116,26 @@ def test_family_plan_shares_the_yolo26n_baseline_and_picks_each_pairs_default():
     assert {j.train_args["seed"] for j in jobs} == {1, 2} and len(jobs) == 2 * len(seed1)
     every = plan({"epochs": 1}, [1], teachers, 6.0, 64, None)
     assert len([j for j in every if j.kind == "yolo-kd"]) == sum(len(p.variants) for p in PAIRS)
+
+
+def family_report(pair: str, seeds: list[int], builtin: list[float], ours: list[float]) -> str:
+    head = "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | gain (95% CI) | vs built-in (95% CI) |"
+    row = lambda label, gains: f"| {label} | " + " | ".join(f"{g:+.2f}" for g in gains) + " | x | |"  # noqa: E731
+    return "\n".join([f"## {pair}: teacher mAP50-95 0.3", "", "Paired gains in mAP50-95 points (run - baseline):", "",
+                      head, "|---|", row("Ultralytics KD (dis=6)", builtin), row("yolo-kd sl2+pred", ours), "",
+                      "Paired gains in mAP50 points, mean with 95% interval:", "", head, "|---|",
+                      row("yolo-kd sl2+pred", [99.0] * len(seeds)), ""])
+
+
+def test_pooled_seeds_pair_each_seed_with_its_own_builtin():
+    from yolo_kd.bench.pool import pool, pooled_markdown
+
+    part1 = family_report("YOLO11 (11s -> 11n)", [1, 2], [1.0, 0.0], [2.0, 1.5])
+    part2 = family_report("YOLO11 (11s -> 11n)", [3], [-1.0], [0.5])
+    rows = pool([part1, part2])["YOLO11 (11s -> 11n)"]
+    assert rows["yolo-kd sl2+pred"] == {1: 2.0, 2: 1.5, 3: 0.5}  # mAP50-95 table only, not the mAP50 one
+    text = pooled_markdown(pool([part1, part2]))
+    # gains 2, 1.5, 0.5: sd 0.764 -> 4.303 * 0.764 / sqrt 3 = 1.90; differences 1, 1.5, 1.5: sd 0.289 -> 0.72
+    assert "| yolo-kd sl2+pred | 3 | +1.33 ± 1.90 (inside the noise) | +1.33 ± 0.72 (above 0, 3 seeds) |" in text
+    with pytest.raises(ValueError, match=r"seeds \[1, 2\] are in two reports"):
+        pool([part1, part1])
