@@ -226,3 +226,13 @@ def test_a_relative_pool_is_kept_absolute_for_resume(tiny_teacher, pool, monkeyp
     model = yolo_kd.distill(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), unlabeled=pool.name)
     recipe = model.train.args[2]  # the partial over model.train holds the recipe (as test_new_methods reads it)
     assert recipe.unlabeled == [str(pool.absolute())]
+
+
+def test_a_bad_data_yaml_pool_is_refused_before_the_run_folder(tiny_data, tiny_teacher, tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text(tiny_data.read_text() + "unlabeled: no_such_pool\n")
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(tiny_teacher))
+    with pytest.raises(KDConfigError, match="data.yaml unlabeled=.*no_such_pool does not exist") as e:
+        model.train(data=str(data), epochs=1, project=str(tmp_path / "runs"), name="run", **TINY_TRAIN)
+    assert "\n" not in str(e.value) and not (tmp_path / "runs").exists()

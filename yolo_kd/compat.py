@@ -23,6 +23,7 @@ from .recipe import Recipe
 from .taps import TapShapes
 from .teachers import HEAD_TASKS, TeacherPool, check_classes, check_teacher_file, probe, probe_size
 from .ultra import detect_head, detection_model, has_one2one, load_model, online, resolve_dataset
+from .unlabeled import unlabeled_files
 
 
 def check_pair(name: str, teacher: nn.Module, student: nn.Module, ch: int, names: dict, recipe: Recipe) -> None:
@@ -120,7 +121,7 @@ def check_student_head(model, student: nn.Module) -> None:
 def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
     """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
     student's task, each teacher file, the data set (a local YAML or folder, or a dataset Ultralytics ships, must
-    exist, resolve and have labels), the student's head, then each teacher against the student and data.
+    exist, resolve and have labels; its `unlabeled:` pool, if any, must hold images), the student's head, then each teacher against the student and data.
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
     check_imgsz(args.imgsz, MIN_GRID)
@@ -145,6 +146,7 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
         raise KDConfigError(f"data={data} cannot be read as a detection data set ({first_line(e)}): give a data.yaml "
                             "with path, train, val and names (or a folder holding one)") from None
     check_train_labels(resolved)
+    unlabeled_files(recipe, resolved)  # data.yaml's `unlabeled:` must hold images too
     ch, names = int(resolved.get("channels", 3)), resolved["names"]
     student = student_from_files(args.model, ch, len(names))
     if student is None:

@@ -64,8 +64,10 @@ def data_unlabeled(data: dict):
 
 def unlabeled_files(recipe, data: dict) -> list[str] | None:
     """The run's unlabeled images: the recipe's `unlabeled` (the option wins), else data.yaml's, else None."""
-    source = recipe.unlabeled or data_unlabeled(data)
-    return resolve_images(source) if source else None
+    if recipe.unlabeled:
+        return resolve_images(recipe.unlabeled)
+    source = data_unlabeled(data)
+    return resolve_images(source, "data.yaml unlabeled") if source else None
 
 
 def shard(files: list[str], rank: int, world: int) -> list[str]:
