@@ -138,5 +138,6 @@ def test_pooled_seeds_pair_each_seed_with_its_own_builtin():
     text = pooled_markdown(pool([part1, part2]))
     # gains 2, 1.5, 0.5: sd 0.764 -> 4.303 * 0.764 / sqrt 3 = 1.90; differences 1, 1.5, 1.5: sd 0.289 -> 0.72
     assert "| yolo-kd sl2+pred | 3 | +1.33 ± 1.90 (inside the noise) | +1.33 ± 0.72 (above 0, 3 seeds) |" in text
+    assert "| yolo-kd sl2+pred | +1.00 | +1.50 | +1.50 |" in text  # per seed, minus the built-in
     with pytest.raises(ValueError, match=r"seeds \[1, 2\] are in two reports"):
         pool([part1, part1])

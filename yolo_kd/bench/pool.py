@@ -68,7 +68,22 @@ def pooled_markdown(pooled: dict) -> str:
                 diff = mean_ci95([by_seed[s] - rows[builtin][s] for s in shared])
                 cells[3] = f"{diff[0]:+.2f} ± {diff[1]:.2f} ({verdict(*diff)}, {len(shared)} seeds)"
             lines.append("| " + " | ".join(cells) + " |")
+        lines += per_seed_differences(rows, builtin)
     return "\n".join(lines[1:]) + "\n"
+
+
+def per_seed_differences(rows: dict, builtin: str | None) -> list[str]:
+    """A table of each row's gain minus the built-in's, seed by seed (the values the interval is taken over)."""
+    if not builtin:
+        return []
+    seeds = sorted(rows[builtin])
+    lines = ["", "Minus the built-in, per seed:", "", "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for label, by_seed in rows.items():
+        if label != builtin:
+            lines.append(f"| {label} | " + " | ".join(f"{by_seed[s] - rows[builtin][s]:+.2f}" if s in by_seed else ""
+                                                     for s in seeds) + " |")
+    return lines
 
 
 def pool_files(paths: list[Path]) -> str:
