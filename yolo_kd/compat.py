@@ -121,7 +121,8 @@ def check_student_head(model, student: nn.Module) -> None:
 def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
     """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
     student's task, each teacher file, the data set (a local YAML or folder, or a dataset Ultralytics ships, must
-    exist, resolve and have labels; its `unlabeled:` pool, if any, must hold images), the student's head, then each teacher against the student and data.
+    exist, resolve and have labels; its `unlabeled:` pool, if any, must hold images), the student's head, then each
+    teacher against the student and data.
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
     check_imgsz(args.imgsz, MIN_GRID)
