@@ -12,6 +12,7 @@ from .offline import setup_offline
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
+from .resume_options import absolute_pool, resume_recipe
 from .unlabeled import resolve_images
 
 #: yolo-kd's own options, beside every Ultralytics train argument (both entry points; `yolo-kd train help`)
@@ -27,6 +28,7 @@ KD_OPTIONS = {
     "class_map": "{dataset class: teacher class} when the teacher's classes differ",
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
+    "unlabeled_bn": "BatchNorm running statistics from the labeled images only ('labeled', default) or all",
 }
 KD_KEYS = tuple(KD_OPTIONS)
 
@@ -49,46 +51,66 @@ def build_recipe(model=None, **kd) -> Recipe:
     if recipe.unlabeled:
         resolve_images(recipe.unlabeled)
         # absolute, so last.pt's recipe finds the pool when the run is resumed from another folder
-        recipe.unlabeled = [p if any(c in p for c in "*?[") else str(Path(p).absolute()) for p in recipe.unlabeled]
+        recipe.unlabeled = absolute_pool(recipe.unlabeled)
     return recipe
 
 
-def callbacks(teacher=None, method: str = DEFAULT_METHOD, model=None, **options) -> dict[str, list]:
+def given_options(teacher=None, method=None, **options) -> dict:
+    """The yolo-kd keys the user gave (None: not given)."""
+    return {k: v for k, v in {"teacher": teacher, "method": method, **options}.items() if v is not None}
+
+
+def callbacks(teacher=None, method: str | None = None, model=None, **options) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils from `teacher` with `method` on whatever trainer runs: the stock one,
     a `DetectionTrainer` subclass of the user's, `model.train(trainer=MyTrainer)`; `model` only to resume (no
     teacher: the recipe comes back from the `yolo_kd` state of its checkpoint). Same options as `distill`; errors
     raise `KDConfigError` here. Single process (one GPU or CPU); for multi-GPU use `distill`."""
     setup_offline()
     recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
-    return hooks.callbacks(recipe)
+    return hooks.callbacks(recipe, given_options(teacher, method, **options))
 
 
-def add_callbacks(model, teacher=None, method: str = DEFAULT_METHOD, **options):
-    """Add `callbacks(...)` to `model` (a YOLO), each once; call it before ``model.train(...)``, which copies the
-    model's callbacks into the trainer it builds. Returns `model`."""
-    for event, fns in callbacks(teacher, method, model=model, **options).items():
+def add_callbacks(model, teacher=None, method: str | None = None, **options):
+    """Add `callbacks(...)` to `model` (a YOLO); call it before ``model.train(...)``, which copies the model's
+    callbacks into the trainer it builds. A second call replaces the first one's callbacks (one log line). Returns
+    `model`."""
+    from ultralytics.utils import LOGGER
+
+    fresh = callbacks(teacher, method, model=model, **options)
+    replaced = False
+    for event, fns in model.callbacks.items():
+        kept = [fn for fn in fns if not hooks.is_engine_callback(fn)]
+        replaced |= len(kept) != len(fns)
+        fns[:] = kept
+    if replaced:
+        LOGGER.info("yolo-kd: add_callbacks called again: its recipe replaces the earlier one")
+    for event, fns in fresh.items():
         for fn in fns:
-            if fn not in model.callbacks.get(event, []):
-                model.add_callback(event, fn)
+            model.add_callback(event, fn)
     return model
 
 
-def distill(model, teacher=None, method: str = DEFAULT_METHOD, **options):
+def distill(model, teacher=None, method: str | None = None, **options):
     """Make ``model.train(...)`` distil from `teacher` (a .pt path) with `method` (default: the default recipe,
     `DEFAULT_METHOD`; or 'pred', 'fgd+pred', ...); sets Ultralytics up air-gapped (`offline.setup_offline`).
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels) and unlabeled_ratio. Every Ultralytics train argument keeps working, `trainer=MyTrainer` included (the
-    engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the run folder
-    exists and DDP works. Errors in the options raise `KDConfigError` here, before training. Returns `model`.
+    labels), unlabeled_ratio and unlabeled_bn. Every Ultralytics train argument keeps working, `trainer=MyTrainer`
+    included (the engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the
+    run folder exists and DDP works. With ``model.train(resume=...)`` the run continues last.pt's recipe: a key given
+    here that differs from it is refused (`resume_options`). Errors in the options raise `KDConfigError` here, before
+    training. Calling it again replaces the recipe. Returns `model`.
     """
     setup_offline()
     recipe = build_recipe(model, teacher=teacher, method=method if teacher is not None else None, **options)
-    train = functools.partial(_train_with, type(model).train, model, recipe)
+    train = functools.partial(_train_with, type(model).train, model, recipe, given_options(teacher, method, **options))
     object.__setattr__(model, "train", train)
     return model
 
 
-def _train_with(original, model, recipe, trainer=None, **kwargs):
+def _train_with(original, model, recipe, options, trainer=None, **kwargs):
+    resume = kwargs.get("resume")
+    if resume:
+        recipe = resume_recipe(recipe, options, resume if isinstance(resume, (str, Path)) else model.ckpt_path)
     return original(model, trainer=trainer_for(recipe, base=trainer), **kwargs)

@@ -118,6 +118,19 @@ def check_student_head(model, student: nn.Module) -> None:
                             "only: use a detect model such as yolov8n.yaml") from None
 
 
+def check_fixed_budget(args) -> None:
+    """AutoBatch and `time=` are refused: AutoBatch (batch=-1, or a memory fraction) sizes the batch from the
+    student's forward alone, while each step also runs the teachers (and the student and teachers on the unlabeled
+    pool); `time=` re-estimates the epochs during the run, while the stages and the schedule are fixed to them."""
+    batch = args.batch
+    if isinstance(batch, (int, float)) and not isinstance(batch, bool) and batch < 1:
+        raise KDConfigError(f"batch={batch} (AutoBatch) sizes the batch from the student alone, but each distillation "
+                            "step also runs the teacher (and the unlabeled pool): give a fixed batch=, e.g. batch=16")
+    if args.time:
+        raise KDConfigError(f"time={args.time} re-estimates the epochs during the run, but the distillation stages and "
+                            "schedule are fixed to epochs=: give epochs= instead")
+
+
 def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapShapes] | None]:
     """Everything decidable from the files, before Ultralytics creates or writes the run folder: image size, the
     student's task, each teacher file, the data set (a local YAML or folder, or a dataset Ultralytics ships, must
@@ -126,6 +139,7 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
     Returns the teacher pool (first-stage teachers loaded) and the teachers' tap shapes, or None for the shapes when
     the data or the student cannot be resolved yet (remote data, hub weights, resume: the distiller checks then)."""
     check_imgsz(args.imgsz, MIN_GRID)
+    check_fixed_budget(args)
     if not args.resume:
         check_student_task(args.task, args.model)
     for name, spec in recipe.teachers.items():

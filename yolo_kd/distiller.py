@@ -26,7 +26,7 @@ from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, 
 from .teacher_target import TeacherView, teacher_target
 from .teachers import TeacherPool, probe, probe_size
 from .ultra import StudentSurface, copy_attributes, detect_head
-from .unlabeled import UnlabeledStream
+from .norm import running_stats_frozen
 
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
@@ -35,11 +35,9 @@ class Distiller(StudentSurface, nn.Module):
     """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
 
     def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict,
-                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None,
-                 unlabeled: list[str] | None = None):
+                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None):
         """`pool` and `teacher_shapes` come from `compat.check_before_run` when the trainer checked the teachers before
-        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each). `unlabeled`:
-        image files without labels, appended to every KD step (`yolo_kd.unlabeled`)."""
+        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each)."""
         super().__init__()
         from ultralytics.utils import LOGGER
 
@@ -49,7 +47,6 @@ class Distiller(StudentSurface, nn.Module):
         close_mosaic = int(getattr(getattr(student, "args", None), "close_mosaic", 0) or 0)
         self.kd_end = epochs - close_mosaic if recipe.schedule.off_close_mosaic else epochs  # first epoch without KD
         self.mosaic_end = epochs - close_mosaic if close_mosaic else None  # Ultralytics' first no-mosaic epoch
-        self.unlabeled = UnlabeledStream(unlabeled, recipe.unlabeled_ratio) if unlabeled else None
         self.pool = pool or TeacherPool(recipe.teachers)
         self.stage = None  # index of the active stage, None when no stage covers the epoch
         self.epoch = 0
@@ -88,11 +85,11 @@ class Distiller(StudentSurface, nn.Module):
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
-        if self.unlabeled:
-            gt = sorted({k.split("__")[-1] for k, m in self.methods.items() if m.reads_gt})
-            LOGGER.info(f"yolo-kd: {len(unlabeled):,} unlabeled images, {recipe.unlabeled_ratio:g} per labeled image "
-                        f"in each KD step" + (f"; {', '.join(gt)} read ground truth and see the labeled images only"
-                                              if gt else ""))
+
+    @property
+    def gt_only_methods(self) -> list[str]:
+        """Methods that read ground truth (they see the labeled rows of a batch only)."""
+        return sorted({k.split("__")[-1] for k, m in self.methods.items() if m.reads_gt})
 
     # ------------------------------------------------------------------ construction checks
     def _layers(self, who: str) -> list[int] | None:
@@ -116,8 +113,6 @@ class Distiller(StudentSurface, nn.Module):
         """Select the stage covering `epoch` of `batches` batches; returns a log line when the stage changes (teachers
         swap lazily). The schedule factor then advances batch by batch: epoch + i / batches."""
         self.epoch, self.batches, self.batch_index = epoch, max(int(batches), 1), 0
-        if self.unlabeled and self.mosaic_end is not None and epoch >= self.mosaic_end:
-            self.unlabeled.close_mosaic()
         stage = next((i for i, (a, b) in enumerate(self.spans) if a <= epoch < b), None) if epoch < self.kd_end else None
         if stage == self.stage:
             return None
@@ -152,14 +147,13 @@ class Distiller(StudentSurface, nn.Module):
             items.update({t: zero for t in self.term_names})
             return torch.cat([det_loss, zero.view(1)]), items
 
-        img, source = batch["img"], batch.get("teacher_img")
+        img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
         s_taps, preds = self._student_taps(img)
-        if self.unlabeled is not None and self._pool_used(self.stage):  # a second forward: the labeled rows stay theirs
-            extra, extra_source = self._unlabeled_batch(img, source)
-            s_taps = cat_rows(s_taps, self._student_taps(extra)[0])
-            img = torch.cat([img, extra])
-            source = torch.cat([source, extra_source]) if source is not None else None
+        if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
+            s_taps = cat_rows(s_taps, self._unlabeled_taps(extra))
+            img = torch.cat([img, extra.to(img.dtype)])
+            source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)]) if source is not None else None
         target = self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
@@ -181,11 +175,14 @@ class Distiller(StudentSurface, nn.Module):
         items.update({k: v.detach() for k, v in values.items()})
         return torch.cat([det_loss, (kd.sum() * labeled).view(1).to(det_loss.dtype)]), items
 
-    def _pool_used(self, si: int) -> bool:
-        """Whether any method of stage `si` reads the unlabeled rows (a stage of ground-truth-only methods skips the
-        pool: its forwards would be thrown away)."""
-        return any(not self.methods[f"{t}__{m.name}"].reads_gt
-                   for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
+    @property
+    def reads_unlabeled(self) -> bool:
+        """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
+        ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away)."""
+        si = self.stage
+        return self.training and si is not None and any(
+            not self.methods[f"{t}__{m.name}"].reads_gt
+            for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 
     def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
         """(the student's taps, its raw predictions) for a batch of images."""
@@ -193,17 +190,13 @@ class Distiller(StudentSurface, nn.Module):
             preds = self.student(img)
         return head_taps(preds, layer_feats), preds
 
-    def _unlabeled_batch(self, img: torch.Tensor, source: torch.Tensor | None):
-        """This step's unlabeled images at the student's size of `img` (and at the teachers' source size when there
-        is a high-resolution `source`); the loader is built at the first step, from the run's own arguments."""
-        if not self.unlabeled.built:
-            args = self.student.args
-            size = self.recipe.source_size(args.imgsz) or image_size(args.imgsz)
-            self.unlabeled.build(args, {"names": self.student.names, "channels": self.student.yaml.get("channels", 3)},
-                                 size, self.unlabeled.batch_size(len(img)), int(self.student.stride.max()))
-        extra = self.unlabeled.next(img.device, self.unlabeled.batch_size(len(img)))
-        extra_source = resample(extra, tuple(source.shape[-2:])).to(source.dtype) if source is not None else None
-        return resample(extra, tuple(img.shape[-2:])).to(img.dtype), extra_source
+    def _unlabeled_taps(self, extra: torch.Tensor) -> Taps:
+        """The student's taps on the pool's images; with `unlabeled_bn: labeled` BatchNorm normalises them with their
+        own batch statistics and its running statistics come from labeled batches alone."""
+        if self.recipe.unlabeled_bn == "all":
+            return self._student_taps(extra)[0]
+        with running_stats_frozen(self.student):
+            return self._student_taps(extra)[0]
 
     @property
     def progress(self) -> float:

@@ -4,19 +4,24 @@
 `BaseTrainer.__init__` before the dataset is read) runs the pre-run checks and `attach`es the engine: per-instance
 wrappers around the trainer's own bound methods (the user's subclass overrides included), so it composes with any
 `DetectionTrainer` subclass:
-- `get_dataset`: the trainer's check, then a train split without a single label is refused;
+- `get_dataset`: the trainer's check, then a train split without a single label is refused; the unlabeled pool's
+  files are resolved;
 - `build_dataset` / `preprocess_batch`: with a teacher at a larger size, the train set is built at that size and each
   batch keeps it as `teacher_img` while `img` becomes its downsample to the student's size;
+- `get_dataloader`: beside the train loader, the unlabeled pool's loader (`unlabeled_loader`), rebuilt with it;
+  `preprocess_batch` puts its images into the batch (`unlabeled_img`, `unlabeled_teacher_img`) when the step's KD
+  reads them, and `_close_dataloader_mosaic` closes its mosaic with the labeled loader's;
+- `preprocess_batch` / `optimizer_step` / `_handle_nan_recovery`: the engine decides when the optimizer steps, by
+  Ultralytics' rule, with a counter it saves (`accumulation`);
 - `setup_model`: on resume, keep last.pt's KD state;
 - `set_model_attributes`: after nc/names/args are set, wrap the student in a `Distiller` (before compile, freeze,
   AMP, DDP, the optimizer and the EMA: adapters are optimised, synced, EMA'd, saved, resumed); compile is disabled;
-- `save_model`: plain student checkpoints, written atomically; last.pt adds the KD state under `yolo_kd`;
-- `_load_checkpoint_state`: resume and NaN recovery rebuild the EMA around the distiller and restore the adapters;
-- `label_loss_items`: no `val/<KD term>` columns (validation scores the student alone);
-- `resume_training`: a resumed run continues from the live weights, the float32 EMA and optimizer (`continuation`).
-Per epoch, `reseed` re-derives the random state from (seed, epoch) and `select_stage` activates the stage; at its
-end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and `log_kd_share` the KD share of the loss (a log
-line and the `kd_share` column); after the run, `drop_continuation` takes the resume-only tensors out of last.pt.
+- `save_model`, `_load_checkpoint_state`, `resume_training`: checkpoint I/O (`checkpoints`);
+- `label_loss_items`: no `val/<KD term>` columns (validation scores the student alone).
+Per epoch, `reseed` re-derives the random state from (seed, epoch) and restarts the pool's stream from it,
+`select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and
+`log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the run, `drop_continuation`
+takes the resume-only tensors out of last.pt and `close_unlabeled` shuts the pool's loader down.
 Every hook is a module-level function or a plain object (picklable for DDP).
 
 Ultralytics fires `on_pretrain_routine_start` only on rank 0 and after the run folder exists, so `Attach` removes a
@@ -27,8 +32,6 @@ instead (before the run folder, on every rank).
 from __future__ import annotations
 
 import functools
-import io
-import os
 import random
 import shutil
 from copy import copy
@@ -36,42 +39,51 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ultralytics.utils import LOGGER, RANK
-from ultralytics.utils.torch_utils import ModelEMA, unwrap_model
+from ultralytics.utils import LOGGER
 
+from .accumulation import Accumulation, StepEveryBatch
+from .checkpoints import (_load_checkpoint_state, drop_continuation, restore_grads, resume_training, save_model)
 from .compat import check_before_run
-from .distiller import KD_STATE_KEY, Distiller
+from .distiller import Distiller
 from .errors import KDConfigError
-from .preflight import MIN_GRID, check_imgsz, check_train_labels
+from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
 from .resolution import resample
-from .unlabeled import unlabeled_files
+from .resume_options import resume_recipe
+from .ultra import RANK, unwrap_model
+from .unlabeled import rank_share, unlabeled_files
+from .unlabeled_loader import UnlabeledLoader
 
 
 class KDRun:
-    """What the engine keeps on a trainer (`trainer.yolo_kd`): the recipe, the teachers checked before the run, and
-    last.pt's KD state on resume."""
+    """What the engine keeps on a trainer (`trainer.yolo_kd`): the recipe, the teachers checked before the run,
+    last.pt's KD state on resume, the unlabeled pool (its files and loader) and the optimizer-step counter."""
 
-    def __init__(self, recipe: Recipe, pool=None, teacher_shapes=None):
-        self.recipe, self.pool, self.teacher_shapes = recipe, pool, teacher_shapes
+    def __init__(self, recipe: Recipe, teacher_pool=None, teacher_shapes=None):
+        self.recipe, self.teacher_pool, self.teacher_shapes = recipe, teacher_pool, teacher_shapes
         self.resume_state = None
         self.unlabeled = None  # the pool's image files, resolved with the data set (`get_dataset`)
+        self.unlabeled_loader = None  # built beside the train loader (`get_dataloader`)
+        self.accumulation = Accumulation()
+        self.resumed_grads = None  # a resumed run's accumulated gradients, put back at its first epoch's start
 
 
-def attach(trainer, recipe: Recipe, pool=None, teacher_shapes=None) -> None:
-    """Wrap the trainer object's methods listed in `WRAPPERS` (once); `pool`, `teacher_shapes`: `check_before_run`'s."""
+def attach(trainer, recipe: Recipe, teacher_pool=None, teacher_shapes=None) -> None:
+    """Wrap the trainer object's methods listed in `WRAPPERS` (once); `teacher_pool`, `teacher_shapes`:
+    `check_before_run`'s."""
     if getattr(trainer, "yolo_kd", None) is not None:
         return
-    trainer.yolo_kd = KDRun(recipe, pool, teacher_shapes)
+    trainer.yolo_kd = KDRun(recipe, teacher_pool, teacher_shapes)
     for name, wrapper in WRAPPERS.items():
         setattr(trainer, name, functools.partial(wrapper, trainer, getattr(trainer, name)))
 
 
 class Attach:
-    """on_pretrain_routine_start: check the run's inputs, then `attach` the engine (no-op when already attached)."""
+    """on_pretrain_routine_start: check the run's inputs, then `attach` the engine (no-op when already attached).
+    `options`: the yolo-kd keys the user gave, checked against last.pt's recipe on resume (`resume_recipe`)."""
 
-    def __init__(self, recipe: Recipe):
-        self.recipe = recipe
+    def __init__(self, recipe: Recipe, options: dict | None = None):
+        self.recipe, self.options = recipe, dict(options or {})
 
     def __call__(self, trainer) -> None:
         if getattr(trainer, "yolo_kd", None) is not None:
@@ -80,11 +92,12 @@ class Attach:
             raise KDConfigError("yolo_kd.callbacks runs in one process: for multi-GPU training use "
                                 "yolo_kd.distill(model, ...) (it composes with trainer=)")
         try:
-            pool, shapes = check_before_run(self.recipe, trainer.args)
+            recipe = resume_recipe(self.recipe, self.options, trainer.args.model) if trainer.resume else self.recipe
+            teacher_pool, shapes = check_before_run(recipe, trainer.args)
         except KDConfigError:
             discard_fresh_run(Path(trainer.save_dir))
             raise
-        attach(trainer, self.recipe, pool, shapes)
+        attach(trainer, recipe, teacher_pool, shapes)
 
 
 def discard_fresh_run(save_dir: Path) -> None:
@@ -95,10 +108,17 @@ def discard_fresh_run(save_dir: Path) -> None:
         shutil.rmtree(save_dir)
 
 
-def callbacks(recipe: Recipe) -> dict[str, list]:
+def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
-    return {"on_pretrain_routine_start": [Attach(recipe)], "on_train_epoch_start": [reseed, select_stage],
-            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation, close_pool]}
+    return {"on_pretrain_routine_start": [Attach(recipe, options)],
+            "on_train_epoch_start": [reseed, restore_grads, count_batches, select_stage],
+            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation, close_unlabeled]}
+
+
+def is_engine_callback(fn) -> bool:
+    """Whether `fn` is one of the callbacks `callbacks` returns (to replace an earlier recipe's)."""
+    return isinstance(fn, Attach) or fn in {reseed, restore_grads, count_batches, select_stage, log_stage,
+                                            log_kd_share, drop_continuation, close_unlabeled}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -118,14 +138,23 @@ def select_stage(trainer) -> None:
         LOGGER.info(message)
 
 
+def epoch_seed(trainer) -> int:
+    """The random seed of this epoch on this rank: a function of (seed, epoch, rank) alone."""
+    return (int(trainer.args.seed) * 1_000_003 + int(trainer.epoch) * 7919 + max(RANK, 0)) % 2**31
+
+
 def reseed(trainer) -> None:
-    """on_train_epoch_start, from the second epoch on: seed random, numpy, torch and the train loader's shuffling from
+    """on_train_epoch_start: from the second epoch on, seed random, numpy, torch and the train loader's shuffling from
     (seed, epoch, rank) and restart the loader's iterator, so epoch e draws the same order and augmentation whether
     the run started at 0 or resumed at e (Ultralytics seeds once, at start, and saves no random state). The first
-    epoch keeps Ultralytics' own seeding, so a run with KD weight 0 matches a plain run there."""
+    epoch keeps Ultralytics' own seeding, so a run with KD weight 0 matches a plain run there. The unlabeled pool's
+    stream restarts from the epoch's seed every epoch, the first included (it draws from random states of its own)."""
+    seed = epoch_seed(trainer)
+    pool = trainer.yolo_kd.unlabeled_loader
+    if pool is not None:
+        pool.restart(seed + 1)
     if trainer.epoch == 0:
         return
-    seed = (int(trainer.args.seed) * 1_000_003 + int(trainer.epoch) * 7919 + max(RANK, 0)) % 2**31
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -134,9 +163,11 @@ def reseed(trainer) -> None:
         loader.generator.manual_seed(seed)
     if hasattr(loader, "reset"):
         loader.reset()  # a new iterator draws its worker seeds from the generator just seeded
-    pool = getattr(unwrap_model(trainer.model), "unlabeled", None)
-    if pool is not None:
-        pool.reseed(seed + 1)
+
+
+def count_batches(trainer) -> None:
+    """on_train_epoch_start: the optimizer-step counter's batch index restarts at this epoch's first batch."""
+    trainer.yolo_kd.accumulation.start_epoch(trainer.epoch, len(trainer.train_loader))
 
 
 def log_stage(trainer) -> None:
@@ -162,22 +193,10 @@ def log_kd_share(trainer) -> None:
         LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: KD {sum(shares.values()):.1%} of the loss ({parts})")
 
 
-def drop_continuation(trainer) -> None:
-    """on_train_end: a finished run's last.pt cannot be resumed, so the resume-only tensors leave it (its size)."""
-    if not trainer.last.exists():
-        return
-    ckpt = torch.load(trainer.last, map_location="cpu", weights_only=False)
-    if (ckpt.get(KD_STATE_KEY) or {}).pop("continue", None) is not None:
-        buffer = io.BytesIO()
-        torch.save(ckpt, buffer)
-        atomic_write(trainer.last, buffer.getvalue())
-
-
-def close_pool(trainer) -> None:
-    """on_train_end: shut the unlabeled pool's loader workers down (Ultralytics closes only its own loaders)."""
-    pool = getattr(unwrap_model(trainer.model), "unlabeled", None)
-    if pool is not None:
-        pool.close()
+def close_unlabeled(trainer) -> None:
+    """on_train_end: shut the unlabeled pool's loader down (Ultralytics closes only its own loaders)."""
+    if trainer.yolo_kd.unlabeled_loader is not None:
+        trainer.yolo_kd.unlabeled_loader.close()
 
 
 # ---------------------------------------------------------------------- method wrappers: (trainer, base, *args)
@@ -205,11 +224,49 @@ def build_dataset(trainer, base, img_path: str, mode: str = "train", batch: int 
         trainer.args = args
 
 
+def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int = 0, mode: str = "train"):
+    """The trainer's loader; beside the train loader (first built, or rebuilt at a smaller batch after an OOM), the
+    unlabeled pool's loader of `round(unlabeled_ratio x batch)` images per step, on this rank's share of the pool,
+    at the train loader's size; the optimizer-step counter restarts with it, as Ultralytics' own does."""
+    loader = base(dataset_path, batch_size, rank, mode)
+    run = trainer.yolo_kd
+    if mode != "train":
+        return loader
+    run.accumulation.reset()
+    if run.unlabeled:
+        close_unlabeled(trainer)
+        args, ratio = trainer.args, run.recipe.unlabeled_ratio
+        size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
+        files = rank_share(run.unlabeled)
+        per_step = max(1, round(ratio * batch_size))
+        run.unlabeled_loader = UnlabeledLoader(files, args, trainer.data, size, per_step, int(trainer.stride),
+                                               args.workers)
+        if RANK in {-1, 0}:
+            LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {per_step} per step beside "
+                        f"{batch_size} labeled (unlabeled_ratio {ratio:g}); BatchNorm running statistics from "
+                        f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}")
+    return loader
+
+
 def preprocess_batch(trainer, base, batch: dict) -> dict:
-    """The trainer's preprocessing; with a high-resolution source, `teacher_img` keeps the loader's batch and `img`
-    becomes its anti-aliased (area) downsample to the student's size (multi-scale applied to the student's size)."""
-    if not trainer.yolo_kd.recipe.source_size(trainer.args.imgsz):
-        return base(batch)
+    """The trainer's preprocessing, then the engine's: the step counter advances (`accumulation`); with a
+    high-resolution source, `teacher_img` keeps the loader's batch and `img` becomes its anti-aliased (area)
+    downsample to the student's size (multi-scale applied to the student's size); when this step's KD reads the
+    unlabeled pool, its images join the batch (`add_unlabeled`)."""
+    run = trainer.yolo_kd
+    run.accumulation.next_batch(int(trainer.accumulate))
+    trainer.accumulate = StepEveryBatch(run.accumulation.accumulate)  # the engine decides (`optimizer_step`)
+    if run.recipe.source_size(trainer.args.imgsz):
+        batch = teacher_size_batch(trainer, base, batch)
+    else:
+        batch = base(batch)
+    if run.unlabeled_loader is not None and unwrap_model(trainer.model).reads_unlabeled:
+        add_unlabeled(batch, run.unlabeled_loader, run.recipe.unlabeled_ratio)
+    return batch
+
+
+def teacher_size_batch(trainer, base, batch: dict) -> dict:
+    """`teacher_img`: the loader's batch at the teacher's size; `img`: its downsample to the student's size."""
     args = trainer.args
     multi_scale, args.multi_scale = args.multi_scale, 0.0
     try:
@@ -221,6 +278,40 @@ def preprocess_batch(trainer, base, batch: dict) -> dict:
     hw = tuple(max(stride, round(d * size / max(source.shape[-2:]) / stride) * stride) for d in source.shape[-2:])
     batch["teacher_img"], batch["img"] = source, resample(source, hw)
     return batch
+
+
+def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
+    """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`;
+    `unlabeled_teacher_img`: the same images at the size of `teacher_img`, when the batch has one."""
+    img, source = batch["img"], batch.get("teacher_img")
+    extra = loader.next(max(1, round(ratio * len(img))))["img"].to(img.device, non_blocking=True).float() / 255
+    batch["unlabeled_img"] = resample(extra, tuple(img.shape[-2:])).to(img.dtype)
+    if source is not None:
+        batch["unlabeled_teacher_img"] = resample(extra, tuple(source.shape[-2:])).to(source.dtype)
+
+
+def _close_dataloader_mosaic(trainer, base) -> None:
+    """The trainer's final no-mosaic epochs start for the unlabeled pool too."""
+    base()
+    if trainer.yolo_kd.unlabeled_loader is not None:
+        trainer.yolo_kd.unlabeled_loader.close_mosaic()
+
+
+def optimizer_step(trainer, base) -> None:
+    """Step (the trainer's clip, step, zero_grad, EMA update) only when Ultralytics' rule says the step is due, by the
+    engine's counter (`accumulation`)."""
+    accumulation = trainer.yolo_kd.accumulation
+    if accumulation.due():
+        base()
+        accumulation.stepped()
+
+
+def _handle_nan_recovery(trainer, base, epoch):
+    """The trainer's NaN recovery; when it redoes the epoch, the step counter restarts as Ultralytics' does."""
+    redo = base(epoch)
+    if redo:
+        trainer.yolo_kd.accumulation.reset()
+    return redo
 
 
 def setup_model(trainer, base):
@@ -242,65 +333,10 @@ def set_model_attributes(trainer, base) -> None:
     run = trainer.yolo_kd
     check_imgsz(trainer.args.imgsz, max(int(trainer.model.stride.max()), MIN_GRID))  # Ultralytics' grid size
     trainer.model = Distiller(trainer.model, run.recipe, epochs=trainer.epochs, names=trainer.data["names"],
-                              pool=run.pool, teacher_shapes=run.teacher_shapes, unlabeled=run.unlabeled)
+                              pool=run.teacher_pool, teacher_shapes=run.teacher_shapes)
     trainer.model.to(trainer.device)
     if run.resume_state:
         trainer.model.load_kd_state(run.resume_state)
-
-
-def save_model(trainer, base):
-    """Write the trainer's checkpoints with the student alone, each one atomically; last.pt adds the KD state.
-
-    Ultralytics serialises the checkpoint once and writes the same bytes to last.pt and best.pt in place. Here it
-    writes them into in-memory sinks instead; best.pt gets those bytes, last.pt gets them with the KD state added,
-    each through a temp file renamed over the target, so a kill at any moment leaves a whole checkpoint.
-    """
-    model, ema, last, best = trainer.model, trainer.ema.ema, trainer.last, trainer.best
-    trainer.model, trainer.ema.ema = unwrap_model(model).student, ema.student
-    last_sink, best_sink = CheckpointSink(), CheckpointSink()
-    trainer.last, trainer.best = last_sink, best_sink
-    try:
-        saved = base()
-    finally:
-        trainer.model, trainer.ema.ema, trainer.last, trainer.best = model, ema, last, best
-    if best_sink.data is not None:
-        atomic_write(best, best_sink.data)
-    if last_sink.data is not None:
-        atomic_write(last, with_kd_state(last_sink.data, trainer, unwrap_model(model), ema))
-    return saved
-
-
-def _load_checkpoint_state(trainer, base, ckpt) -> None:
-    """The trainer's optimizer/scaler/stopper restore; the EMA and adapters are rebuilt around the distiller."""
-    base({**ckpt, "ema": None})
-    if trainer.ema and ckpt.get("ema"):
-        trainer.ema = ModelEMA(trainer.model)
-        trainer.ema.ema.student.load_state_dict(ckpt["ema"].float().state_dict())
-        trainer.ema.updates = ckpt["updates"]
-    state = ckpt.get(KD_STATE_KEY)
-    if state:
-        unwrap_model(trainer.model).load_kd_state(state)
-        if trainer.ema:
-            trainer.ema.ema.load_kd_state(state)
-
-
-def resume_training(trainer, base, ckpt) -> None:
-    """The trainer's resume, then what continues the interrupted run rather than restarting from its EMA: the live
-    weights, the EMA in float32, the optimizer tensors Ultralytics saved in float16 and the mosaic buffer
-    (`continuation`)."""
-    base(ckpt)
-    saved = ((ckpt or {}).get(KD_STATE_KEY) or {}).get("continue") if trainer.resume else None
-    if not saved:
-        return
-    unwrap_model(trainer.model).load_state_dict(saved["model"])
-    trainer.ema.ema.load_state_dict(saved["ema"])
-    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-    for i, tensors in saved["optimizer"].items():
-        for key, value in tensors.items():
-            trainer.optimizer.state[params[i]][key].copy_(value)
-    dataset = trainer.train_loader.dataset
-    for i in saved.get("buffer", ()):  # reloads the images in the same order, which rebuilds the same buffer
-        dataset.load_image(i)
 
 
 def label_loss_items(trainer, base, loss_items=None, prefix: str = "train"):
@@ -313,61 +349,12 @@ def label_loss_items(trainer, base, loss_items=None, prefix: str = "train"):
     return [k for k in out if k not in kd] if loss_items is None else {k: v for k, v in out.items() if k not in kd}
 
 
-WRAPPERS = {f.__name__: f for f in (get_dataset, build_dataset, preprocess_batch, setup_model, set_model_attributes,
-                                    save_model, _load_checkpoint_state, resume_training, label_loss_items)}
+WRAPPERS = {f.__name__: f for f in (get_dataset, build_dataset, get_dataloader, preprocess_batch, setup_model,
+                                    set_model_attributes, save_model, _load_checkpoint_state, resume_training,
+                                    _close_dataloader_mosaic, optimizer_step, _handle_nan_recovery, label_loss_items)}
 
 
 # ---------------------------------------------------------------------- helpers
-class CheckpointSink:
-    """Stands in for a checkpoint path while Ultralytics saves: keeps the bytes it would have written in place."""
-
-    def __init__(self):
-        self.data = None
-
-    def write_bytes(self, data: bytes) -> int:
-        self.data = data
-        return len(data)
-
-
-def with_kd_state(data: bytes, trainer, distiller: Distiller, ema: Distiller) -> bytes:
-    """A serialised Ultralytics checkpoint with the plain-data KD state added under `yolo_kd` (in memory): the
-    distiller's (EMA adapters, recipe, stage, balance) and what resume needs to continue the run (`continuation`)."""
-    ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    ckpt[KD_STATE_KEY] = {**distiller.kd_state(adapters=ema.methods),
-                          "continue": continuation(trainer, distiller, ema, ckpt["optimizer"])}
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    return buffer.getvalue()
-
-
-def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer: dict | None) -> dict:
-    """What Ultralytics' checkpoint leaves out or rounds, as plain tensors: the live student and adapters (its resume
-    starts from the EMA), the EMA at full precision (saved in float16), each optimizer tensor it saved at a lower
-    precision than the live one (SGD's momentum; Adam's moments are kept in float32), by parameter index, and the
-    train set's mosaic buffer (the images recently loaded, which mosaic draws its partners from)."""
-    def plain(state: dict) -> dict:
-        return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-    optimizer = {}
-    for i, live in (trainer.optimizer.state_dict()["state"].items() if saved_optimizer else ()):
-        kept = saved_optimizer["state"].get(i, {})
-        rounded = {k: v.detach().cpu().clone() for k, v in live.items()
-                   if torch.is_tensor(v) and torch.is_tensor(kept.get(k)) and kept[k].dtype != v.dtype}
-        if rounded:
-            optimizer[i] = rounded
-    buffer = list(getattr(trainer.train_loader.dataset, "buffer", None) or [])  # empty with loader workers
-    return {"model": plain(distiller.state_dict()), "ema": plain(ema.state_dict()), "optimizer": optimizer,
-            "buffer": buffer}
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, then rename it over `path`: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def student_size(imgsz: int, multi_scale: float, stride: int) -> int:
     """The student's batch size this step: `imgsz`, or a random multi-scale size drawn as Ultralytics draws it."""
     if multi_scale <= 0:

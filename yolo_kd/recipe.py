@@ -32,8 +32,10 @@ from .errors import KDConfigError, first_line
 from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
-RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio"}
+RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
+               "unlabeled_bn"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
+UNLABELED_BN = ("labeled", "all")  # whose batches BatchNorm's running statistics follow (see `norm`)
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
 LEVEL_PAIRINGS = ("index", "area")
@@ -117,12 +119,13 @@ class Recipe:
     class_map: dict[int, int] | None = None
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
+    unlabeled_bn: str = "labeled"  # BatchNorm running statistics from the labeled forward ("labeled") or both ("all")
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
-                    unlabeled_ratio=None) -> Recipe:
+                    unlabeled_ratio=None, unlabeled_bn=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -130,7 +133,7 @@ class Recipe:
                 raise KDConfigError("give the teacher either as teacher=... or inside cfg=..., not both")
             for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
                                ("class_map", class_map), ("unlabeled", unlabeled),
-                               ("unlabeled_ratio", unlabeled_ratio)):
+                               ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -141,7 +144,7 @@ class Recipe:
             "teachers": {"teacher": {"model": str(teacher), "imgsz": teacher_imgsz}},
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
-            "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio,
+            "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
         }
         return cls.from_dict(data)
 
@@ -169,6 +172,7 @@ class Recipe:
             unlabeled=_parse_unlabeled(data.get("unlabeled")),
             unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
+            unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or "labeled", "unlabeled_bn", UNLABELED_BN),
         )
 
     def to_dict(self) -> dict:
@@ -192,6 +196,7 @@ class Recipe:
             "class_map": self.class_map,
             "unlabeled": self.unlabeled,
             "unlabeled_ratio": self.unlabeled_ratio,
+            "unlabeled_bn": self.unlabeled_bn,
         }
 
     # ------------------------------------------------------------------ resolving against a run
@@ -281,6 +286,12 @@ def _parse_unlabeled(value) -> list[str] | None:
     if not values or not all(isinstance(v, (str, Path)) and str(v) for v in values):
         raise KDConfigError(f"'unlabeled' must be a folder, a .txt list or a glob of images (or a list), got {value!r}")
     return [str(v) for v in values]
+
+
+def _parse_choice(value, where: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise KDConfigError(f"'{where}' must be one of {list(choices)}, got {value!r}")
+    return value
 
 
 def _parse_positive(value, where: str, allow_none=False, allow_zero=True):

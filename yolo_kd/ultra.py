@@ -377,9 +377,18 @@ def _unlabeled_images_class():
     return globals()["UnlabeledImages"]
 
 
+#: Ultralytics names the engine uses as they are, imported on first use (`from .ultra import RANK`)
+LAZY = {"RANK": "ultralytics.utils", "ModelEMA": "ultralytics.utils.torch_utils",
+        "unwrap_model": "ultralytics.utils.torch_utils"}
+
+
 def __getattr__(name):
     if name == "UnlabeledImages":
         return _unlabeled_images_class()
+    if name in LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -393,8 +402,24 @@ def unlabeled_dataset(files: list[str], hyp, data: dict, imgsz: int, batch: int,
         data=data, fraction=1.0)
 
 
-def build_loader(dataset, batch: int, workers: int):
-    """Ultralytics' shuffling InfiniteDataLoader for this process (rank -1: the caller shards the files)."""
-    from ultralytics.data.build import build_dataloader
+def pool_dataloader(dataset, batch: int, workers: int, sampler, generator):
+    """A DataLoader of `batch` images per draw from `sampler` (endless), with Ultralytics' collate and worker seeding
+    (the workers' seeds come from `generator`)."""
+    import os
 
-    return build_dataloader(dataset, batch, workers, shuffle=True, rank=-1)
+    from torch.utils.data import DataLoader
+    from ultralytics.data.build import seed_worker
+
+    workers = min(os.cpu_count() or 1, int(workers or 0))
+    return DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                      collate_fn=dataset.collate_fn, worker_init_fn=seed_worker, generator=generator,
+                      prefetch_factor=4 if workers else None, pin_memory=torch.cuda.is_available())
+
+
+def empty_mosaic_buffer(dataset) -> None:
+    """Forget the images a training dataset keeps for mosaic partners (its `buffer`, and the decoded images it holds
+    for them unless cached in RAM), as a freshly built dataset would have none."""
+    if getattr(dataset, "cache", None) != "ram":
+        for i in dataset.buffer:
+            dataset.ims[i] = dataset.im_hw0[i] = dataset.im_hw[i] = None
+    dataset.buffer.clear()
