@@ -89,3 +89,21 @@ def tiny_student_ckpt(tiny_data, tmp_path_factory) -> Path:
 def tiny_teacher_b(tiny_data, tmp_path_factory) -> Path:
     """A second teacher of another family and width (yolo11n) for multi-teacher tests."""
     return train_tiny(tmp_path_factory, "yolo11n.yaml", tiny_data, 2, "teacher_b")
+
+
+GREEN = (0, 255, 0)  # BGR: no tiny-data image has a pure green pixel; their backgrounds are dark in every channel
+
+
+@pytest.fixture(scope="session")
+def tiny_pool(tmp_path_factory) -> Path:
+    """A folder of 6 unlabeled 64 px images: pure green with a few grey discs (PNG, so the colours stay exact)."""
+    root = tmp_path_factory.mktemp("pool") / "pool"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        img = np.zeros((64, 64, 3), np.uint8)
+        img[:] = GREEN
+        for _ in range(2):
+            cv2.circle(img, tuple(int(v) for v in rng.integers(10, 54, 2)), 6, (200, 200, 200), -1)
+        cv2.imwrite(str(root / f"u{i}.png"), img)
+    return root

@@ -1,43 +1,41 @@
-"""Issue 22: distillation on unlabeled images (`unlabeled=`): the detection loss reads labeled images only, KD reads
-all of them, mosaics stay within the pool, bad pools are refused before anything is written, resume keeps the pool."""
+"""Issues 22 and 29: distillation on unlabeled images (`unlabeled=`), the pool owned by the engine: the detection loss
+reads labeled images only, KD reads all of them; the labeled stream is the same with and without a pool; every step
+gets exactly round(ratio x batch) pool images; the teacher sees the student's pool images; mosaics stay within the
+pool; BatchNorm's running statistics follow the labeled images; DDP ranks read disjoint shards; bad pools are
+refused before anything is written; resume keeps the pool."""
 
 import copy
+import hashlib
+import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_NAMES, TINY_TRAIN, read_results
 from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
 
 import yolo_kd
 from yolo_kd import KDConfigError
 from yolo_kd.distiller import Distiller
 from yolo_kd.recipe import Recipe
+from yolo_kd.resolution import resample
 from yolo_kd.ultra import train_args
-from yolo_kd.unlabeled import UnlabeledStream, resolve_images, shard
+from yolo_kd.unlabeled import resolve_images, shard
+from yolo_kd.unlabeled_loader import UnlabeledLoader
 
 NAMES = dict(enumerate(TINY_NAMES))
-GREEN = (0, 255, 0)  # BGR: no tiny-data image has a pure green pixel; their backgrounds are dark in every channel
 
 
 @pytest.fixture(scope="module")
-def pool(tmp_path_factory):
-    """A folder of 6 unlabeled 64 px images: pure green with a few grey discs (PNG, so the colours stay exact)."""
-    root = tmp_path_factory.mktemp("pool") / "pool"
-    root.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(6):
-        img = np.zeros((64, 64, 3), np.uint8)
-        img[:] = GREEN
-        for _ in range(2):
-            cv2.circle(img, tuple(int(v) for v in rng.integers(10, 54, 2)), 6, (200, 200, 200), -1)
-        cv2.imwrite(str(root / f"u{i}.png"), img)
-    return root
+def pool(tiny_pool):
+    return tiny_pool
 
 
 def student_with_args(**overrides):
@@ -48,23 +46,29 @@ def student_with_args(**overrides):
     return student
 
 
-def labeled_batch():
+def labeled_batch(pool_images: int = 0):
+    """Two labeled images with a box each; `pool_images` unlabeled ones as `unlabeled_img`, as the engine adds them."""
     torch.manual_seed(1)
-    return {"img": torch.rand(2, 3, 64, 64), "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.3, 0.2, 0.2]]),
-            "cls": torch.tensor([[0.0], [1.0]]), "batch_idx": torch.tensor([0.0, 1.0])}
+    batch = {"img": torch.rand(2, 3, 64, 64), "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.3, 0.2, 0.2]]),
+             "cls": torch.tensor([[0.0], [1.0]]), "batch_idx": torch.tensor([0.0, 1.0])}
+    if pool_images:
+        batch["unlabeled_img"] = torch.rand(pool_images, 3, 64, 64)
+    return batch
 
 
-def test_detection_terms_unchanged_by_unlabeled_images_and_kd_reads_them(tiny_teacher, pool):
+def distiller(tiny_teacher, student, **recipe):
+    torch.manual_seed(2)  # the same adapters in every distiller
+    d = Distiller(copy.deepcopy(student), Recipe.from_kwargs(teacher=str(tiny_teacher), **recipe), epochs=1,
+                  names=NAMES)
+    d.train()
+    d.set_epoch(0)
+    return d
+
+
+def test_detection_terms_unchanged_by_unlabeled_images_and_kd_reads_them(tiny_teacher):
     student = student_with_args()
-    runs = {}
-    for name, files in (("plain", None), ("pool", resolve_images(pool))):
-        torch.manual_seed(2)  # the same adapters in both distillers
-        d = Distiller(copy.deepcopy(student), Recipe.from_kwargs(teacher=str(tiny_teacher)), epochs=1, names=NAMES,
-                      unlabeled=files)
-        d.train()
-        d.set_epoch(0)
-        runs[name] = d.loss(labeled_batch())
-    (plain, plain_items), (mixed, mixed_items) = runs["plain"], runs["pool"]
+    plain, plain_items = distiller(tiny_teacher, student).loss(labeled_batch())
+    mixed, mixed_items = distiller(tiny_teacher, student).loss(labeled_batch(pool_images=3))
     for key in ("box_loss", "cls_loss", "dfl_loss"):
         assert torch.equal(plain_items[key], mixed_items[key]), key  # bit-identical: unlabeled images add nothing
     assert torch.equal(plain[:3], mixed[:3])
@@ -72,34 +76,40 @@ def test_detection_terms_unchanged_by_unlabeled_images_and_kd_reads_them(tiny_te
         assert mixed_items[term] > 0 and not torch.isclose(mixed_items[term], plain_items[term]), term
 
 
-def test_unlabeled_images_reach_the_student_through_kd(tiny_teacher, pool):
+def test_unlabeled_images_reach_the_student_through_kd(tiny_teacher):
     """The KD part of the loss sends a gradient through the unlabeled forward: the student's KD gradient with the pool
     differs from the one without it, for the same labeled batch, weights and adapters."""
     student = student_with_args()
     grads = {}
-    for name, files in (("plain", None), ("pool", resolve_images(pool))):
-        torch.manual_seed(2)
-        d = Distiller(copy.deepcopy(student), Recipe.from_kwargs(teacher=str(tiny_teacher), method="pred"), epochs=1,
-                      names=NAMES, unlabeled=files)
-        d.train()
-        d.set_epoch(0)
-        loss, _ = d.loss(labeled_batch())
+    for name, n in (("plain", 0), ("pool", 2)):
+        d = distiller(tiny_teacher, student, method="pred")
+        loss, _ = d.loss(labeled_batch(n))
         loss[3].backward()  # the KD part alone
         grads[name] = torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None])
     assert grads["pool"].abs().sum() > 0 and not torch.allclose(grads["pool"], grads["plain"])
 
 
-def test_a_mosaic_never_mixes_labeled_and_unlabeled_images(pool):
-    args = train_args(imgsz=64, workers=0, mosaic=1.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, mixup=0.0)
-    stream = UnlabeledStream(resolve_images(pool), ratio=1.0)
-    stream.build(args, {"names": NAMES, "channels": 3}, imgsz=64, batch=4, stride=32)
-    for _ in range(4):
-        batch = stream.next_batch()
-        assert batch["cls"].numel() == 0 and batch["bboxes"].numel() == 0  # no box, ever, from the pool
-        img = batch["img"].permute(0, 2, 3, 1).numpy()  # RGB uint8
-        assert not ((img < 60).all(-1)).any()  # no dark labeled-image background anywhere
-        assert ((img[..., 1] > 240) & (img[..., 0] < 15)).mean() > 0.2  # the pool's green is there
-    assert stream.next("cpu").shape == (4, 3, 64, 64)
+def batchnorm_state(model):
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    return torch.cat([m.running_mean for m in norms]), {int(m.num_batches_tracked) for m in norms}
+
+
+@pytest.mark.parametrize("bn", ["labeled", "all"])
+def test_batchnorm_running_statistics_follow_the_chosen_images(tiny_teacher, bn):
+    """Default `unlabeled_bn: labeled`: after a step with a pool, BatchNorm's running statistics are exactly those of
+    the step without it (one update per step); `all`: the pool's forward updates them too (two per step)."""
+    student = student_with_args()
+    plain = distiller(tiny_teacher, student)
+    plain.loss(labeled_batch())
+    mixed = distiller(tiny_teacher, student, unlabeled_bn=bn)
+    mixed.loss(labeled_batch(pool_images=2))
+    plain_mean, plain_count = batchnorm_state(plain.student)
+    mixed_mean, mixed_count = batchnorm_state(mixed.student)
+    assert plain_count == {1}
+    if bn == "labeled":
+        assert mixed_count == {1} and torch.equal(mixed_mean, plain_mean)
+    else:
+        assert mixed_count == {2} and not torch.allclose(mixed_mean, plain_mean)
 
 
 def mosaic_probability(transforms) -> float:
@@ -113,14 +123,132 @@ def mosaic_probability(transforms) -> float:
     return 0.0
 
 
+def pool_loader(files, batch, **args):
+    return UnlabeledLoader(files, train_args(imgsz=64, workers=0, **args), {"names": NAMES, "channels": 3}, imgsz=64,
+                           batch=batch, stride=32, workers=0)
+
+
 def test_close_mosaic_reaches_the_pool(pool):
     args = train_args(imgsz=64, workers=0, mosaic=1.0)
-    stream = UnlabeledStream(resolve_images(pool), ratio=1.0)
-    stream.build(args, {"names": NAMES, "channels": 3}, imgsz=64, batch=2, stride=32)
-    assert mosaic_probability(stream._dataset.transforms) == 1.0
-    stream.close_mosaic()
-    assert mosaic_probability(stream._dataset.transforms) == 0.0
+    loader = UnlabeledLoader(resolve_images(pool), args, {"names": NAMES, "channels": 3}, 64, 2, 32, 0)
+    assert mosaic_probability(loader.dataset.transforms) == 1.0
+    loader.close_mosaic()
+    assert mosaic_probability(loader.dataset.transforms) == 0.0
     assert args.mosaic == 1.0  # the run's own arguments are not changed
+
+
+@pytest.mark.parametrize("pool_size", [3, 4, 6, 10])
+def test_every_draw_has_exactly_the_asked_images(pool, tmp_path, pool_size):
+    """A pool smaller than, equal to, larger than and not a multiple of the 4 images a step asks for: every draw
+    has 4 (never a short last batch), and a cut draw (the epoch's last labeled batch) its share; each pass over the
+    pool is a permutation of it."""
+    files = [str(p) for p in sorted(pool.iterdir())]
+    files = [files[i % len(files)] for i in range(pool_size)]
+    loader = pool_loader(files, batch=4, mosaic=0.0)
+    loader.restart(7)
+    drawn = [loader.next()["im_file"] for _ in range(5)]
+    assert [len(d) for d in drawn] == [4] * 5
+    seen = [f for d in drawn for f in d]
+    assert sorted(seen[:pool_size]) == sorted(files)  # the first pass covers the pool once
+    assert loader.next(3)["img"].shape == (3, 3, 64, 64)
+
+
+def test_the_pool_draws_from_its_own_random_state(pool):
+    """Drawing from the pool (augmentation on, workers=0) leaves Python's, NumPy's and torch's global random state as
+    it found it, and a restart from the same seed draws the same images, augmented the same."""
+    loader = pool_loader(resolve_images(pool), batch=4, mosaic=1.0, degrees=10.0)
+    torch.manual_seed(0), np.random.seed(0)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy())
+    loader.restart(3)
+    first = [loader.next()["img"] for _ in range(3)]
+    assert torch.equal(before[0], torch.get_rng_state()) and np.array_equal(before[1], np.random.get_state()[1])
+    loader.restart(3)
+    assert all(torch.equal(a, loader.next()["img"]) for a in first)
+    loader.restart(4)
+    assert not torch.equal(first[0], loader.next()["img"])
+
+
+class RecordingTrainer(DetectionTrainer):
+    """Records what each training step sees: hashes of the labeled batches (pixels and boxes, as the loader gave
+    them), the student's pool input and the teacher's input (`seen`, a class attribute the test reads)."""
+
+    seen: dict = {}
+
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        digest = hashlib.sha1(batch["img"].numpy().tobytes() + batch["bboxes"].numpy().tobytes()).hexdigest()
+        self.seen.setdefault("labeled", []).append(digest)
+        self.seen.setdefault("labeled_img", []).append(batch["img"].clone())
+        return batch
+
+
+def record_forwards(trainer):
+    """on_train_start: record the student's training inputs (labeled, then pool) and the teacher's inputs."""
+    seen, distiller = RecordingTrainer.seen, trainer.model
+
+    def student_input(module, args):
+        if module.training:
+            seen.setdefault("student", []).append(args[0].detach().clone())
+
+    def teacher_input(module, args):
+        seen.setdefault("teacher", []).append(args[0].detach().clone())
+
+    distiller.student.register_forward_pre_hook(student_input)
+    distiller.pool.loaded["teacher"].register_forward_pre_hook(teacher_input)
+
+
+def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, **train):
+    RecordingTrainer.seen = {}
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_start", record_forwards)
+    yolo_kd.distill(model, teacher=str(teacher), teacher_imgsz=teacher_imgsz,
+                    **({"unlabeled": str(pool)} if pool else {}))
+    model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
+                **{**TINY_TRAIN, "epochs": 2, **train})
+    return RecordingTrainer.seen
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_labeled_stream_is_the_same_with_and_without_a_pool(tiny_data, tiny_teacher, pool, tmp_path, workers):
+    """2 epochs with mosaic (3 images a batch: 3, 3, 2): the labeled batches hash equal with and without the pool;
+    each step has as many pool images as labeled ones; no labeled image holds the pool's green, no pool image the
+    labeled images' dark background (mosaics never mix the two)."""
+    train = {"batch": 3, "nbs": 3, "mosaic": 1.0, "workers": workers, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
+    plain = recorded_run(tmp_path / "plain", tiny_data, tiny_teacher, **train)["labeled"]
+    seen = recorded_run(tmp_path / "pool", tiny_data, tiny_teacher, pool, **train)
+    assert len(plain) == 6 and seen["labeled"] == plain
+    labeled, pooled = seen["student"][0::2], seen["student"][1::2]  # each step: labeled forward, then pool forward
+    assert [len(x) for x in labeled] == [3, 3, 2] * 2 and [len(x) for x in pooled] == [3, 3, 2] * 2
+    for img in seen["labeled_img"]:
+        rgb = img.permute(0, 2, 3, 1)
+        assert not ((rgb[..., 1] > 0.94) & (rgb[..., 0] < 0.06)).any()  # no pool green in a labeled image
+    for img in pooled:
+        rgb = img.permute(0, 2, 3, 1)
+        assert not (rgb < 0.235).all(-1).any()  # no dark labeled background in a pool image
+        assert ((rgb[..., 1] > 0.94) & (rgb[..., 0] < 0.06)).float().mean() > 0.2
+
+
+@pytest.mark.parametrize("teacher_imgsz", [None, 128])
+def test_the_teacher_sees_the_students_pool_images(tiny_data, tiny_teacher, pool, tmp_path, teacher_imgsz):
+    """The teacher's rows after the labeled ones are the student's pool input: the same tensor at the student's size;
+    at its own size, the images the student's pool input is the area downsample of."""
+    seen = recorded_run(tmp_path, tiny_data, tiny_teacher, pool, epochs=1, teacher_imgsz=teacher_imgsz)
+    labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert len(seen["teacher"]) == len(pooled) == 2
+    for n, student_pool, teacher in zip((len(x) for x in labeled), pooled, seen["teacher"]):
+        teacher_pool = teacher[n:]
+        if teacher_imgsz is None:
+            assert torch.equal(teacher_pool, student_pool)
+        else:
+            assert teacher_pool.shape[-1] == 128 and student_pool.shape[-1] == 64
+            assert torch.allclose(resample(teacher_pool, (64, 64)), student_pool, atol=1e-6)
+
+
+def test_one_image_file_is_a_pool_of_one(pool):
+    image = str(sorted(pool.iterdir())[0])
+    assert resolve_images(image) == [image]
+    loader = pool_loader([image], batch=2, mosaic=0.0)
+    assert list(loader.next()["im_file"]) == [image, image]
 
 
 def test_ddp_shards_are_disjoint_and_cover_the_pool():
@@ -131,10 +259,45 @@ def test_ddp_shards_are_disjoint_and_cover_the_pool():
     assert shard(["a.jpg"], 1, 2) == ["a.jpg"]
 
 
-def test_ratio_sets_the_unlabeled_batch():
-    assert UnlabeledStream(["a.jpg"], 1.0).batch_size(8) == 8
-    assert UnlabeledStream(["a.jpg"], 0.5).batch_size(8) == 4
-    assert UnlabeledStream(["a.jpg"], 0.01).batch_size(8) == 1
+DDP_POOL_WORKER = """
+import json, sys
+import torch.distributed as dist
+from types import SimpleNamespace
+
+rank, pool, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", rank=rank, world_size=2)
+from yolo_kd.hooks import KDRun, build_unlabeled_loader
+from yolo_kd.recipe import Recipe
+from yolo_kd.ultra import train_args
+from yolo_kd.unlabeled import resolve_images
+
+run = KDRun(Recipe.from_kwargs(teacher="t.pt", unlabeled=pool))
+run.unlabeled = resolve_images(pool)
+trainer = SimpleNamespace(yolo_kd=run, args=train_args(imgsz=64, workers=0, mosaic=0.0), stride=32,
+                          data={"names": {0: "a"}, "channels": 3})
+loader = build_unlabeled_loader(trainer, batch_size=1)
+loader.restart(0)
+files = sorted({f for _ in range(6) for f in loader.next()["im_file"]})
+open(f"{out}.{rank}", "w").write(json.dumps(files))
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_ranks_read_disjoint_shards_of_the_pool(pool, tmp_path):
+    """Two gloo ranks build the pool's loader as the engine does: they read disjoint files that cover the pool."""
+    script, out = tmp_path / "worker.py", tmp_path / "files"
+    script.write_text(DDP_POOL_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(pool), str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    logs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    ranks = [set(json.loads((tmp_path / f"files.{r}").read_text())) for r in range(2)]
+    assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]
+    assert ranks[0] | ranks[1] == set(resolve_images(pool))
 
 
 @pytest.mark.parametrize("make, says", [(lambda p: p / "missing", "does not exist"),
@@ -164,9 +327,9 @@ def test_train_on_a_pool_then_resume_keeps_distilling_on_it(tiny_data, tiny_teac
             shutil.copy(trainer.last, saved)
 
     def record(trainer):
-        stream = trainer.model.unlabeled
-        seen.setdefault("files", stream.files)
-        seen.setdefault("closed", []).append(stream.mosaic_closed)
+        loader = trainer.yolo_kd.unlabeled_loader
+        seen.setdefault("files", loader.files)
+        seen.setdefault("closed", []).append(loader.mosaic_closed)
 
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_model_save", keep_epoch_one)
@@ -184,7 +347,7 @@ def test_train_on_a_pool_then_resume_keeps_distilling_on_it(tiny_data, tiny_teac
     ckpt["train_args"]["save_dir"] = str(tmp_path / "resumed")  # resume into a folder of its own
     torch.save(ckpt, saved)
     resumed, seen2 = YOLO(str(saved)), {}
-    resumed.add_callback("on_train_batch_end", lambda t: seen2.setdefault("files", t.model.unlabeled.files))
+    resumed.add_callback("on_train_batch_end", lambda t: seen2.setdefault("files", t.yolo_kd.unlabeled_loader.files))
     yolo_kd.distill(resumed)  # no teacher: the recipe, pool included, comes back from last.pt
     resumed.train(resume=True)
     assert seen2["files"] == resolve_images(pool)
@@ -202,7 +365,7 @@ def test_data_yaml_unlabeled_entry_is_read_relative_to_its_path(tiny_data, tiny_
     (root / "data.yaml").write_text(text + "unlabeled: unlabeled\n")
     seen = {}
     model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_batch_end", lambda t: seen.setdefault("files", t.model.unlabeled.files))
+    model.add_callback("on_train_batch_end", lambda t: seen.setdefault("files", t.yolo_kd.unlabeled_loader.files))
     yolo_kd.distill(model, teacher=str(tiny_teacher), method="pred")
     model.train(data=str(root / "data.yaml"), epochs=1, project=str(tmp_path / "runs"), name="run", **TINY_TRAIN)
     assert [p.rsplit("/", 1)[-1] for p in seen["files"]] == sorted(p.name for p in pool.iterdir())
@@ -214,11 +377,9 @@ def test_an_unreadable_pool_image_is_skipped_not_a_crash(pool, tmp_path):
     (broken / "zz_truncated.jpg").write_bytes(b"not a jpeg")
     files = resolve_images(broken)
     assert len(files) == 7  # the pool is never scanned: the broken file is in it
-    stream = UnlabeledStream(files, ratio=1.0)
-    stream.build(train_args(imgsz=64, workers=0, mosaic=0.0), {"names": NAMES, "channels": 3}, imgsz=64, batch=7,
-                 stride=32)
+    loader = pool_loader(files, batch=7, mosaic=0.0)
     for _ in range(3):  # every image drawn, the broken one included
-        assert stream.next("cpu").shape == (7, 3, 64, 64)
+        assert loader.next()["img"].shape == (7, 3, 64, 64)
 
 
 def test_a_relative_pool_is_kept_absolute_for_resume(tiny_teacher, pool, monkeypatch):

@@ -44,7 +44,7 @@ from ultralytics.utils import LOGGER
 from .accumulation import Accumulation, StepEveryBatch
 from .checkpoints import (_load_checkpoint_state, drop_continuation, restore_grads, resume_training, save_model)
 from .compat import check_before_run
-from .distiller import Distiller
+from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
@@ -235,16 +235,23 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
     run.accumulation.reset()
     if run.unlabeled:
         close_unlabeled(trainer)
-        args, ratio = trainer.args, run.recipe.unlabeled_ratio
-        size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
-        files = rank_share(run.unlabeled)
-        per_step = max(1, round(ratio * batch_size))
-        run.unlabeled_loader = UnlabeledLoader(files, args, trainer.data, size, per_step, int(trainer.stride),
-                                               args.workers)
-        if RANK in {-1, 0}:
-            LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {per_step} per step beside "
-                        f"{batch_size} labeled (unlabeled_ratio {ratio:g}); BatchNorm running statistics from "
-                        f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}")
+        run.unlabeled_loader = build_unlabeled_loader(trainer, batch_size)
+    return loader
+
+
+def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
+    """The pool's loader for a labeled batch of `batch_size`: `round(unlabeled_ratio x batch)` images per step (at
+    least 1), this rank's share of the pool, at the train loader's size, with the run's augmentation."""
+    run, args = trainer.yolo_kd, trainer.args
+    ratio = run.recipe.unlabeled_ratio
+    size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
+    per_step = max(1, round(ratio * batch_size))
+    loader = UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size, per_step, int(trainer.stride),
+                             args.workers)
+    if RANK in {-1, 0}:
+        LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {per_step} per step beside {batch_size} "
+                    f"labeled (unlabeled_ratio {ratio:g}); BatchNorm running statistics from "
+                    f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}")
     return loader
 
 

@@ -1,0 +1,88 @@
+"""Issue 31: a run killed at any moment (a real SIGKILL) and resumed ends with the uninterrupted run's last
+results.csv row, with gradient accumulation (`nbs` > batch, epochs that end mid-accumulation), with and without an
+unlabeled pool, mosaic on in the redone epoch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TINY_TRAIN, read_results
+from ultralytics import YOLO
+
+import yolo_kd
+
+#: batch 4 on 8 images: 2 batches an epoch; nbs 12: a step every 3 batches, so epoch 1 ends with 2 batches of
+#: gradients not yet stepped; no warm-up (it would hold accumulate at 1); mosaic on in epochs 1-2, off in 3
+TRAIN = {**TINY_TRAIN, "nbs": 12, "warmup_epochs": 0, "mosaic": 1.0, "close_mosaic": 1}
+EPOCHS = 3
+
+KILL_SCRIPT = """
+import json, os, signal, sys
+from ultralytics import YOLO
+from ultralytics.models.yolo.detect import DetectionTrainer
+import yolo_kd
+
+data, teacher, project, kill, pool, train = sys.argv[1:6] + [json.loads(sys.argv[6])]
+
+
+class KilledBeforeLast(DetectionTrainer):
+    def save_model(self):  # epoch 2's results.csv row is written; its last.pt is not
+        if kill == "before_last" and self.epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().save_model()
+
+
+def killed_mid_epoch(trainer):
+    if kill == "mid_epoch" and trainer.epoch == 1:  # after epoch 2's first batch
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+model = YOLO("yolov8n.yaml")
+model.add_callback("on_train_batch_end", killed_mid_epoch)
+yolo_kd.distill(model, teacher=teacher, **({"unlabeled": pool} if pool != "-" else {}))
+model.train(data=data, epochs={epochs}, project=project, name="run", trainer=KilledBeforeLast, **train)
+""".replace("{epochs}", str(EPOCHS))
+
+
+def train(tmp_path, data, teacher, pool):
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(teacher), **({"unlabeled": str(pool)} if pool else {}))
+    model.train(data=str(data), epochs=EPOCHS, project=str(tmp_path), name="run", **TRAIN)
+    return read_results(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tiny_teacher, tiny_pool, tmp_path_factory):
+    """The last results.csv row of the uninterrupted run, without and with the pool."""
+    return {with_pool: train(tmp_path_factory.mktemp(f"whole_{with_pool}"), tiny_data, tiny_teacher,
+                             tiny_pool if with_pool else None)[-1] for with_pool in (False, True)}
+
+
+def same_row(a: dict, b: dict) -> list[str]:
+    """Columns (all but the wall time) whose values differ at 4 decimals."""
+    return [k for k in a if k != "time" and round(float(a[k]), 4) != round(float(b[k]), 4)]
+
+
+@pytest.mark.parametrize("kill, with_pool", [("before_last", False), ("mid_epoch", True), ("before_last", True),
+                                             ("mid_epoch", False)])
+def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, with_pool, tiny_data, tiny_teacher, tiny_pool,
+                                                        uninterrupted, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(tiny_data), str(tiny_teacher), str(tmp_path), kill,
+                          str(tiny_pool) if with_pool else "-", json.dumps(TRAIN)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "YOLO_OFFLINE": "1"})
+    assert out.returncode == -9, out.stderr[-3000:]  # really killed
+    run = tmp_path / "run"
+    rows = read_results(run)
+    assert [r["epoch"] for r in rows] == (["1", "2"] if kill == "before_last" else ["1"])
+    model = YOLO(str(run / "weights" / "last.pt"))
+    assert model.ckpt["epoch"] == 0  # epoch 2 is redone from epoch 1's last.pt, with its accumulated gradients
+    assert model.ckpt["yolo_kd"]["continue"]["grads"] and model.ckpt["yolo_kd"]["continue"]["last_opt_step"] == -1
+    yolo_kd.distill(model)
+    model.train(resume=True)
+    last = read_results(run)[-1]
+    assert last["epoch"] == str(EPOCHS)
+    assert same_row(last, uninterrupted[with_pool]) == [], (last, uninterrupted[with_pool])
