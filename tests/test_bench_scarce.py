@@ -81,3 +81,19 @@ def test_scarce_summary_pairs_each_seed():
     assert pool["vs_pseudo"]["values"] == pytest.approx([2.0, -1.0])
     assert pool["gap_closed"] == pytest.approx(9.0 / 20.0)
     assert rows["builtin"]["vs_builtin"] is None and rows["pseudo"]["vs_pseudo"] is None
+
+
+def test_rows_and_batchnorm_variants_pick_the_planned_runs(tmp_path):
+    """`rows=` keeps only the named rows (a budget check runs baseline and ceiling alone); `unlabeled_bn=` adds one
+    pool row per BatchNorm choice, each passing its choice to the recipe."""
+    from yolo_kd.bench.scarce import Split, plan
+
+    split = Split(labeled_yaml=tmp_path / "l.yaml", pool=tmp_path / "pool", full_yaml="full.yaml", n_labeled=2,
+                  n_pool=6)
+    opts = dict(batch=4, close_mosaic_share=0.1, epochs=1, seeds=[1, 2], builtin=True, dis=6.0, pseudo_builtin=False,
+                model="yolov8n.yaml", imgsz=64)
+    jobs = plan({**opts, "rows": ["baseline", "ceiling"]}, {}, split, "t.pt", tmp_path / "p.yaml")
+    assert [(j.kind, j.seed) for j in jobs] == [("baseline", 1), ("ceiling", 1), ("baseline", 2), ("ceiling", 2)]
+    jobs = plan({**opts, "rows": ["pool"], "unlabeled_bn": ["labeled", "all"]}, {}, split, "t.pt", tmp_path / "p.yaml")
+    assert [(j.label, j.kd["unlabeled_bn"]) for j in jobs if j.seed == 1] == [
+        ("yolo-kd sl2+pred + unlabeled pool", "labeled"), ("yolo-kd sl2+pred + unlabeled pool (unlabeled_bn=all)", "all")]

@@ -18,8 +18,9 @@ wrappers around the trainer's own bound methods (the user's subclass overrides i
   AMP, DDP, the optimizer and the EMA: adapters are optimised, synced, EMA'd, saved, resumed); compile is disabled;
 - `save_model`, `_load_checkpoint_state`, `resume_training`: checkpoint I/O (`checkpoints`);
 - `label_loss_items`: no `val/<KD term>` columns (validation scores the student alone).
-Per epoch, `reseed` re-derives the random state from (seed, epoch) and restarts the pool's stream from it,
-`select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and
+Per epoch, `reseed` re-derives the random state from (seed, epoch), `restart_unlabeled` restarts the pool's stream
+from it, `restore_grads` puts a resumed run's accumulated gradients back, `count_batches` restarts the step counter's
+batch index and `select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and
 `log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the run, `drop_continuation`
 takes the resume-only tensors out of last.pt and `close_unlabeled` shuts the pool's loader down.
 Every hook is a module-level function or a plain object (picklable for DDP).
@@ -111,14 +112,14 @@ def discard_fresh_run(save_dir: Path) -> None:
 def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe, options)],
-            "on_train_epoch_start": [reseed, restore_grads, count_batches, select_stage],
+            "on_train_epoch_start": [reseed, restart_unlabeled, restore_grads, count_batches, select_stage],
             "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation, close_unlabeled]}
 
 
 def is_engine_callback(fn) -> bool:
     """Whether `fn` is one of the callbacks `callbacks` returns (to replace an earlier recipe's)."""
-    return isinstance(fn, Attach) or fn in {reseed, restore_grads, count_batches, select_stage, log_stage,
-                                            log_kd_share, drop_continuation, close_unlabeled}
+    return isinstance(fn, Attach) or fn in {reseed, restart_unlabeled, restore_grads, count_batches, select_stage,
+                                            log_stage, log_kd_share, drop_continuation, close_unlabeled}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -147,14 +148,11 @@ def reseed(trainer) -> None:
     """on_train_epoch_start: from the second epoch on, seed random, numpy, torch and the train loader's shuffling from
     (seed, epoch, rank) and restart the loader's iterator, so epoch e draws the same order and augmentation whether
     the run started at 0 or resumed at e (Ultralytics seeds once, at start, and saves no random state). The first
-    epoch keeps Ultralytics' own seeding, so a run with KD weight 0 matches a plain run there. The unlabeled pool's
-    stream restarts from the epoch's seed every epoch, the first included (it draws from random states of its own)."""
-    seed = epoch_seed(trainer)
-    pool = trainer.yolo_kd.unlabeled_loader
-    if pool is not None:
-        pool.restart(seed + 1)
+    epoch keeps Ultralytics' own seeding, so a run with KD weight 0 matches a plain run there. Works on any trainer
+    (the bench and the demo give it to their plain baselines)."""
     if trainer.epoch == 0:
         return
+    seed = epoch_seed(trainer)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -163,6 +161,13 @@ def reseed(trainer) -> None:
         loader.generator.manual_seed(seed)
     if hasattr(loader, "reset"):
         loader.reset()  # a new iterator draws its worker seeds from the generator just seeded
+
+
+def restart_unlabeled(trainer) -> None:
+    """on_train_epoch_start: the unlabeled pool's stream restarts from the epoch's seed, every epoch (the first
+    included: it draws from random states of its own), so a resumed run draws what the uninterrupted one drew."""
+    if trainer.yolo_kd.unlabeled_loader is not None:
+        trainer.yolo_kd.unlabeled_loader.restart(epoch_seed(trainer) + 1)
 
 
 def count_batches(trainer) -> None:

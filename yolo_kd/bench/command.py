@@ -39,6 +39,9 @@ BENCH_SPEC = {
                     "predict default)"),
     "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
+    "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, pseudo, "
+             "ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
+    "unlabeled_bn": (as_list(), ["labeled"], "label-scarce bench: one pool row per BatchNorm choice (labeled, all)"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "bench", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
@@ -66,6 +69,13 @@ def bench_options(overrides: dict) -> tuple[dict, dict]:
     for method in opts["methods"]:
         for name in parse_methods(method):
             check_method(name, {})
+    from .scarce import ROWS
+    from ..recipe import UNLABELED_BN
+
+    for key, allowed in (("rows", ROWS), ("unlabeled_bn", UNLABELED_BN)):
+        bad = sorted(set(opts[key] or ()) - set(allowed))
+        if bad:
+            raise KDConfigError(f"{key}={','.join(bad)} is not one of {', '.join(allowed)}")
     if opts["step"] and not opts["train"] and str(opts["teacher"]).endswith((".yaml", ".yml")):
         raise KDConfigError("step=True with train=False needs a trained teacher: pass teacher=<.pt>")
     if opts["recipe"] and not Path(opts["recipe"]).is_file():

@@ -35,6 +35,7 @@ from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
+ROWS = ("baseline", "builtin", "labeled", "pool", "pseudo", "ceiling")  # `rows=` picks among these (default: all)
 
 
 @dataclass
@@ -127,19 +128,25 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: 
             return Job(label=label, kind=kind, model=opts["model"], seed=seed, train_args=args, kd=kd or {},
                        eval_imgsz=opts["imgsz"])
 
-        labeled = split.labeled_yaml
-        jobs.append(job("baseline (labeled subset)", "baseline", labeled, sub_epochs))
+        labeled, want = split.labeled_yaml, set(opts.get("rows") or ROWS)
+        candidates = [("baseline", job("baseline (labeled subset)", "baseline", labeled, sub_epochs))]
         if opts["builtin"]:
-            jobs.append(job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin", labeled, sub_epochs,
-                            extra={"distill_model": teacher, "dis": opts["dis"]}))
-        jobs.append(job(f"yolo-kd {DEFAULT_RECIPE}", "yolo-kd", labeled, sub_epochs, kd=kd))
-        jobs.append(job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool", "yolo-kd", labeled, sub_epochs,
-                        kd={**kd, "unlabeled": str(split.pool)}))
-        jobs.append(job("pseudo-labels (yolo-kd label) + plain student", "pseudo", pseudo_yaml, full_epochs))
+            candidates.append(("builtin", job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin", labeled, sub_epochs,
+                                              extra={"distill_model": teacher, "dis": opts["dis"]})))
+        candidates.append(("labeled", job(f"yolo-kd {DEFAULT_RECIPE}", "yolo-kd", labeled, sub_epochs, kd=kd)))
+        for bn in opts.get("unlabeled_bn") or ["labeled"]:
+            suffix = "" if bn == "labeled" else f" (unlabeled_bn={bn})"
+            candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
+                                           sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn})))
+        candidates.append(("pseudo", job("pseudo-labels (yolo-kd label) + plain student", "pseudo", pseudo_yaml,
+                                         full_epochs)))
         if opts["pseudo_builtin"]:
-            jobs.append(job(f"pseudo-labels + Ultralytics KD (dis={opts['dis']:g})", "pseudo-builtin", pseudo_yaml,
-                            full_epochs, extra={"distill_model": teacher, "dis": opts["dis"]}))
-        jobs.append(job("ceiling: baseline on 100% of the labels", "ceiling", split.full_yaml, full_epochs))
+            candidates.append(("pseudo", job(f"pseudo-labels + Ultralytics KD (dis={opts['dis']:g})", "pseudo-builtin",
+                                             pseudo_yaml, full_epochs,
+                                             extra={"distill_model": teacher, "dis": opts["dis"]})))
+        candidates.append(("ceiling", job("ceiling: baseline on 100% of the labels", "ceiling", split.full_yaml,
+                                          full_epochs)))
+        jobs += [j for row, j in candidates if row in want]
     return jobs
 
 
@@ -242,7 +249,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                 f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
     teacher_result = launch(teacher_job)
     teacher = teacher_result["checkpoint"]
-    pseudo_yaml = pseudo_labeled_yaml(split, teacher, opts["pseudo_conf"], out / "split")
+    wants_pseudo = "pseudo" in (opts.get("rows") or ROWS)
+    pseudo_yaml = pseudo_labeled_yaml(split, teacher, opts["pseudo_conf"], out / "split") if wants_pseudo else None
     summary_file = out / "split" / "pseudo_summary.json"
     pseudo = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     jobs = plan(opts, train_args, split, teacher, pseudo_yaml)
