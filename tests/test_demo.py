@@ -39,10 +39,15 @@ def test_demo_quick_profile(domain, tmp_path, monkeypatch):
     gt = grid[:, :256]
     assert ((gt[..., 1] == 200) & (gt[..., 0] == 0) & (gt[..., 2] == 0)).sum() > 50  # green ground-truth boxes
     assert (out / "pr_curves.png").stat().st_size > 1000
-    if domain == "defect":
+    assert saved["seconds"] > 0 and saved["labeled"] == (8 if domain == "defect" else saved["labeled"])
+    if domain == "defect":  # 8 of the 16 training images keep their labels; the other 8 and 8 more are the pool
         pool = out / "pool"
         assert len(list((pool / "images" / "train").glob("*.jpg"))) == 8 and not (pool / "labels").exists()
-        assert saved["unlabeled"] == str(pool / "images" / "train")
+        hidden = out / "data" / "hidden_labels.txt"
+        assert saved["unlabeled"] == [str(hidden), str(pool / "images" / "train")]
+        labeled = (out / "data" / "student_labeled.txt").read_text().split()
+        assert len(labeled) == 8 and len(hidden.read_text().split()) == 8
+        assert not set(labeled) & set(hidden.read_text().split())
 
 
 def test_ground_truth_is_drawn_where_the_label_says(tmp_path):
@@ -69,3 +74,23 @@ def test_prediction_figure_uses_the_images_with_most_boxes(tmp_path):
     (tmp_path / "images" / "nolabel.jpg").write_bytes(b"")
     picked = busiest_images([*images, tmp_path / "images" / "nolabel.jpg"], 3)
     assert [p.name for p in picked] == ["1.jpg", "3.jpg", "5.jpg"]  # 5, 5, 3 boxes, kept in file order
+
+
+def test_a_run_with_plots_draws_its_kd_terms(tiny_data, tiny_teacher, tmp_path):
+    """With plots=True, kd_results.png lands beside results.png: one panel per KD term and one for kd_share, each
+    drawn from results.csv."""
+    from conftest import TINY_TRAIN
+    from ultralytics import YOLO
+
+    import yolo_kd
+    from yolo_kd.plots import plot_kd_results
+
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(tiny_teacher), method="pred")
+    model.train(data=str(tiny_data), epochs=2, project=str(tmp_path), name="run", **{**TINY_TRAIN, "plots": True})
+    run = tmp_path / "run"
+    image = cv2.imread(str(run / "kd_results.png"))
+    assert image is not None and (run / "results.png").is_file()
+    assert plot_kd_results(run / "results.csv", ["pred_cls", "pred_ld", "absent"], tmp_path / "k.png") == [
+        "train/pred_cls", "train/pred_ld", "kd_share"]
+    assert cv2.imread(str(tmp_path / "k.png")).shape[1] > image.shape[1] * 0.9  # three panels, as the run's

@@ -12,7 +12,9 @@ baseline and the table gives the mean gain with its 95% interval and says "insid
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +39,8 @@ class Profile:
     multi_teacher: bool = False
     seeds: tuple[int, ...] = (1, 2, 3)  # paired seeds: each seed's distilled students against its own baseline
     n_unlabeled: int = 0  # images without labels made for the unlabeled-pool row (defect: generated)
+    n_labeled: int = 0  # the students' labels: the first n_labeled training images keep theirs, the other training
+    #                    images join the unlabeled pool (the teacher learnt from all of them); 0: every image labeled
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,12 @@ DOMAINS = {
         teacher="yolov8s.yaml", student="yolov8n.yaml", method=DEFAULT_METHOD,
         profiles={
             "quick": Profile(n_train=16, n_val=8, imgsz=64, teacher_epochs=1, student_epochs=1, batch=8,
-                             seeds=(1, 2), n_unlabeled=8),
-            # teacher 40 epochs: mAP50 0.63 on this data (the bench teacher), a detector that visibly detects
-            "default": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=40, student_epochs=12, batch=8,
-                               n_unlabeled=160),
+                             seeds=(1, 2), n_unlabeled=8, n_labeled=8),
+            # label-scarce, the user's usual case: a teacher trained on 160 labeled images, students with 40 of those
+            # labels and 280 images without (120 whose labels they never see, 160 more); 200 val images, so the
+            # metric is not the noise; students 32 epochs of 40 images = 160 optimizer steps
+            "default": Profile(n_train=160, n_val=200, imgsz=128, teacher_epochs=30, student_epochs=32, batch=8,
+                               n_unlabeled=160, n_labeled=40),
             "full": Profile(n_train=160, n_val=40, imgsz=128, teacher_epochs=40, student_epochs=12, batch=8,
                             multi_teacher=True, n_unlabeled=160),
         },
@@ -116,14 +122,18 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     from .api import distill
     from .hooks import reseed
 
+    start = time.time()
     project.mkdir(parents=True, exist_ok=True)
     data = make_domain_data(domain, project / "data", profile.n_train, profile.n_val, profile.imgsz, seed, overwrite)
-    pool = unlabeled_pool(domain, project / "pool", profile, seed, overwrite)
-    train_args = dict(data=str(data), imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
-                      deterministic=True, workers=2, plots=False, val=False, project=str(project), exist_ok=True,
-                      close_mosaic=max(1, profile.student_epochs // 5), epochs=profile.student_epochs)
-    teacher_args = dict(train_args, seed=seed, epochs=profile.teacher_epochs,
+    student_data, hidden = student_split(data, profile.n_labeled, project / "data")
+    generated = unlabeled_pool(domain, project / "pool", profile, seed, overwrite)
+    pool = [str(p) for p in (hidden, generated) if p]
+    train_args = dict(imgsz=profile.imgsz, batch=profile.batch, nbs=profile.batch, device=device,
+                      deterministic=True, workers=2, plots=False, val=False, project=str(project), exist_ok=True)
+    teacher_args = dict(train_args, data=str(data), seed=seed, epochs=profile.teacher_epochs,
                         close_mosaic=max(1, profile.teacher_epochs // 6))
+    train_args.update(data=str(student_data), epochs=profile.student_epochs,
+                      close_mosaic=max(1, profile.student_epochs // 5))
     teacher = cached_teacher(weights_dir / f"{domain}_teacher_{profile_name}.pt", spec.teacher,
                              dict(teacher_args, name="teacher"))
     distilled = f"distilled ({spec.method})"
@@ -139,7 +149,7 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
         baseline.train(**args, name=f"baseline_s{s}")
         runs["baseline"].append(project / f"baseline_s{s}" / "weights" / "best.pt")
         for label, extra, name in ((distilled, {}, "distilled"), (f"{distilled} + unlabeled pool",
-                                                                 {"unlabeled": str(pool)}, "unlabeled")):
+                                                                 {"unlabeled": pool}, "unlabeled")):
             if label in runs:
                 student = YOLO(spec.student)
                 distill(student, teacher=str(teacher), method=spec.method, **extra)
@@ -151,18 +161,42 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
                                  for s in profile.seeds]
     LOGGER.info("yolo-kd demo: evaluating with pycocotools")
     report = evaluate_models(teacher, runs, data, profile.imgsz, project, list(profile.seeds))
+    seconds = time.time() - start
     report.update({"domain": domain, "profile": profile_name, "data": str(data), "seeds": list(profile.seeds),
-                   "unlabeled": str(pool) if pool else None})
+                   "unlabeled": pool or None, "labeled": profile.n_labeled or profile.n_train, "seconds": seconds})
     (project / "demo_results.json").write_text(json.dumps(report, indent=2))
     print(report["table"])
     print(report["verdict"])
     print(f"saved: {project / 'demo_table.md'}, {report['pr_curves']}, {report['predictions']}")
+    print(f"yolo-kd demo: {seconds / 60:.1f} minutes on this machine, data and teacher included "
+          f"({os.cpu_count()} CPU cores)")
     return report
 
 
+def student_split(data: Path, n_labeled: int, root: Path) -> tuple[Path, Path | None]:
+    """The students' data.yaml and the training images whose labels they do not get: with `n_labeled`, the first
+    n_labeled training images keep their labels (`student.yaml`, listed in `student_labeled.txt`) and the others
+    are listed in `hidden_labels.txt`, for the unlabeled pool; without, the data set itself and None."""
+    if not n_labeled:
+        return data, None
+    import yaml
+
+    resolved = resolve_dataset(data)
+    images = list_image_files(resolved["train"])
+    if not 0 < n_labeled < len(images):
+        raise KDConfigError(f"the demo keeps {n_labeled} labeled images of {len(images)}: use fewer")
+    labeled, hidden = root / "student_labeled.txt", root / "hidden_labels.txt"
+    labeled.write_text("".join(f"{p}\n" for p in images[:n_labeled]))
+    hidden.write_text("".join(f"{p}\n" for p in images[n_labeled:]))
+    student = root / "student.yaml"
+    student.write_text(yaml.safe_dump({"path": str(root), "train": str(labeled), "val": str(resolved["val"]),
+                                       "names": resolved["names"]}, sort_keys=False))
+    return student, hidden
+
+
 def unlabeled_pool(domain: str, root: Path, profile: Profile, seed: int, overwrite: bool) -> Path | None:
-    """The demo's images without labels: for the defect domain, `n_unlabeled` more procedural images (another seed,
-    the same generator), whose label files are removed so nothing could read them; None without a pool."""
+    """The demo's generated images without labels: for the defect domain, `n_unlabeled` more procedural images
+    (another seed, the same generator), whose label files are removed so nothing could read them; None without."""
     if not profile.n_unlabeled or domain != "defect":
         return None
     from .data.steel import make_steel_dataset
@@ -176,16 +210,22 @@ def unlabeled_pool(domain: str, root: Path, profile: Profile, seed: int, overwri
 
 
 def cached_teacher(cache: Path, cfg: str, args: dict) -> Path:
-    """Reuse weights/<domain>_teacher_<profile>.pt when present, else train it and store it there."""
+    """Reuse weights/<domain>_teacher_<profile>.pt when it was trained with these settings (its .json beside it says
+    so), else train it and store it there."""
     from ultralytics import YOLO
     from ultralytics.utils import LOGGER
 
-    if cache.is_file():
+    key = {"cfg": cfg, **{k: args.get(k) for k in ("epochs", "imgsz", "batch", "seed", "close_mosaic")}}
+    settings = cache.with_suffix(".json")
+    if cache.is_file() and (not settings.is_file() or json.loads(settings.read_text()) == key):
         LOGGER.info(f"yolo-kd demo: reusing cached teacher {cache}")
         return cache
+    if cache.is_file():
+        LOGGER.info(f"yolo-kd demo: the cached teacher {cache} was trained with other settings; training it again")
     YOLO(cfg).train(**args)
     cache.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(args["project"]) / args["name"] / "weights" / "best.pt", cache)
+    settings.write_text(json.dumps(key))
     return cache
 
 

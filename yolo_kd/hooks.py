@@ -22,7 +22,8 @@ Per epoch, `reseed` re-derives the random state from (seed, epoch), `restart_unl
 from it, `restore_grads` puts a resumed run's accumulated gradients back, `count_batches` restarts the step counter's
 batch index and `select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and
 `log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the run, `drop_continuation`
-takes the resume-only tensors out of last.pt and `close_unlabeled` shuts the pool's loader down.
+takes the resume-only tensors out of last.pt, `draw_kd_results` draws `kd_results.png` beside results.png and
+`close_unlabeled` shuts the pool's loader down.
 Every hook is a module-level function or a plain object (picklable for DDP).
 
 Ultralytics fires `on_pretrain_routine_start` only on rank 0 and after the run folder exists, so `Attach` removes a
@@ -113,13 +114,15 @@ def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe, options)],
             "on_train_epoch_start": [reseed, restart_unlabeled, restore_grads, count_batches, select_stage],
-            "on_train_epoch_end": [log_stage, log_kd_share], "on_train_end": [drop_continuation, close_unlabeled]}
+            "on_train_epoch_end": [log_stage, log_kd_share],
+            "on_train_end": [drop_continuation, draw_kd_results, close_unlabeled]}
 
 
 def is_engine_callback(fn) -> bool:
     """Whether `fn` is one of the callbacks `callbacks` returns (to replace an earlier recipe's)."""
     return isinstance(fn, Attach) or fn in {reseed, restart_unlabeled, restore_grads, count_batches, select_stage,
-                                            log_stage, log_kd_share, drop_continuation, close_unlabeled}
+                                            log_stage, log_kd_share, drop_continuation, draw_kd_results,
+                                            close_unlabeled}
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -196,6 +199,15 @@ def log_kd_share(trainer) -> None:
     if distiller.stage is not None and RANK in {-1, 0}:
         parts = ", ".join(f"{t} {share:.1%}" for t, share in shares.items())
         LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: KD {sum(shares.values()):.1%} of the loss ({parts})")
+
+
+def draw_kd_results(trainer) -> None:
+    """on_train_end: with `plots=True`, `kd_results.png` beside results.png: each KD term and `kd_share` per epoch."""
+    csv = Path(trainer.save_dir) / "results.csv"
+    if trainer.args.plots and RANK in {-1, 0} and csv.is_file():
+        from .plots import plot_kd_results
+
+        plot_kd_results(csv, unwrap_model(trainer.model).term_names, Path(trainer.save_dir) / "kd_results.png")
 
 
 def close_unlabeled(trainer) -> None:

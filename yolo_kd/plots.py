@@ -70,3 +70,33 @@ def titled(cell: np.ndarray, label: str) -> np.ndarray:
     cv2.rectangle(cell, (0, 0), (w + 8, h + base + 6), (0, 0, 0), -1)
     cv2.putText(cell, label, (4, h + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return cell
+
+
+def plot_kd_results(results_csv: Path, terms: list[str], path: Path) -> list[str]:
+    """`kd_results.png` beside Ultralytics' results.png (which draws the detection losses and metrics only): one
+    panel per KD term (its `train/<term>` column per epoch, weighted as it joins the loss) and one for `kd_share`
+    (the KD terms' share of the training loss). Returns the panels' titles."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(results_csv) as f:
+        rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    columns = [f"train/{t}" for t in terms if rows and f"train/{t}" in rows[0]]
+    columns += ["kd_share"] if rows and "kd_share" in rows[0] else []
+    fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(3 * max(len(columns), 1), 2.8), dpi=110,
+                             squeeze=False)
+    epochs = [int(float(r["epoch"])) for r in rows]
+    for ax, column in zip(axes[0], columns):
+        ax.plot(epochs, [float(r[column]) for r in rows], marker=".", linewidth=2)
+        ax.set_title(column, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle("yolo-kd: distillation terms", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return columns
