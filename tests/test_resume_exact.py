@@ -86,3 +86,22 @@ def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, with_pool, tiny_dat
     last = read_results(run)[-1]
     assert last["epoch"] == str(EPOCHS)
     assert same_row(last, uninterrupted[with_pool]) == [], (last, uninterrupted[with_pool])
+
+
+def optimizer_steps(trainer) -> int:
+    return max((int(s["step"]) for s in trainer.optimizer.state.values() if "step" in s), default=0)
+
+
+def test_the_engine_steps_the_optimizer_when_ultralytics_would(tiny_data, tiny_teacher, tmp_path):
+    """With accumulation and a warm-up that ramps it (nbs 12, batch 4, warm-up over the first epoch), the engine's
+    step counter steps the optimizer after the same batches as Ultralytics' own loop does in a plain run."""
+    train = {**TINY_TRAIN, "nbs": 12, "warmup_epochs": 1, "optimizer": "AdamW", "epochs": 3}
+    seen = {}
+    for name, kd in (("plain", None), ("kd", {"teacher": str(tiny_teacher)})):
+        model = YOLO("yolov8n.yaml")
+        model.add_callback("on_train_batch_end", lambda t, n=name: seen.setdefault(n, []).append(optimizer_steps(t)))
+        if kd:
+            yolo_kd.distill(model, **kd)
+        model.train(data=str(tiny_data), project=str(tmp_path), name=name, **train)
+    assert seen["kd"] == seen["plain"] and len(seen["plain"]) == 6
+    assert seen["plain"][-1] < 6  # accumulation really skipped steps

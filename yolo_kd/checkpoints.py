@@ -34,7 +34,8 @@ def save_model(trainer, base):
     tmp_last, tmp_best = partial_path(last), partial_path(best)
     for tmp in (tmp_last, tmp_best):
         tmp.unlink(missing_ok=True)
-    trainer.model, trainer.ema.ema, trainer.last, trainer.best = unwrap_model(model).student, ema.student, tmp_last, tmp_best
+    trainer.model, trainer.ema.ema = unwrap_model(model).student, ema.student
+    trainer.last, trainer.best = tmp_last, tmp_best
     try:
         saved = base()
     finally:

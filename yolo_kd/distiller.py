@@ -153,7 +153,8 @@ class Distiller(StudentSurface, nn.Module):
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
             s_taps = cat_rows(s_taps, self._unlabeled_taps(extra))
             img = torch.cat([img, extra.to(img.dtype)])
-            source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)]) if source is not None else None
+            if source is not None:
+                source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
         target = self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)

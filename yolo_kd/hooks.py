@@ -19,11 +19,11 @@ wrappers around the trainer's own bound methods (the user's subclass overrides i
 - `save_model`, `_load_checkpoint_state`, `resume_training`: checkpoint I/O (`checkpoints`);
 - `label_loss_items`: no `val/<KD term>` columns (validation scores the student alone).
 Per epoch, `reseed` re-derives the random state from (seed, epoch), `restart_unlabeled` restarts the pool's stream
-from it, `restore_grads` puts a resumed run's accumulated gradients back, `count_batches` restarts the step counter's
-batch index and `select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` / `kd_nan_skips` columns and
-`log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the run, `drop_continuation`
-takes the resume-only tensors out of last.pt, `draw_kd_results` draws `kd_results.png` beside results.png and
-`close_unlabeled` shuts the pool's loader down.
+from it, `restore_grads` puts a resumed run's accumulated gradients back, `count_batches` restarts the step
+counter's batch index and `select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` /
+`kd_nan_skips` columns and `log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the
+run, `drop_continuation` takes the resume-only tensors out of last.pt, `draw_kd_results` draws `kd_results.png`
+beside results.png and `close_unlabeled` shuts the pool's loader down.
 Every hook is a module-level function or a plain object (picklable for DDP).
 
 Ultralytics fires `on_pretrain_routine_start` only on rank 0 and after the run folder exists, so `Attach` removes a
@@ -120,9 +120,7 @@ def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
 
 def is_engine_callback(fn) -> bool:
     """Whether `fn` is one of the callbacks `callbacks` returns (to replace an earlier recipe's)."""
-    return isinstance(fn, Attach) or fn in {reseed, restart_unlabeled, restore_grads, count_batches, select_stage,
-                                            log_stage, log_kd_share, drop_continuation, draw_kd_results,
-                                            close_unlabeled}
+    return isinstance(fn, Attach) or any(fn in fns for fns in callbacks(None).values())
 
 
 def merged(base: dict[str, list], extra: dict[str, list]) -> dict[str, list]:
@@ -266,9 +264,12 @@ def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
     loader = UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size, per_step, int(trainer.stride),
                              args.workers)
     if RANK in {-1, 0}:
+        model = getattr(trainer, "model", None)
+        gt = unwrap_model(model).gt_only_methods if model is not None else []
         LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {per_step} per step beside {batch_size} "
                     f"labeled (unlabeled_ratio {ratio:g}); BatchNorm running statistics from "
-                    f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}")
+                    f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
+                    + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
 
 
