@@ -94,6 +94,7 @@ def test_rows_and_batchnorm_variants_pick_the_planned_runs(tmp_path):
                 model="yolov8n.yaml", imgsz=64)
     jobs = plan({**opts, "rows": ["baseline", "ceiling"]}, {}, split, "t.pt", tmp_path / "p.yaml")
     assert [(j.kind, j.seed) for j in jobs] == [("baseline", 1), ("ceiling", 1), ("baseline", 2), ("ceiling", 2)]
-    jobs = plan({**opts, "rows": ["pool"], "unlabeled_bn": ["labeled", "all"]}, {}, split, "t.pt", tmp_path / "p.yaml")
+    jobs = plan({**opts, "rows": ["pool"], "unlabeled_bn": ["all", "labeled"]}, {}, split, "t.pt", tmp_path / "p.yaml")
     assert [(j.label, j.kd["unlabeled_bn"]) for j in jobs if j.seed == 1] == [
-        ("yolo-kd sl2+pred + unlabeled pool", "labeled"), ("yolo-kd sl2+pred + unlabeled pool (unlabeled_bn=all)", "all")]
+        ("yolo-kd sl2+pred + unlabeled pool", "all"),
+        ("yolo-kd sl2+pred + unlabeled pool (unlabeled_bn=labeled)", "labeled")]

@@ -28,7 +28,7 @@ KD_OPTIONS = {
     "class_map": "{dataset class: teacher class} when the teacher's classes differ",
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
-    "unlabeled_bn": "BatchNorm running statistics from the labeled images only ('labeled', default) or all",
+    "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
 }
 KD_KEYS = tuple(KD_OPTIONS)
 

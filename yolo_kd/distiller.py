@@ -192,8 +192,9 @@ class Distiller(StudentSurface, nn.Module):
         return head_taps(preds, layer_feats), preds
 
     def _unlabeled_taps(self, extra: torch.Tensor) -> Taps:
-        """The student's taps on the pool's images; with `unlabeled_bn: labeled` BatchNorm normalises them with their
-        own batch statistics and its running statistics come from labeled batches alone."""
+        """The student's taps on the pool's images, normalised by BatchNorm with their own batch statistics; its
+        running statistics are updated by this forward too (`unlabeled_bn: all`) or come from labeled batches alone
+        (`labeled`)."""
         if self.recipe.unlabeled_bn == "all":
             return self._student_taps(extra)[0]
         with running_stats_frozen(self.student):

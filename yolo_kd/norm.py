@@ -1,4 +1,4 @@
-"""BatchNorm running statistics kept out of a forward (the unlabeled pool's, under `unlabeled_bn: labeled`)."""
+"""BatchNorm running statistics kept out of a forward (the unlabeled pool's, with `unlabeled_bn: labeled`)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benc
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
                "unlabeled_bn"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
-UNLABELED_BN = ("labeled", "all")  # whose batches BatchNorm's running statistics follow (see `norm`)
+UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
+DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
 LEVEL_PAIRINGS = ("index", "area")
@@ -119,7 +120,7 @@ class Recipe:
     class_map: dict[int, int] | None = None
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
-    unlabeled_bn: str = "labeled"  # BatchNorm running statistics from the labeled forward ("labeled") or both ("all")
+    unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -172,7 +173,7 @@ class Recipe:
             unlabeled=_parse_unlabeled(data.get("unlabeled")),
             unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
-            unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or "labeled", "unlabeled_bn", UNLABELED_BN),
+            unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
         )
 
     def to_dict(self) -> dict:

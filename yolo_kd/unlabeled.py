@@ -4,8 +4,9 @@ The teacher gives a dense target on every image, labeled or not, so each trainin
 `round(unlabeled_ratio * batch)` images from the pool (`unlabeled_loader`), augments them with the run's own pipeline
 (mosaic among unlabeled images only, so no unlabeled tile is ever trained as background; `close_mosaic` as the
 labeled loader) and runs the student on them in a second forward (so the labeled images' outputs, detection loss and
-BatchNorm batch statistics are exactly those of a run without the pool; with `unlabeled_bn: labeled`, the default,
-BN's running statistics come from the labeled forward alone). The detection loss reads the labeled images only;
+BatchNorm batch statistics are exactly those of a run without the pool; BN's running statistics are updated by both
+forwards, `unlabeled_bn: all`, the default chosen by the label-scarce bench; `labeled` keeps them to the labeled
+forward). The detection loss reads the labeled images only;
 every KD term reads all of them, the teacher seeing labeled and unlabeled images in one batch (terms that need ground
 truth read the labeled rows: `Method.reads_gt`). An epoch is still one pass over the labeled set, so `epochs=` means
 what it means in Ultralytics.

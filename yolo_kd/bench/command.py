@@ -41,7 +41,7 @@ BENCH_SPEC = {
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
     "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, pseudo, "
              "ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
-    "unlabeled_bn": (as_list(), ["labeled"], "label-scarce bench: one pool row per BatchNorm choice (labeled, all)"),
+    "unlabeled_bn": (as_list(), ["all"], "label-scarce bench: one pool row per BatchNorm choice (all, labeled)"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "bench", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),

@@ -31,6 +31,7 @@ import yaml
 
 from ..errors import KDConfigError
 from ..files import list_image_files
+from ..recipe import DEFAULT_UNLABELED_BN
 from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
@@ -134,8 +135,8 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: 
             candidates.append(("builtin", job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin", labeled, sub_epochs,
                                               extra={"distill_model": teacher, "dis": opts["dis"]})))
         candidates.append(("labeled", job(f"yolo-kd {DEFAULT_RECIPE}", "yolo-kd", labeled, sub_epochs, kd=kd)))
-        for bn in opts.get("unlabeled_bn") or ["labeled"]:
-            suffix = "" if bn == "labeled" else f" (unlabeled_bn={bn})"
+        for bn in opts.get("unlabeled_bn") or [DEFAULT_UNLABELED_BN]:
+            suffix = "" if bn == DEFAULT_UNLABELED_BN else f" (unlabeled_bn={bn})"
             candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
                                            sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn})))
         candidates.append(("pseudo", job("pseudo-labels (yolo-kd label) + plain student", "pseudo", pseudo_yaml,
