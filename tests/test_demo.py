@@ -10,9 +10,11 @@ from yolo_kd.demo import demo_command
 
 
 @pytest.mark.parametrize("domain", ["defect", "agriculture"])
-def test_demo_quick_profile(domain, tmp_path, monkeypatch):
+def test_demo_quick_profile(domain, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # relative project and weights folders, like the command's defaults
     report = demo_command(domain, {"profile": "quick", "project": "runs", "weights": "w"})
+    printed = capsys.readouterr().out
+    assert "profile=quick is a smoke run" in printed and "minutes on this machine" in printed
     out = tmp_path / "runs" / f"{domain}_quick"
     labels = ["teacher", "baseline", "distilled (sl2+pred)"] + (["distilled (sl2+pred) + unlabeled pool"]
                                                                  if domain == "defect" else [])

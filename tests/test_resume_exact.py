@@ -1,6 +1,7 @@
 """Issue 31: a run killed at any moment (a real SIGKILL) and resumed ends with the uninterrupted run's last
-results.csv row, with gradient accumulation (`nbs` > batch, epochs that end mid-accumulation), with and without an
-unlabeled pool, mosaic on in the redone epoch."""
+results.csv row, with gradient accumulation (`nbs` > batch, epochs that end mid-accumulation), mosaic on in the redone
+epoch: killed between an epoch's results row and its last.pt without a pool, and mid-epoch with one (both kills
+resume from the same last.pt of the epoch before, so the two pairs cover both kills and both pools)."""
 
 import json
 import os
@@ -65,8 +66,7 @@ def same_row(a: dict, b: dict) -> list[str]:
     return [k for k in a if k != "time" and round(float(a[k]), 4) != round(float(b[k]), 4)]
 
 
-@pytest.mark.parametrize("kill, with_pool", [("before_last", False), ("mid_epoch", True), ("before_last", True),
-                                             ("mid_epoch", False)])
+@pytest.mark.parametrize("kill, with_pool", [("before_last", False), ("mid_epoch", True)])
 def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, with_pool, tiny_data, tiny_teacher, tiny_pool,
                                                         uninterrupted, tmp_path):
     script = tmp_path / "train.py"
@@ -95,7 +95,7 @@ def optimizer_steps(trainer) -> int:
 def test_the_engine_steps_the_optimizer_when_ultralytics_would(tiny_data, tiny_teacher, tmp_path):
     """With accumulation and a warm-up that ramps it (nbs 12, batch 4, warm-up over the first epoch), the engine's
     step counter steps the optimizer after the same batches as Ultralytics' own loop does in a plain run."""
-    train = {**TINY_TRAIN, "nbs": 12, "warmup_epochs": 1, "optimizer": "AdamW", "epochs": 3}
+    train = {**TINY_TRAIN, "nbs": 12, "warmup_epochs": 1, "optimizer": "AdamW", "epochs": 2}
     seen = {}
     for name, kd in (("plain", None), ("kd", {"teacher": str(tiny_teacher)})):
         model = YOLO("yolov8n.yaml")
@@ -103,5 +103,5 @@ def test_the_engine_steps_the_optimizer_when_ultralytics_would(tiny_data, tiny_t
         if kd:
             yolo_kd.distill(model, **kd)
         model.train(data=str(tiny_data), project=str(tmp_path), name=name, **train)
-    assert seen["kd"] == seen["plain"] and len(seen["plain"]) == 6
-    assert seen["plain"][-1] < 6  # accumulation really skipped steps
+    assert seen["kd"] == seen["plain"] and len(seen["plain"]) == 4
+    assert seen["plain"][-1] < 4  # accumulation really skipped steps

@@ -42,7 +42,7 @@ def resumable_copy(saved, tmp_path):
 
 
 @pytest.mark.parametrize("key, value, saved", [("unlabeled_ratio", "0.5", "1.0"), ("weights", "9", "'pred': 1.0"),
-                                               ("method", "fgd", "pred"), ("unlabeled", "OTHER", "pool")])
+                                               ("unlabeled", "OTHER", "pool")])
 def test_a_key_that_differs_from_last_pt_is_refused_at_resume(resumable, tmp_path, key, value, saved):
     last = resumable_copy(resumable, tmp_path)
     if value == "OTHER":

@@ -177,6 +177,9 @@ def run_demo(domain, spec, profile, profile_name, project, device, seed, weights
     print(f"saved: {project / 'demo_table.md'}, {report['pr_curves']}, {report['predictions']}")
     print(f"yolo-kd demo: {seconds / 60:.1f} minutes on this machine, data and teacher included "
           f"({os.cpu_count()} CPU cores)")
+    if profile_name == "quick":
+        print("yolo-kd demo: profile=quick is a smoke run (a few images, one epoch): its numbers show that everything "
+              "runs, not what distillation gains; run `yolo-kd demo` for that")
     return report
 
 
