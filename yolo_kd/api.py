@@ -12,8 +12,8 @@ from .offline import setup_offline
 from .recipe import DEFAULT_METHOD, Recipe
 from .teachers import check_teacher_file
 from .trainer import trainer_for
-from .resume_options import absolute_pool, resume_recipe
-from .unlabeled import resolve_images
+from .resume_options import resume_recipe
+from .unlabeled import absolute_pool, resolve_images
 
 #: yolo-kd's own options, beside every Ultralytics train argument (both entry points; `yolo-kd train help`)
 KD_OPTIONS = {
@@ -112,5 +112,6 @@ def distill(model, teacher=None, method: str | None = None, **options):
 def _train_with(original, model, recipe, options, trainer=None, **kwargs):
     resume = kwargs.get("resume")
     if resume:
-        recipe = resume_recipe(recipe, options, resume if isinstance(resume, (str, Path)) else model.ckpt_path)
+        checkpoint = resume if isinstance(resume, (str, Path)) else (getattr(model, "ckpt", None) or model.ckpt_path)
+        recipe = resume_recipe(recipe, options, checkpoint)
     return original(model, trainer=trainer_for(recipe, base=trainer), **kwargs)

@@ -53,7 +53,7 @@ from .recipe import Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
 from .ultra import RANK, unwrap_model
-from .unlabeled import rank_share, unlabeled_files
+from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import UnlabeledLoader
 
 
@@ -251,6 +251,13 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
     if run.unlabeled:
         close_unlabeled(trainer)
         run.unlabeled_loader = build_unlabeled_loader(trainer, batch_size)
+        if RANK in {-1, 0}:
+            gt = unwrap_model(trainer.model).gt_only_methods
+            LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {run.unlabeled_loader.batch} per step "
+                        f"beside {batch_size} labeled (unlabeled_ratio {run.recipe.unlabeled_ratio:g}); BatchNorm "
+                        f"running statistics from "
+                        f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
+                        + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
 
 
@@ -258,19 +265,9 @@ def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
     """The pool's loader for a labeled batch of `batch_size`: `round(unlabeled_ratio x batch)` images per step (at
     least 1), this rank's share of the pool, at the train loader's size, with the run's augmentation."""
     run, args = trainer.yolo_kd, trainer.args
-    ratio = run.recipe.unlabeled_ratio
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
-    per_step = max(1, round(ratio * batch_size))
-    loader = UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size, per_step, int(trainer.stride),
-                             args.workers)
-    if RANK in {-1, 0}:
-        model = getattr(trainer, "model", None)
-        gt = unwrap_model(model).gt_only_methods if model is not None else []
-        LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {per_step} per step beside {batch_size} "
-                    f"labeled (unlabeled_ratio {ratio:g}); BatchNorm running statistics from "
-                    f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
-                    + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
-    return loader
+    return UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size,
+                           images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers)
 
 
 def preprocess_batch(trainer, base, batch: dict) -> dict:
@@ -309,7 +306,7 @@ def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
     """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`;
     `unlabeled_teacher_img`: the same images at the size of `teacher_img`, when the batch has one."""
     img, source = batch["img"], batch.get("teacher_img")
-    extra = loader.next(max(1, round(ratio * len(img))))["img"].to(img.device, non_blocking=True).float() / 255
+    extra = loader.next(images_per_step(ratio, len(img)))["img"].to(img.device, non_blocking=True).float() / 255
     batch["unlabeled_img"] = resample(extra, tuple(img.shape[-2:])).to(img.dtype)
     if source is not None:
         batch["unlabeled_teacher_img"] = resample(extra, tuple(source.shape[-2:])).to(source.dtype)

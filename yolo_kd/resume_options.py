@@ -12,6 +12,7 @@ import torch
 from .errors import KDConfigError
 from .methods import method_weight
 from .recipe import Recipe
+from .unlabeled import absolute_pool
 
 #: keys that are fields of the recipe itself; the others (teacher, teacher_imgsz, method, weights) are shorthand
 RECIPE_FIELDS = ("layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio", "unlabeled_bn")
@@ -83,8 +84,3 @@ def given_value(saved: Recipe, key: str, value):
         return "+".join(m.name for m in methods)
     return {m.name: method_weight(m) for m in methods}
 
-
-def absolute_pool(entries: list) -> list[str]:
-    """Pool entries with paths made absolute (globs kept as given), so last.pt's recipe finds the pool from any
-    folder."""
-    return [str(p) if any(c in str(p) for c in "*?[") else str(Path(p).absolute()) for p in entries]

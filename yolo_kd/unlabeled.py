@@ -72,6 +72,17 @@ def unlabeled_files(recipe, data: dict) -> list[str] | None:
     return resolve_images(source, "data.yaml unlabeled") if source else None
 
 
+def absolute_pool(entries: list) -> list[str]:
+    """Pool entries with paths made absolute (globs kept as given), so last.pt's recipe finds the pool from any
+    folder."""
+    return [str(p) if any(c in str(p) for c in "*?[") else str(Path(p).absolute()) for p in entries]
+
+
+def images_per_step(ratio: float, labeled: int) -> int:
+    """Pool images beside a labeled batch of `labeled` images: round(ratio x labeled), at least 1."""
+    return max(1, round(ratio * labeled))
+
+
 def shard(files: list[str], rank: int, world: int) -> list[str]:
     """This rank's share of the pool under DDP: every world-th file from `rank` (disjoint, together the whole pool);
     a pool smaller than the world gives each rank one file, shared."""
