@@ -37,6 +37,7 @@ from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
 ROWS = ("baseline", "builtin", "labeled", "pool", "pseudo", "ceiling")  # `rows=` picks among these (default: all)
+TEACHER_ROWS = {"builtin", "labeled", "pool", "pseudo"}  # rows that need the teacher (a budget check needs none)
 
 
 @dataclass
@@ -200,15 +201,17 @@ def _ci(ci) -> str:
     return f"{mean:+.2f} ± {half:.2f} ({verdict(mean, half)})"
 
 
-def markdown(rows: dict, teacher: dict, settings: dict, split: Split, steps: int, pseudo: dict | None) -> str:
+def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, steps: int, pseudo: dict | None) -> str:
     """The report: settings, the split and budget, the per-seed table and the targets as measured."""
     seeds = sorted({s for r in rows.values() for s in r["seeds"]})
     lines = [f"# yolo-kd label-scarce bench: {settings['data']}", "",
              ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data"), "",
              f"{split.n_labeled} labeled training images ({100 * settings['labeled_fraction']:g}%), "
-             f"{split.n_pool} in the unlabeled pool; every run makes {steps} optimizer steps. Teacher "
-             + ("(trained here on the labeled subset only)" if settings["teacher"].endswith((".yaml", ".yml"))
-                else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}."
+             f"{split.n_pool} in the unlabeled pool; every run makes {steps} optimizer steps. "
+             + (("Teacher " + ("(trained here on the labeled subset only)"
+                               if settings["teacher"].endswith((".yaml", ".yml"))
+                               else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}.")
+                if teacher else "No row needs the teacher: none trained.")
              + (f" Pseudo-labels: {pseudo['boxes']} boxes on {pseudo['images']} pool images, {pseudo['empty']} "
                 f"without a box." if pseudo else ""), "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
@@ -246,11 +249,14 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                       train_args={**train_args, "data": str(split.labeled_yaml), "seed": 0, "name": "teacher",
                                   "epochs": teacher_epochs,
                                   "close_mosaic": max(1, round(opts["close_mosaic_share"] * teacher_epochs))})
-    LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; "
-                f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
-    teacher_result = launch(teacher_job)
-    teacher = teacher_result["checkpoint"]
-    wants_pseudo = "pseudo" in (opts.get("rows") or ROWS)
+    rows_wanted = set(opts.get("rows") or ROWS)
+    teacher_result = None
+    if rows_wanted & TEACHER_ROWS:
+        LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; "
+                    f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
+        teacher_result = launch(teacher_job)
+        teacher = teacher_result["checkpoint"]
+    wants_pseudo = "pseudo" in rows_wanted
     pseudo_yaml = pseudo_labeled_yaml(split, teacher, opts["pseudo_conf"], out / "split") if wants_pseudo else None
     summary_file = out / "split" / "pseudo_summary.json"
     pseudo = json.loads(summary_file.read_text()) if summary_file.is_file() else None
