@@ -35,8 +35,9 @@ def test_split_keeps_a_quarter_and_pseudo_labels_land_beside_the_pool(scarce):
     assert len(pool) == 6 and all(p.is_symlink() for p in pool)
     labeled = set((split / "labeled.txt").read_text().split())
     assert not labeled & {str(p.resolve()) for p in pool}  # pool and labeled subset are disjoint
-    assert len(list((split / "pool" / "labels").glob("*.txt"))) == 6
-    assert summary["pseudo"]["images"] == 6
+    assert len(list((split / "pseudo_conf0.01" / "labels").glob("*.txt"))) == 6
+    assert not (split / "pool" / "labels").exists()  # the pool's own folder holds links only
+    assert summary["pseudo"][0.01]["images"] == 6
 
 
 def test_every_row_makes_the_same_optimizer_steps(scarce):
@@ -51,7 +52,7 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
     assert steps == {summary["steps"]} == {2}
     labels = [r["label"] for r in summary["runs"]]
     assert labels == ["baseline (labeled subset)", "yolo-kd sl2+pred",
-                      "yolo-kd sl2+pred + unlabeled pool", "pseudo-labels (yolo-kd label) + plain student",
+                      "yolo-kd sl2+pred + unlabeled pool", "pseudo-labels (yolo-kd label conf=0.01) + plain student",
                       "ceiling: baseline on 100% of the labels"]
     unlabeled = json.loads((out / "yolo-kd_sl2+pred_+_unlabeled_pool_s1" / "job.json").read_text())
     assert unlabeled["kd"]["unlabeled"] == str(out / "split" / "pool" / "images")
@@ -92,9 +93,54 @@ def test_rows_and_batchnorm_variants_pick_the_planned_runs(tmp_path):
                   n_pool=6)
     opts = dict(batch=4, close_mosaic_share=0.1, epochs=1, seeds=[1, 2], builtin=True, dis=6.0, pseudo_builtin=False,
                 model="yolov8n.yaml", imgsz=64)
-    jobs = plan({**opts, "rows": ["baseline", "ceiling"]}, {}, split, "t.pt", tmp_path / "p.yaml")
+    jobs = plan({**opts, "rows": ["baseline", "ceiling"]}, {}, split, "t.pt", {0.25: tmp_path / "p.yaml"})
     assert [(j.kind, j.seed) for j in jobs] == [("baseline", 1), ("ceiling", 1), ("baseline", 2), ("ceiling", 2)]
-    jobs = plan({**opts, "rows": ["pool"], "unlabeled_bn": ["all", "labeled"]}, {}, split, "t.pt", tmp_path / "p.yaml")
+    jobs = plan({**opts, "rows": ["pool"], "unlabeled_bn": ["all", "labeled"]}, {}, split, "t.pt", {})
     assert [(j.label, j.kd["unlabeled_bn"]) for j in jobs if j.seed == 1] == [
         ("yolo-kd sl2+pred + unlabeled pool", "all"),
         ("yolo-kd sl2+pred + unlabeled pool (unlabeled_bn=labeled)", "labeled")]
+
+
+def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(tmp_path):
+    """`pool_variants=` adds a pool row per entry with its recipe keys; `pseudo_conf=` a pseudo-label row per
+    threshold, each training on its own labelled copy of the pool."""
+    from yolo_kd.bench.scarce import Split, plan
+
+    split = Split(labeled_yaml=tmp_path / "l.yaml", pool=tmp_path / "pool", full_yaml="full.yaml", n_labeled=2,
+                  n_pool=6)
+    opts = dict(batch=4, close_mosaic_share=0.1, epochs=1, seeds=[1], builtin=False, dis=6.0, pseudo_builtin=False,
+                model="yolov8n.yaml", imgsz=64, rows=["pool", "pseudo"],
+                pool_variants=["unlabeled_boxes:0.5", "unlabeled_ratio:2/unlabeled_bn:labeled"])
+    jobs = plan(opts, {}, split, "t.pt", {0.25: tmp_path / "a.yaml", 0.5: tmp_path / "b.yaml"})
+    pools = [(j.label, {k: v for k, v in j.kd.items() if k not in ("teacher", "method", "unlabeled")})
+             for j in jobs if j.kind == "yolo-kd"]
+    assert pools == [("yolo-kd sl2+pred + unlabeled pool", {"unlabeled_bn": "all"}),
+                     ("yolo-kd sl2+pred + unlabeled pool (unlabeled_boxes=0.5)", {"unlabeled_boxes": 0.5}),
+                     ("yolo-kd sl2+pred + unlabeled pool (unlabeled_ratio=2, unlabeled_bn=labeled)",
+                      {"unlabeled_ratio": 2, "unlabeled_bn": "labeled"})]
+    assert [j.train_args["data"] for j in jobs if j.kind == "pseudo"] == [str(tmp_path / "a.yaml"),
+                                                                          str(tmp_path / "b.yaml")]
+
+
+def test_rows_are_paired_with_the_better_pseudo_label_threshold():
+    def run(label, kind, seed, m):
+        return {"label": label, "kind": kind, "seed": seed, "mAP50-95": m, "mAP50": m, "peak_mem_mb": 1.0}
+
+    results = [run("base", "baseline", 1, 0.10), run("base", "baseline", 2, 0.20),
+               run("p25", "pseudo", 1, 0.14), run("p25", "pseudo", 2, 0.22),
+               run("p50", "pseudo", 1, 0.11), run("p50", "pseudo", 2, 0.21),
+               run("pool", "yolo-kd", 1, 0.15), run("pool", "yolo-kd", 2, 0.24)]
+    rows = summarize(results)
+    assert rows["pool"]["vs_pseudo"]["values"] == pytest.approx([1.0, 2.0])  # against p25, the better one
+    assert rows["p50"]["vs_pseudo"] is None and rows["p50"]["gains"] == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("variant, says", [("unlabeled_boxes:2", "between 0 and 1"), ("teacher:x.pt", "can vary"),
+                                           ("unlabeled_boxes", "key:value")])
+def test_a_bad_pool_variant_is_refused_in_one_line(variant, says):
+    from yolo_kd import KDConfigError
+    from yolo_kd.bench.command import bench_options
+
+    with pytest.raises(KDConfigError, match=says) as err:
+        bench_options({"data": "defect", "teacher": "t.pt", "pool_variants": variant})
+    assert "\n" not in str(err.value)

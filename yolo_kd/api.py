@@ -29,6 +29,8 @@ KD_OPTIONS = {
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
+    "unlabeled_boxes": "also train the student's detection loss on the teacher's boxes on unlabeled images at this "
+                       "score (e.g. 0.5; default off)",
 }
 KD_KEYS = tuple(KD_OPTIONS)
 
@@ -96,7 +98,7 @@ def distill(model, teacher=None, method: str | None = None, **options):
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels), unlabeled_ratio and unlabeled_bn. Every Ultralytics train argument keeps working, `trainer=MyTrainer`
+    labels), unlabeled_ratio, unlabeled_bn and unlabeled_boxes. Every Ultralytics train argument keeps working, `trainer=MyTrainer`
     included (the engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the
     run folder exists and DDP works. With ``model.train(resume=...)`` the run continues last.pt's recipe: a key given
     here that differs from it is refused (`resume_options`). Errors in the options raise `KDConfigError` here, before

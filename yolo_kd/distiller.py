@@ -27,7 +27,9 @@ from .teacher_target import TeacherView, teacher_target
 from .teachers import TeacherPool, probe, probe_size
 from .ultra import StudentSurface, copy_attributes, detect_head
 from .norm import running_stats_frozen
+from .pseudo_boxes import pseudo_batch
 
+POOL_DETECTION_TERM = "pool_det"  # the loss column of `unlabeled_boxes`: detection loss on online pseudo-boxes
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
 
@@ -82,6 +84,8 @@ class Distiller(StudentSurface, nn.Module):
                         methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
+        if recipe.unlabeled and recipe.unlabeled_boxes is not None:
+            self.term_names.append(POOL_DETECTION_TERM)
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
@@ -150,8 +154,10 @@ class Distiller(StudentSurface, nn.Module):
         img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
         s_taps, preds = self._student_taps(img)
+        pool_preds = None
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
-            s_taps = cat_rows(s_taps, self._unlabeled_taps(extra))
+            pool_taps, pool_preds = self._unlabeled_forward(extra)
+            s_taps = cat_rows(s_taps, pool_taps)
             img = torch.cat([img, extra.to(img.dtype)])
             if source is not None:
                 source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
@@ -169,6 +175,8 @@ class Distiller(StudentSurface, nn.Module):
                 for term, v in terms.items():
                     balance = self._balance(f"{teacher}/{term}", v, det_loss, labeled)
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
+        if pool_preds is not None and POOL_DETECTION_TERM in values:
+            values[POOL_DETECTION_TERM] = self._pool_detection_loss(target[0][1], extra, pool_preds, labeled) * factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
         if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
             self.nan_skips += 1  # this step's KD is dropped whole: counted, logged per epoch as kd_nan_skips
@@ -191,14 +199,23 @@ class Distiller(StudentSurface, nn.Module):
             preds = self.student(img)
         return head_taps(preds, layer_feats), preds
 
-    def _unlabeled_taps(self, extra: torch.Tensor) -> Taps:
-        """The student's taps on the pool's images, normalised by BatchNorm with their own batch statistics; its
-        running statistics are updated by this forward too (`unlabeled_bn: all`) or come from labeled batches alone
-        (`labeled`)."""
+    def _unlabeled_forward(self, extra: torch.Tensor) -> tuple[Taps, object]:
+        """The student's (taps, raw predictions) on the pool's images, normalised by BatchNorm with their own batch
+        statistics; its running statistics are updated by this forward too (`unlabeled_bn: all`) or come from
+        labeled batches alone (`labeled`)."""
         if self.recipe.unlabeled_bn == "all":
-            return self._student_taps(extra)[0]
+            return self._student_taps(extra)
         with running_stats_frozen(self.student):
-            return self._student_taps(extra)[0]
+            return self._student_taps(extra)
+
+    def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, labeled: int) -> torch.Tensor:
+        """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
+        the pool images' pseudo-boxes, decoded from the (first) teacher target's pool rows (`pseudo_boxes`)."""
+        rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
+        with torch.no_grad():
+            batch = pseudo_batch(rows, extra, self.recipe.unlabeled_boxes)
+        loss, _ = self.student.loss(batch, pool_preds)
+        return loss.float().sum() / len(extra)
 
     @property
     def progress(self) -> float:

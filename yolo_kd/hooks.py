@@ -257,6 +257,8 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         f"beside {batch_size} labeled (unlabeled_ratio {run.recipe.unlabeled_ratio:g}); BatchNorm "
                         f"running statistics from "
                         f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
+                        + (f"; detection loss on the teacher's boxes at score >= {run.recipe.unlabeled_boxes:g} "
+                           "(unlabeled_boxes)" if run.recipe.unlabeled_boxes is not None else "")
                         + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
 

@@ -33,7 +33,7 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
-               "unlabeled_bn"}
+               "unlabeled_bn", "unlabeled_boxes"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
@@ -121,12 +121,13 @@ class Recipe:
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
+    unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
-                    unlabeled_ratio=None, unlabeled_bn=None) -> Recipe:
+                    unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -134,7 +135,8 @@ class Recipe:
                 raise KDConfigError("give the teacher either as teacher=... or inside cfg=..., not both")
             for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
                                ("class_map", class_map), ("unlabeled", unlabeled),
-                               ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn)):
+                               ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
+                               ("unlabeled_boxes", unlabeled_boxes)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -146,6 +148,7 @@ class Recipe:
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
+            "unlabeled_boxes": unlabeled_boxes,
         }
         return cls.from_dict(data)
 
@@ -174,6 +177,7 @@ class Recipe:
             unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
+            unlabeled_boxes=_parse_score(data.get("unlabeled_boxes"), "unlabeled_boxes"),
         )
 
     def to_dict(self) -> dict:
@@ -198,6 +202,7 @@ class Recipe:
             "unlabeled": self.unlabeled,
             "unlabeled_ratio": self.unlabeled_ratio,
             "unlabeled_bn": self.unlabeled_bn,
+            "unlabeled_boxes": self.unlabeled_boxes,
         }
 
     # ------------------------------------------------------------------ resolving against a run
@@ -302,6 +307,15 @@ def _parse_positive(value, where: str, allow_none=False, allow_zero=True):
         raise KDConfigError(f"'{where}' must be a number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise KDConfigError(f"'{where}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+def _parse_score(value, where: str) -> float | None:
+    """A score threshold in (0, 1), or None (off)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise KDConfigError(f"'{where}' must be a score threshold between 0 and 1 (e.g. 0.5), got {value!r}")
     return float(value)
 
 

@@ -15,7 +15,8 @@ from .recipe import Recipe
 from .unlabeled import absolute_pool
 
 #: keys that are fields of the recipe itself; the others (teacher, teacher_imgsz, method, weights) are shorthand
-RECIPE_FIELDS = ("layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio", "unlabeled_bn")
+RECIPE_FIELDS = ("layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio", "unlabeled_bn",
+                 "unlabeled_boxes")
 
 
 def saved_recipe(checkpoint) -> Recipe | None:

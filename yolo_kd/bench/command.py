@@ -35,13 +35,15 @@ BENCH_SPEC = {
     "labeled_fraction": (optional(as_float), None, "label-scarce bench: keep this share of the train labels, the "
                          "rest is the unlabeled pool (see yolo_kd/bench/scarce.py)"),
     "split_seed": (as_count, 0, "label-scarce bench: which images keep their labels"),
-    "pseudo_conf": (as_float, 0.25, "label-scarce bench: the teacher's confidence for pseudo-labels (Ultralytics' "
-                    "predict default)"),
+    "pseudo_conf": (as_list(float), [0.25], "label-scarce bench: the teacher's confidence for pseudo-labels, one "
+                    "pseudo-label row each (0.25: Ultralytics' predict default)"),
     "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
     "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, pseudo, "
              "ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
     "unlabeled_bn": (as_list(), ["all"], "label-scarce bench: one pool row per BatchNorm choice (all, labeled)"),
+    "pool_variants": (as_list(), None, "label-scarce bench: one more pool row per entry, recipe keys as "
+                      "key:value/key:value (e.g. unlabeled_boxes:0.5,unlabeled_ratio:2)"),
     "project": (as_str, "runs/kd_bench", "output folder"),
     "name": (as_str, "bench", "run name"),
     "device": (as_str, "cpu", "cpu or a CUDA device"),
@@ -76,11 +78,29 @@ def bench_options(overrides: dict) -> tuple[dict, dict]:
         bad = sorted(set(opts[key] or ()) - set(allowed))
         if bad:
             raise KDConfigError(f"{key}={','.join(bad)} is not one of {', '.join(allowed)}")
+    check_pool_variants(opts["pool_variants"] or [])
     if opts["step"] and not opts["train"] and str(opts["teacher"]).endswith((".yaml", ".yml")):
         raise KDConfigError("step=True with train=False needs a trained teacher: pass teacher=<.pt>")
     if opts["recipe"] and not Path(opts["recipe"]).is_file():
         raise KDConfigError(f"recipe {opts['recipe']} not found: give the path of a recipe YAML")
     return opts, extra
+
+
+def check_pool_variants(variants: list[str]) -> None:
+    """Each `pool_variants` entry must build a recipe (its keys yolo-kd options, its values valid), in one line."""
+    from ..api import KD_KEYS
+    from ..recipe import Recipe
+    from .scarce import parse_variant
+
+    for text in variants:
+        keys = parse_variant(text)
+        bad = sorted(set(keys) - (set(KD_KEYS) - {"teacher", "cfg", "unlabeled"}))
+        if bad:
+            raise KDConfigError(f"pool_variants={text}: {', '.join(bad)} is not a yolo-kd option a pool row can vary")
+        try:
+            Recipe.from_kwargs(teacher="teacher.pt", unlabeled=["pool"], **keys)
+        except KDConfigError as e:
+            raise KDConfigError(f"pool_variants={text}: {e}") from None
 
 
 def resolve_data(data: str, root: Path) -> str:

@@ -7,8 +7,9 @@ unlabeled pool. The teacher is trained on the labeled subset only (a bigger mode
 - baseline: the student on the labeled subset;
 - the built-in (`distill_model=`) and yolo-kd's default recipe on the labeled subset;
 - yolo-kd's default recipe with `unlabeled=` the pool;
-- the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`), then the plain student (and, with
-  `pseudo_builtin=True`, the built-in) on labeled + pseudo-labeled images;
+- variants of the pool row (`pool_variants=`: other recipe keys, e.g. online pseudo-boxes or another ratio);
+- the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`) at each `pseudo_conf`, then the plain
+  student (and, with `pseudo_builtin=True`, the built-in) on labeled + pseudo-labeled images;
 - the ceiling: the student on 100% of the labels.
 
 Equal budgets: every run makes the same number of optimizer steps (`nbs` = batch, one step per batch):
@@ -74,8 +75,8 @@ def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0)
     marker = root / "split.json"
     pool_dir = root / "pool" / "images"
     if not (marker.is_file() and json.loads(marker.read_text()) == key):
-        shutil.rmtree(root / "pool", ignore_errors=True)  # another split's links and pseudo-labels
-        (root / "pseudo.json").unlink(missing_ok=True)
+        for stale in [root / "pool", *root.glob("pseudo_conf*")]:  # another split's links and pseudo-labels
+            shutil.rmtree(stale, ignore_errors=True)
         (root / "labeled.txt").write_text("".join(f"{p}\n" for p in labeled))
         pool_dir.mkdir(parents=True, exist_ok=True)
         for i, src in enumerate(pool):
@@ -90,23 +91,30 @@ def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0)
     return Split(labeled_yaml, pool_dir, str(data_yaml), len(labeled), len(pool))
 
 
-def pseudo_labeled_yaml(split: Split, teacher: str, conf: float, root: Path) -> Path:
-    """Label the pool with the teacher (`yolo-kd label`, once per teacher and conf) and return a data.yaml that
-    trains on the labeled subset plus the pseudo-labeled pool."""
+def pseudo_labeled_yaml(split: Split, teacher: str, conf: float, root: Path) -> tuple[Path, dict]:
+    """Label the pool with the teacher at `conf` (`yolo-kd label`, once per teacher and conf; the labels land in a
+    folder of links of their own, `root/pseudo_conf<conf>/`) and return (a data.yaml that trains on the labeled
+    subset plus the pseudo-labeled pool, the labelling summary)."""
     from ..label import label_images
     from ..ultra import resolve_dataset
 
+    folder = root / f"pseudo_conf{conf:g}"
+    images = folder / "images"
     key = {"teacher": str(teacher), "mtime": Path(teacher).stat().st_mtime, "conf": conf}
-    marker = root / "pseudo.json"
+    marker = folder / "pseudo.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == key):
-        summary = label_images(teacher, str(split.pool), conf=conf, overwrite=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        images.mkdir(parents=True)
+        for link in sorted(split.pool.iterdir()):
+            (images / link.name).symlink_to(link.resolve())
+        summary = label_images(teacher, str(images), conf=conf, overwrite=True)
+        (folder / "summary.json").write_text(json.dumps(summary))
         marker.write_text(json.dumps(key))
-        (root / "pseudo_summary.json").write_text(json.dumps(summary))
     data = resolve_dataset(str(split.labeled_yaml))
-    path = root / "data_pseudo.yaml"
-    path.write_text(yaml.safe_dump({"path": str(root), "train": [str(root / "labeled.txt"), str(split.pool)],
+    path = folder / "data_pseudo.yaml"
+    path.write_text(yaml.safe_dump({"path": str(root), "train": [str(root / "labeled.txt"), str(images)],
                                     "val": data.get("val"), "names": data["names"]}))
-    return path
+    return path, json.loads((folder / "summary.json").read_text())
 
 
 def epochs_for(steps: int, images: int, batch: int) -> int:
@@ -114,7 +122,20 @@ def epochs_for(steps: int, images: int, batch: int) -> int:
     return max(1, round(steps / math.ceil(images / batch)))
 
 
-def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: Path) -> list:
+def parse_variant(text: str) -> dict:
+    """A pool row's recipe keys, `key:value/key:value` (e.g. `unlabeled_boxes:0.5/unlabeled_ratio:2`), values read
+    as YAML scalars."""
+    pairs = [p.split(":", 1) for p in text.split("/") if p.strip()]
+    if not pairs or any(len(p) != 2 or not p[0].strip() for p in pairs):
+        raise KDConfigError(f"pool_variants entry {text!r} must be key:value[/key:value], e.g. unlabeled_boxes:0.5")
+    return {k.strip(): yaml.safe_load(v.strip()) for k, v in pairs}
+
+
+def variant_label(keys: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in keys.items())
+
+
+def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls: dict[float, Path]) -> list:
     """The runs, seed by seed, at equal optimizer steps."""
     from .runs import Job
 
@@ -140,12 +161,17 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: 
             suffix = "" if bn == DEFAULT_UNLABELED_BN else f" (unlabeled_bn={bn})"
             candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
                                            sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn})))
-        candidates.append(("pseudo", job("pseudo-labels (yolo-kd label) + plain student", "pseudo", pseudo_yaml,
-                                         full_epochs)))
-        if opts["pseudo_builtin"]:
-            candidates.append(("pseudo", job(f"pseudo-labels + Ultralytics KD (dis={opts['dis']:g})", "pseudo-builtin",
-                                             pseudo_yaml, full_epochs,
-                                             extra={"distill_model": teacher, "dis": opts["dis"]})))
+        for keys in map(parse_variant, opts.get("pool_variants") or []):
+            candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
+                                           "yolo-kd", labeled, sub_epochs,
+                                           kd={**kd, "unlabeled": str(split.pool), **keys})))
+        for conf, pseudo_yaml in pseudo_yamls.items():
+            candidates.append(("pseudo", job(f"pseudo-labels (yolo-kd label conf={conf:g}) + plain student", "pseudo",
+                                             pseudo_yaml, full_epochs)))
+            if opts["pseudo_builtin"]:
+                candidates.append(("pseudo", job(f"pseudo-labels (conf={conf:g}) + Ultralytics KD "
+                                                 f"(dis={opts['dis']:g})", "pseudo-builtin", pseudo_yaml, full_epochs,
+                                                 extra={"distill_model": teacher, "dis": opts["dis"]})))
         candidates.append(("ceiling", job("ceiling: baseline on 100% of the labels", "ceiling", split.full_yaml,
                                           full_epochs)))
         jobs += [j for row, j in candidates if row in want]
@@ -154,9 +180,16 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yaml: 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
     """Per row: mAP, paired gain over the same seed's baseline, paired difference from the built-in and from the
-    pseudo-label route, share of the baseline-to-ceiling gap closed."""
+    pseudo-label route (its best threshold: the pseudo row with the highest mean mAP), share of the
+    baseline-to-ceiling gap closed."""
     by_kind = {kind: {r["seed"]: r for r in results if r["kind"] == kind}
-               for kind in ("baseline", "builtin", "pseudo", "ceiling")}
+               for kind in ("baseline", "builtin", "ceiling")}
+    pseudo_rows = {}
+    for r in results:
+        if r["kind"] == "pseudo":
+            pseudo_rows.setdefault(r["label"], []).append(r)
+    best = max(pseudo_rows.values(), key=lambda runs: sum(r["mAP50-95"] for r in runs) / len(runs), default=[])
+    by_kind["pseudo"] = {r["seed"]: r for r in best}
     base = by_kind["baseline"]
 
     def gain(r):
@@ -201,7 +234,8 @@ def _ci(ci) -> str:
     return f"{mean:+.2f} ± {half:.2f} ({verdict(mean, half)})"
 
 
-def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, steps: int, pseudo: dict | None) -> str:
+def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, steps: int,
+             pseudo: dict[float, dict] | None) -> str:
     """The report: settings, the split and budget, the per-seed table and the targets as measured."""
     seeds = sorted({s for r in rows.values() for s in r["seeds"]})
     lines = [f"# yolo-kd label-scarce bench: {settings['data']}", "",
@@ -212,8 +246,8 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
                                if settings["teacher"].endswith((".yaml", ".yml"))
                                else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}.")
                 if teacher else "No row needs the teacher: none trained.")
-             + (f" Pseudo-labels: {pseudo['boxes']} boxes on {pseudo['images']} pool images, {pseudo['empty']} "
-                f"without a box." if pseudo else ""), "",
+             + "".join(f" Pseudo-labels at conf {conf:g}: {p['boxes']} boxes on {p['images']} pool images, "
+                       f"{p['empty']} without a box." for conf, p in (pseudo or {}).items()), "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
              + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | gap closed | train s |",
              "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
@@ -256,11 +290,10 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                     f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
         teacher_result = launch(teacher_job)
         teacher = teacher_result["checkpoint"]
-    wants_pseudo = "pseudo" in rows_wanted
-    pseudo_yaml = pseudo_labeled_yaml(split, teacher, opts["pseudo_conf"], out / "split") if wants_pseudo else None
-    summary_file = out / "split" / "pseudo_summary.json"
-    pseudo = json.loads(summary_file.read_text()) if summary_file.is_file() else None
-    jobs = plan(opts, train_args, split, teacher, pseudo_yaml)
+    confs = opts["pseudo_conf"] if "pseudo" in rows_wanted else []
+    labelled = {conf: pseudo_labeled_yaml(split, teacher, conf, out / "split") for conf in confs}
+    pseudo = {conf: summary for conf, (_, summary) in labelled.items()}
+    jobs = plan(opts, train_args, split, teacher, {conf: path for conf, (path, _) in labelled.items()})
     results = [{**r, "epochs": job.train_args["epochs"]} for job, r in zip(jobs, run_jobs(jobs))]
     rows = summarize(results)
     settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],

@@ -1,0 +1,112 @@
+"""Issue 32: online pseudo-boxes on the pool (`unlabeled_boxes`): the teacher target decoded into boxes equals
+Ultralytics' own decoding and NMS of the teacher's output; a hand-made box comes back at its pixels; the student's
+detection loss on them joins the KD terms as `pool_det`, reads the boxes (a threshold above every score trains the pool
+as background), leaves the labeled detection terms alone, and trains in a real run."""
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_TRAIN, read_results
+from ultralytics import YOLO
+from ultralytics.utils.nms import non_max_suppression
+
+import yolo_kd
+from yolo_kd import KDConfigError
+from yolo_kd.distiller import POOL_DETECTION_TERM
+from yolo_kd.pseudo_boxes import NMS_IOU, decode, pseudo_batch
+from yolo_kd.recipe import Recipe, TeacherSpec
+from yolo_kd.taps import Taps, head_taps
+from yolo_kd.teacher_target import TeacherView, encode
+from yolo_kd.teachers import load_teacher
+
+from test_unlabeled import distiller, labeled_batch, student_with_args
+
+
+def test_a_known_target_decodes_to_its_box():
+    """One anchor of a 64 px image's stride-8 level (cell (x 3, y 2): centre (28, 20) px) is class 1 at score 0.9, its
+    DFL sides sit on bins l=2, t=1, r=3, b=4 (cells): the box is (12, 12, 52, 52) px, normalised xywh
+    (0.5, 0.5, 0.625, 0.625); every other anchor scores 0.1 and is dropped at conf 0.5."""
+    grid, reg_max = [(8, 8), (4, 4), (2, 2)], 16
+    anchors = sum(h * w for h, w in grid)
+    a = 2 * 8 + 3
+    scores = torch.full((1, 2, anchors), -2.1972)  # sigmoid: 0.1
+    scores[0, 1, a] = 2.1972  # sigmoid: 0.9
+    logp = torch.full((1, 4, reg_max, anchors), -60.0)
+    logp[:, :, 0] = 0.0  # every other anchor: a zero-size box
+    for side, b in enumerate((2, 1, 3, 4)):
+        logp[0, side, :, a] = -60.0
+        logp[0, side, b, a] = 0.0
+    target = Taps(feats=[], scores=scores, boxes=logp.reshape(1, 4 * reg_max, anchors), grid=grid)
+    (boxes,) = decode(target, (64, 64), conf=0.5)
+    assert boxes.tolist() == [pytest.approx([12.0, 12.0, 52.0, 52.0, 0.9, 1.0], abs=1e-3)]
+    batch = pseudo_batch(target, torch.zeros(1, 3, 64, 64), conf=0.5)
+    assert batch["bboxes"].tolist() == [pytest.approx([0.5, 0.5, 0.625, 0.625], abs=1e-5)]
+    assert batch["cls"].tolist() == [[1.0]] and batch["batch_idx"].tolist() == [0.0]
+
+
+def test_decoded_target_equals_ultralytics_predictions(tiny_teacher, tiny_data):
+    """The teacher's output on two real images, as the distiller encodes it, decodes to the boxes, scores and classes
+    Ultralytics' own NMS keeps from the same output (same anchors, strides, threshold and IoU)."""
+    import cv2
+
+    images = sorted((tiny_data.parent / "images" / "train").iterdir())[:2]
+    img = torch.stack([torch.from_numpy(cv2.imread(str(p))[..., ::-1].copy()).permute(2, 0, 1) for p in images])
+    img = img.float() / 255
+    teacher = load_teacher("teacher", TeacherSpec(model=str(tiny_teacher)))
+    with torch.no_grad():
+        out = teacher(img)
+    raw = head_taps(out)
+    target = encode(raw, TeacherView(None, [0, 1, 2], [0, 1, 2], 16), raw)
+    conf = float(torch.sigmoid(raw.scores).amax(1).flatten().sort(descending=True).values[30])  # ~30 candidates
+    ours = decode(target, (64, 64), conf)
+    theirs = non_max_suppression(out, conf_thres=conf, iou_thres=NMS_IOU)
+    assert sum(len(d) for d in theirs) > 2
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-3)
+
+
+def test_pool_detection_loss_reads_the_teachers_boxes(tiny_teacher):
+    """With `unlabeled_boxes`, `pool_det` is the student's detection loss on the pool images' pseudo-boxes: positive,
+    different when the threshold keeps boxes or none (background), with a gradient into the student; the labeled
+    detection terms are bit-identical to a step without it."""
+    student = student_with_args()
+    plain, plain_items = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch(pool_images=2))
+    assert POOL_DETECTION_TERM not in plain_items
+    with torch.no_grad():  # a threshold under the teacher's best score on these pool images keeps boxes
+        best = torch.sigmoid(head_taps(load_teacher("t", TeacherSpec(model=str(tiny_teacher)))(
+            labeled_batch(pool_images=2)["unlabeled_img"])).scores).max()
+    low = float(best) / 2
+    values = {}
+    for conf in (low, 0.99):
+        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=conf)
+        loss, items = d.loss(labeled_batch(pool_images=2))
+        values[conf] = items[POOL_DETECTION_TERM]
+        assert torch.equal(loss[:3], plain[:3])
+    assert values[low] > 0 and values[0.99] > 0 and not torch.isclose(values[low], values[0.99])
+    grads = []
+    for boxes in (None, low):  # the KD part's gradient into the student changes with the pool's boxes
+        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=boxes)
+        d.loss(labeled_batch(pool_images=2))[0][3].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None]))
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_path):
+    model = YOLO("yolov8n.yaml")
+    yolo_kd.distill(model, teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=0.01)
+    model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="run", **TINY_TRAIN)
+    (row,) = read_results(tmp_path / "run")
+    assert float(row[f"train/{POOL_DETECTION_TERM}"]) > 0 and float(row["train/pred_cls"]) > 0
+
+
+@pytest.mark.parametrize("value", [0, 1.0, 1.5, "high", True])
+def test_a_bad_threshold_is_refused_in_one_line(value):
+    with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1") as err:
+        Recipe.from_kwargs(teacher="t.pt", unlabeled_boxes=value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_threshold_is_kept_in_the_recipe_for_resume():
+    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=0.4)
+    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == 0.4

@@ -1,0 +1,82 @@
+"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf`): the teacher's target on the very pool images
+the student sees, decoded into boxes for the student's own detection loss (no label files).
+
+Decoding reads the target in its declared encoding (`teacher_target`: the student's anchors, the data set's classes):
+per anchor a of level l (cell centre c_a, stride s_l), score_a = max_k sigmoid(z_{k,a}), class = argmax_k; the box
+is xyxy = (c_a - (l, t), c_a + (r, b)) * s_l with (l, t, r, b) the expected DFL bin, sum_j j * p_j (reg_max > 1), or
+the distances themselves (reg_max 1). Anchors with score >= conf are kept, then class-wise NMS at IoU 0.7 (Ultralytics'
+predict default), at most `max_det` per image. The boxes come back in Ultralytics' batch keys (`batch_idx`, `cls`,
+`bboxes` as normalised xywh), so the student's criterion trains on them as on labels; an image without a box is
+trained as background, as an unlabeled tile in a labeled mosaic would be.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .taps import Taps
+
+NMS_IOU = 0.7  # Ultralytics' predict default
+MAX_DET = 300  # Ultralytics' predict default
+
+
+def anchor_centres(grid: list[tuple[int, int]], image_hw: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """((A, 2) cell centres in pixels as (x, y), (A, 1) strides) for the head's level grids, level by level."""
+    centres, strides = [], []
+    for h, w in grid:
+        stride = image_hw[0] / h
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        centres.append(torch.stack([gx.flatten(), gy.flatten()], 1))
+        strides.append(torch.full((h * w, 1), stride, device=device))
+    return torch.cat(centres), torch.cat(strides)
+
+
+def side_distances(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 4 * reg_max, A) encoded target boxes -> (N, 4, A) distances in cells: the expected bin of each side's DFL
+    log-probabilities (reg_max > 1), or the distances as they are (reg_max 1)."""
+    n, c, a = boxes.shape
+    reg_max = c // 4
+    if reg_max == 1:
+        return boxes.float()
+    probs = boxes.float().reshape(n, 4, reg_max, a).exp()
+    bins = torch.arange(reg_max, device=boxes.device, dtype=torch.float32).view(1, 1, reg_max, 1)
+    return (probs * bins).sum(2) / probs.sum(2).clamp_min(1e-12)
+
+
+def decode(target: Taps, image_hw: tuple[int, int], conf: float, max_det: int = MAX_DET) -> list[torch.Tensor]:
+    """Per image, (n, 6) boxes [x1, y1, x2, y2, score, class] in pixels of the student's input, after the score
+    threshold and class-wise NMS."""
+    from torchvision.ops import batched_nms
+
+    centres, strides = anchor_centres(target.grid, image_hw, target.scores.device)
+    scores, classes = torch.sigmoid(target.scores.float()).max(1)  # (N, A)
+    ltrb = side_distances(target.boxes).transpose(1, 2) * strides  # (N, A, 4) in pixels
+    xyxy = torch.cat([centres - ltrb[..., :2], centres + ltrb[..., 2:]], -1)
+    out = []
+    for box, score, cls in zip(xyxy, scores, classes):
+        keep = score >= conf
+        box, score, cls = box[keep], score[keep], cls[keep]
+        keep = batched_nms(box, score, cls, NMS_IOU)[:max_det]
+        out.append(torch.cat([box[keep], score[keep, None], cls[keep, None].float()], 1))
+    return out
+
+
+def as_batch(detections: list[torch.Tensor], images: torch.Tensor) -> dict:
+    """Ultralytics' training-batch keys for the detections of `images` (N, 3, H, W): boxes clipped to the image,
+    as normalised xywh, with their image index and class."""
+    h, w = images.shape[-2:]
+    scale = torch.tensor([w, h, w, h], device=images.device, dtype=torch.float32)
+    rows = [d for d in detections if len(d)]
+    dets = torch.cat(rows) if rows else torch.zeros((0, 6), device=images.device)
+    xyxy = torch.min(dets[:, :4].clamp_min(0), scale) / scale
+    xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
+    index = torch.cat([torch.full((len(d),), float(i), device=images.device) for i, d in enumerate(detections)]) \
+        if detections else torch.zeros(0, device=images.device)
+    return {"img": images, "batch_idx": index, "cls": dets[:, 5:6], "bboxes": xywh}
+
+
+def pseudo_batch(target: Taps, images: torch.Tensor, conf: float) -> dict:
+    """The pool images' batch for the student's detection loss: the teacher's boxes at score >= `conf`."""
+    return as_batch(decode(target, tuple(images.shape[-2:]), conf), images)
