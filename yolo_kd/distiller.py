@@ -56,6 +56,8 @@ class Distiller(StudentSurface, nn.Module):
         self.batch_index = 0  # training batches seen this epoch
         self.nan_skips = 0
         self.balance: dict[str, float] = {}  # auto-balance multipliers, fixed at the first KD step
+        self.teacher_scores: dict[str, float] = {}  # teacher_guard: each teacher's validation mAP50-95, once
+        self.kd_stopped = False  # teacher_guard: the student has caught up with its teacher, KD is off for good
 
         device = next(student.parameters()).device
         ch = student.yaml.get("channels", 3)
@@ -144,7 +146,7 @@ class Distiller(StudentSurface, nn.Module):
         """(detection loss vector ++ [KD total * batch size], items with one entry per KD term)."""
         zero = torch.zeros((), device=batch["img"].device)
         stage = self.recipe.stages[self.stage] if self.stage is not None else None
-        if not self.training or stage is None or not stage.methods:
+        if not self.training or stage is None or not stage.methods or self.kd_stopped:
             if preds is None:
                 preds = self.student(batch["img"])
             det_loss, items = self.student.loss(batch, preds)
@@ -189,7 +191,7 @@ class Distiller(StudentSurface, nn.Module):
         """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
         ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away)."""
         si = self.stage
-        return self.training and si is not None and any(
+        return self.training and si is not None and not self.kd_stopped and any(
             not self.methods[f"{t}__{m.name}"].reads_gt
             for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 
@@ -282,6 +284,8 @@ class Distiller(StudentSurface, nn.Module):
             "stage": self.stage,
             "balance": dict(self.balance),
             "nan_skips": self.nan_skips,
+            "teacher_scores": dict(self.teacher_scores),
+            "kd_stopped": self.kd_stopped,
         }
 
     def load_kd_state(self, state: dict) -> None:
@@ -291,6 +295,8 @@ class Distiller(StudentSurface, nn.Module):
                                       for k, v in state["adapters"].items() if k in live})
         self.balance = dict(state.get("balance") or {})
         self.nan_skips = int(state.get("nan_skips", 0))
+        self.teacher_scores = dict(state.get("teacher_scores") or {})
+        self.kd_stopped = bool(state.get("kd_stopped", False))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A student-only state dict (as Ultralytics' NaN recovery passes) loads into the student."""

@@ -52,6 +52,7 @@ from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
+from .guard import MAP_KEY, caught_up, teacher_score
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import UnlabeledLoader
@@ -114,7 +115,9 @@ def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
     """The Ultralytics callbacks dict that distils with `recipe` on any trainer."""
     return {"on_pretrain_routine_start": [Attach(recipe, options)],
             "on_train_epoch_start": [reseed, restart_unlabeled, restore_grads, count_batches, select_stage],
+            "on_train_start": [announce_guard],
             "on_train_epoch_end": [log_stage, log_kd_share],
+            "on_fit_epoch_end": [guard_teacher],
             "on_train_end": [drop_continuation, draw_kd_results, close_unlabeled]}
 
 
@@ -177,9 +180,10 @@ def count_batches(trainer) -> None:
 
 
 def log_stage(trainer) -> None:
-    """on_train_epoch_end: record the stage (1-based, 0 = no KD) and dropped non-finite terms in results.csv."""
+    """on_train_epoch_end: record the stage (1-based, 0 = no KD, also once the teacher guard has stopped it) and
+    dropped non-finite terms in results.csv."""
     distiller = unwrap_model(trainer.model)
-    trainer.lr["kd_stage"] = 0 if distiller.stage is None else distiller.stage + 1
+    trainer.lr["kd_stage"] = 0 if distiller.stage is None or distiller.kd_stopped else distiller.stage + 1
     trainer.lr["kd_nan_skips"] = distiller.nan_skips
     if distiller.nan_skips and RANK in {-1, 0}:
         LOGGER.warning(f"yolo-kd: {distiller.nan_skips} step(s) so far whose KD was non-finite and dropped")
@@ -197,6 +201,43 @@ def log_kd_share(trainer) -> None:
     if distiller.stage is not None and RANK in {-1, 0}:
         parts = ", ".join(f"{t} {share:.1%}" for t, share in shares.items())
         LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: KD {sum(shares.values()):.1%} of the loss ({parts})")
+
+
+def announce_guard(trainer) -> None:
+    """on_train_start, with `teacher_guard`: say what it compares, or that without validation it cannot act."""
+    if not trainer.yolo_kd.recipe.teacher_guard or RANK not in {-1, 0}:
+        return
+    if trainer.args.val:
+        LOGGER.info("yolo-kd: teacher_guard: KD stops once the student's validation mAP50-95 reaches its teacher's")
+    else:
+        LOGGER.warning("yolo-kd: teacher_guard needs validation every epoch (val=True); with val=False it never acts")
+
+
+def guard_teacher(trainer) -> None:
+    """on_fit_epoch_end, with `teacher_guard` and a validation this epoch: stop KD for good once the student's mAP50-95
+    reaches the best teacher's of the active stage (`guard`); rank 0 decides, the other ranks follow."""
+    distiller = unwrap_model(trainer.model)
+    if not distiller.recipe.teacher_guard or distiller.kd_stopped or distiller.stage is None or not trainer.args.val:
+        return
+    stop = False
+    if RANK in {-1, 0} and MAP_KEY in (trainer.metrics or {}):
+        names = distiller.recipe.stages[distiller.stage].teachers
+        missing = [n for n in names if n not in distiller.teacher_scores]
+        if missing:
+            teachers = distiller.pool.acquire(names, next(distiller.parameters()).device)
+            for n in missing:
+                distiller.teacher_scores[n] = teacher_score(trainer, teachers[n], distiller.recipe.teachers[n].imgsz)
+        best = max(distiller.teacher_scores[n] for n in names)
+        student = float(trainer.metrics[MAP_KEY])
+        stop = caught_up(student, best)
+        if stop:
+            LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: the student's mAP50-95 {student:.4f} has reached its "
+                        f"teacher's {best:.4f}: KD off for the rest of the run (teacher_guard)")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([float(stop)], device=next(distiller.parameters()).device)
+        torch.distributed.broadcast(flag, 0)
+        stop = bool(flag.item())
+    distiller.kd_stopped = stop
 
 
 def draw_kd_results(trainer) -> None:

@@ -33,7 +33,7 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
-               "unlabeled_bn", "unlabeled_boxes"}
+               "unlabeled_bn", "unlabeled_boxes", "teacher_guard"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
@@ -122,12 +122,13 @@ class Recipe:
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
+    teacher_guard: bool = False  # stop KD once the student's validation mAP50-95 reaches the teacher's (`guard`)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
-                    unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None) -> Recipe:
+                    unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, teacher_guard=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -136,7 +137,7 @@ class Recipe:
             for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
                                ("class_map", class_map), ("unlabeled", unlabeled),
                                ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
-                               ("unlabeled_boxes", unlabeled_boxes)):
+                               ("unlabeled_boxes", unlabeled_boxes), ("teacher_guard", teacher_guard)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -148,7 +149,7 @@ class Recipe:
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
-            "unlabeled_boxes": unlabeled_boxes,
+            "unlabeled_boxes": unlabeled_boxes, "teacher_guard": teacher_guard,
         }
         return cls.from_dict(data)
 
@@ -178,6 +179,7 @@ class Recipe:
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
             unlabeled_boxes=_parse_score(data.get("unlabeled_boxes"), "unlabeled_boxes"),
+            teacher_guard=_parse_bool(data.get("teacher_guard", False), "teacher_guard"),
         )
 
     def to_dict(self) -> dict:
@@ -203,6 +205,7 @@ class Recipe:
             "unlabeled_ratio": self.unlabeled_ratio,
             "unlabeled_bn": self.unlabeled_bn,
             "unlabeled_boxes": self.unlabeled_boxes,
+            "teacher_guard": self.teacher_guard,
         }
 
     # ------------------------------------------------------------------ resolving against a run
@@ -308,6 +311,14 @@ def _parse_positive(value, where: str, allow_none=False, allow_zero=True):
     if value < 0 or (value == 0 and not allow_zero):
         raise KDConfigError(f"'{where}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     return float(value)
+
+
+def _parse_bool(value, where: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise KDConfigError(f"'{where}' must be true or false, got {value!r}")
+    return value
 
 
 def _parse_score(value, where: str) -> float | None:
