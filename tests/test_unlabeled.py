@@ -197,11 +197,11 @@ def record_forwards(trainer):
     distiller.pool.loaded["teacher"].register_forward_pre_hook(teacher_input)
 
 
-def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, **train):
+def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabeled_views=None, **train):
     RecordingTrainer.seen = {}
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", record_forwards)
-    yolo_kd.distill(model, teacher=str(teacher), teacher_imgsz=teacher_imgsz,
+    yolo_kd.distill(model, teacher=str(teacher), teacher_imgsz=teacher_imgsz, unlabeled_views=unlabeled_views,
                     **({"unlabeled": str(pool)} if pool else {}))
     model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
                 **{**TINY_TRAIN, "epochs": 2, **train})

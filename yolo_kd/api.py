@@ -31,6 +31,8 @@ KD_OPTIONS = {
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
     "unlabeled_boxes": "also train the student's detection loss on the teacher's boxes on unlabeled images at this "
                        "score (e.g. 0.5; default off)",
+    "unlabeled_views": "'weak-strong': the teacher sees pool images without the photometric augmentation, the student "
+                       "with it (default 'same')",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's (default false)",
 }
 KD_KEYS = tuple(KD_OPTIONS)
@@ -99,7 +101,8 @@ def distill(model, teacher=None, method: str | None = None, **options):
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes and teacher_guard. Every Ultralytics train argument keeps working, `trainer=MyTrainer`
+    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_views and teacher_guard.
+    Every Ultralytics train argument keeps working, `trainer=MyTrainer`
     included (the engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the
     run folder exists and DDP works. With ``model.train(resume=...)`` the run continues last.pt's recipe: a key given
     here that differs from it is refused (`resume_options`). Errors in the options raise `KDConfigError` here, before

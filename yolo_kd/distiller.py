@@ -160,7 +160,7 @@ class Distiller(StudentSurface, nn.Module):
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
             pool_taps, pool_preds = self._unlabeled_forward(extra)
             s_taps = cat_rows(s_taps, pool_taps)
-            img = torch.cat([img, extra.to(img.dtype)])
+            img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
             if source is not None:
                 source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
         target = self._teacher_target(stage, img, source, s_taps)

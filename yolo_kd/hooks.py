@@ -300,6 +300,9 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
                         + (f"; detection loss on the teacher's boxes at score >= {run.recipe.unlabeled_boxes:g} "
                            "(unlabeled_boxes)" if run.recipe.unlabeled_boxes is not None else "")
+                        + ("; the teacher sees each pool image without the photometric augmentation, the student "
+                           "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
+                           else "")
                         + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
 
@@ -310,7 +313,8 @@ def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
     run, args = trainer.yolo_kd, trainer.args
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
     return UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size,
-                           images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers)
+                           images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers,
+                           two_views=run.recipe.unlabeled_views == "weak-strong")
 
 
 def preprocess_batch(trainer, base, batch: dict) -> dict:
@@ -346,13 +350,21 @@ def teacher_size_batch(trainer, base, batch: dict) -> dict:
 
 
 def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
-    """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`;
-    `unlabeled_teacher_img`: the same images at the size of `teacher_img`, when the batch has one."""
+    """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`, for
+    the student; with two views it is the strong view and `unlabeled_weak_img` the weak one, for the teacher;
+    `unlabeled_teacher_img`: the teacher's view at the size of `teacher_img`, when the batch has one."""
     img, source = batch["img"], batch.get("teacher_img")
-    extra = loader.next(images_per_step(ratio, len(img)))["img"].to(img.device, non_blocking=True).float() / 255
-    batch["unlabeled_img"] = resample(extra, tuple(img.shape[-2:])).to(img.dtype)
+    drawn = loader.next(images_per_step(ratio, len(img)))
+
+    def scaled(x, like):
+        return resample(x.to(img.device, non_blocking=True).float() / 255, tuple(like.shape[-2:])).to(like.dtype)
+
+    weak = drawn["img"]
+    batch["unlabeled_img"] = scaled(drawn.get("img_strong", weak), img)
+    if "img_strong" in drawn:
+        batch["unlabeled_weak_img"] = scaled(weak, img)
     if source is not None:
-        batch["unlabeled_teacher_img"] = resample(extra, tuple(source.shape[-2:])).to(source.dtype)
+        batch["unlabeled_teacher_img"] = scaled(weak, source)
 
 
 def _close_dataloader_mosaic(trainer, base) -> None:

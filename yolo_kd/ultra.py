@@ -8,6 +8,8 @@ Ultralytics is imported inside each function, so importing this module (or `yolo
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 
 import torch
@@ -346,6 +348,12 @@ def _unlabeled_images_class():
         from ultralytics.data.dataset import YOLODataset
 
         class UnlabeledImages(YOLODataset):
+            two_views = False  # `img` the weak view, `img_strong` the photometric one (`with_strong_view`)
+
+            def build_transforms(self, hyp):
+                transforms = super().build_transforms(hyp)
+                return with_strong_view(transforms) if self.two_views else transforms
+
             def get_img_files(self, img_path):
                 return list(img_path)
 
@@ -392,14 +400,49 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def unlabeled_dataset(files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int):
-    """A training dataset (the run's augmentation: mosaic, mixup, HSV, flips...) over unlabeled image `files`."""
+def unlabeled_dataset(files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int,
+                      two_views: bool = False):
+    """A training dataset (the run's augmentation: mosaic, mixup, HSV, flips...) over unlabeled image `files`; with
+    `two_views`, each item also holds `img_strong` (`with_strong_view`)."""
     from ultralytics.utils import colorstr
 
-    return _unlabeled_images_class()(
+    dataset = _unlabeled_images_class()(
         img_path=files, imgsz=imgsz, batch_size=batch, augment=True, hyp=hyp, rect=False, cache=None,
         single_cls=False, stride=stride, pad=0.0, prefix=colorstr("unlabeled: "), task="detect", classes=None,
         data=data, fraction=1.0)
+    if two_views:
+        dataset.two_views = True
+        dataset.transforms = dataset.build_transforms(hyp=copy.copy(hyp))
+    return dataset
+
+
+class StrongView:
+    """Put `img_strong` beside `img`: the same augmented image (same mosaic, affine, mixup, flips) through the run's
+    photometric transforms, as a (3, H, W) uint8 tensor like Format's `img`; `img` itself skips them (the weak view)."""
+
+    def __init__(self, photometric: list, to_tensor):
+        self.photometric, self.to_tensor = photometric, to_tensor
+
+    def __call__(self, labels: dict) -> dict:
+        view = {**labels, "img": labels["img"].copy()}
+        for transform in self.photometric:
+            view = transform(view)
+        labels["img_strong"] = self.to_tensor(view["img"])
+        return labels
+
+
+def with_strong_view(transforms):
+    """A training Compose whose photometric steps (RandomHSV; Albumentations when it holds no spatial transform) move
+    out of the shared path into a `StrongView` just before Format (after the flips, which commute with them)."""
+    from ultralytics.data.augment import Albumentations, RandomHSV
+
+    steps = transforms.transforms
+    photometric = [t for t in steps if isinstance(t, RandomHSV)
+                   or (isinstance(t, Albumentations) and not getattr(t, "contains_spatial", False))]
+    shared = [t for t in steps if all(t is not p for p in photometric)]
+    fmt = shared[-1]
+    transforms.transforms = shared[:-1] + [StrongView(photometric, fmt._format_img), fmt]
+    return transforms
 
 
 def pool_dataloader(dataset, batch: int, workers: int, sampler, generator):

@@ -70,10 +70,12 @@ class EndlessShuffle(Sampler):
 class UnlabeledLoader:
     """Batches of `batch` augmented pool images (uint8, at the loader's size), `n <= batch` of them per draw."""
 
-    def __init__(self, files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int, workers: int):
-        """`hyp`: the run's train arguments, as the labeled loader reads them (mosaic, HSV, flips...)."""
+    def __init__(self, files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int, workers: int,
+                 two_views: bool = False):
+        """`hyp`: the run's train arguments, as the labeled loader reads them (mosaic, HSV, flips...); `two_views`:
+        each draw also holds `img_strong`, the photometric view of the same images (`img` is then the weak one)."""
         self.files, self.batch, self.hyp = list(files), int(batch), hyp
-        self.dataset = unlabeled_dataset(self.files, hyp, data, imgsz, self.batch, stride)
+        self.dataset = unlabeled_dataset(self.files, hyp, data, imgsz, self.batch, stride, two_views)
         self.generator = torch.Generator()
         self.random = RandomStreams()
         self.loader = pool_dataloader(self.dataset, self.batch, workers, EndlessShuffle(len(self.files), self.generator),
@@ -102,12 +104,16 @@ class UnlabeledLoader:
             self.restart(self.seed)
 
     def next(self, n: int | None = None) -> dict:
-        """The next collated batch (uint8 `img`, no boxes), cut to its first `n` images when given."""
+        """The next collated batch (uint8 `img`, and `img_strong` with two views; no boxes), cut to its first `n`
+        images when given."""
         if self._iter is None:
             self.restart(self.seed)
         with self.random:
             batch = next(self._iter)
-        return batch if n is None else {**batch, "img": batch["img"][:n], "im_file": batch["im_file"][:n]}
+        if "img_strong" in batch:
+            batch["img_strong"] = torch.stack(list(batch["img_strong"]))
+        n = len(batch["img"]) if n is None else n
+        return {**batch, **{k: batch[k][:n] for k in ("img", "img_strong", "im_file") if k in batch}}
 
     def close(self) -> None:
         """Shut the workers down; `next` would restart the stream from the last seed."""
