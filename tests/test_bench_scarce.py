@@ -109,7 +109,7 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
     split = Split(labeled_yaml=tmp_path / "l.yaml", pool=tmp_path / "pool", full_yaml="full.yaml", n_labeled=2,
                   n_pool=6)
     opts = dict(batch=4, close_mosaic_share=0.1, epochs=1, seeds=[1], builtin=False, dis=6.0, pseudo_builtin=False,
-                model="yolov8n.yaml", imgsz=64, rows=["pool", "pseudo"],
+                model="yolov8n.yaml", imgsz=64, rows=["pool", "variants", "pseudo"],
                 pool_variants=["unlabeled_boxes:0.5", "unlabeled_ratio:2/unlabeled_bn:labeled"])
     jobs = plan(opts, {}, split, "t.pt", {0.25: tmp_path / "a.yaml", 0.5: tmp_path / "b.yaml"})
     pools = [(j.label, {k: v for k, v in j.kd.items() if k not in ("teacher", "method", "unlabeled")})
@@ -120,6 +120,8 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
                       {"unlabeled_ratio": 2, "unlabeled_bn": "labeled"})]
     assert [j.train_args["data"] for j in jobs if j.kind == "pseudo"] == [str(tmp_path / "a.yaml"),
                                                                           str(tmp_path / "b.yaml")]
+    alone = plan({**opts, "rows": ["variants"]}, {}, split, "t.pt", {})  # the variants without the default row
+    assert [j.label for j in alone] == [label for label, _ in pools[1:]]
 
 
 def test_rows_are_paired_with_the_better_pseudo_label_threshold():

@@ -39,8 +39,8 @@ BENCH_SPEC = {
                     "pseudo-label row each (0.25: Ultralytics' predict default)"),
     "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
-    "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, pseudo, "
-             "ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
+    "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, variants, "
+             "pseudo, ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
     "unlabeled_bn": (as_list(), ["all"], "label-scarce bench: one pool row per BatchNorm choice (all, labeled)"),
     "pool_variants": (as_list(), None, "label-scarce bench: one more pool row per entry, recipe keys as "
                       "key:value/key:value (e.g. unlabeled_boxes:0.5,unlabeled_ratio:2)"),

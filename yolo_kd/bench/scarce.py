@@ -37,8 +37,8 @@ from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
-ROWS = ("baseline", "builtin", "labeled", "pool", "pseudo", "ceiling")  # `rows=` picks among these (default: all)
-TEACHER_ROWS = {"builtin", "labeled", "pool", "pseudo"}  # rows that need the teacher (a budget check needs none)
+ROWS = ("baseline", "builtin", "labeled", "pool", "variants", "pseudo", "ceiling")  # `rows=` picks (default: all)
+TEACHER_ROWS = {"builtin", "labeled", "pool", "variants", "pseudo"}  # rows that need the teacher (a budget check needs none)
 
 
 @dataclass
@@ -162,7 +162,7 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
             candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
                                            sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn})))
         for keys in map(parse_variant, opts.get("pool_variants") or []):
-            candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
+            candidates.append(("variants", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
                                            "yolo-kd", labeled, sub_epochs,
                                            kd={**kd, "unlabeled": str(split.pool), **keys})))
         for conf, pseudo_yaml in pseudo_yamls.items():
