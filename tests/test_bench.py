@@ -43,7 +43,8 @@ def test_bench_trains_every_candidate_and_reports(bench):
 def test_step_benchmark_ratios(bench):
     step = bench[2]["step"]
     rows = step["rows"]
-    assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred", "yolo-kd fgd+pred (teacher at 128)"]
+    assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred", "yolo-kd fgd+pred (teacher at 128)",
+                          "yolo-kd fgd+pred + unlabeled pool (ratio 1)"]
     assert rows["student"]["ratio"] == pytest.approx(1.0)
     for label, row in rows.items():
         assert row["ms"] > 0
@@ -51,6 +52,8 @@ def test_step_benchmark_ratios(bench):
             # the teacher's forward and the whole step are timed apart: on a loaded CPU the share can pass 1 a little
             assert 0 < row["teacher_share"] < 1.5
     assert step["teacher_forward_ms"]["yolo-kd@128"] > step["teacher_forward_ms"]["yolo-kd"]
+    text = (bench[0] / "bench.md").read_text()  # the pool step is judged against the same recipe's labeled-only step
+    assert "yolo-kd fgd+pred + unlabeled pool (ratio 1): " in text and "x the labeled-only step <= 1.6x" in text
 
 
 def test_rerun_reuses_finished_runs(bench):

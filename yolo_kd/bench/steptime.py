@@ -15,6 +15,7 @@ from ultralytics.utils import LOGGER
 
 from .. import ultra
 from ..resolution import resample
+from .report import POOL_SUFFIX
 
 
 def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes_per_image: int = 4,
@@ -47,14 +48,17 @@ def build_student(model: str, nc: int, imgsz: int, dis: float, device: torch.dev
 class Candidate:
     """One timed configuration: a module whose `loss(batch)` is run forward and backward."""
 
-    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None):
+    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None, pool=False):
         self.label, self.module, self.teacher_forward = label, module, teacher_forward
         self.teacher_imgsz = teacher_imgsz  # the batch comes from a loader at this size (`teacher_img`)
+        self.pool = pool  # the step also reads as many unlabeled images as labeled ones (`unlabeled_img`)
 
     def step(self, batch: dict, amp: bool) -> None:
         self.module.zero_grad(set_to_none=True)
         if self.teacher_imgsz:
             batch = {**batch, "teacher_img": batch["sources"][self.teacher_imgsz]}
+        if self.pool:
+            batch = {**batch, "unlabeled_img": batch["pool_img"]}
         with torch.autocast("cuda") if amp else nullcontext():
             loss, _ = self.module.loss(batch)
         loss.sum().backward()
@@ -85,6 +89,11 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
         distiller.set_epoch(0)
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
         out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
+    method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images in the batch)
+    recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"])
+    distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
+    distiller.set_epoch(0)
+    out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}", distiller, "yolo-kd", pool=True))
     return out, teacher_forwards, len(names)
 
 
@@ -97,6 +106,7 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     amp = dev.type == "cuda"
     cands, teachers, nc = candidates(opts, dev)
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
+    data["pool_img"] = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)["img"]
     t_size = opts.get("teacher_imgsz")
     t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"]}
     if t_size:  # as the trainer's loader makes it: the batch at the teacher's size, the student's its downsample
