@@ -16,6 +16,11 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import torch
+from ultralytics.utils import LOGGER
+
+from .ultra import RANK, unwrap_model
+
 MAP_KEY = "metrics/mAP50-95(B)"
 
 
@@ -34,3 +39,40 @@ def teacher_score(trainer, teacher, imgsz: int | None) -> float:
 def caught_up(student_map: float, teacher_map: float) -> bool:
     """Whether the student has reached its teacher: student mAP50-95 >= the teacher's."""
     return student_map >= teacher_map
+
+
+def announce_guard(trainer) -> None:
+    """on_train_start, with `teacher_guard`: say what it compares, or that without validation it cannot act."""
+    if not trainer.yolo_kd.recipe.teacher_guard or RANK not in {-1, 0}:
+        return
+    if trainer.args.val:
+        LOGGER.info("yolo-kd: teacher_guard: KD stops once the student's validation mAP50-95 reaches its teacher's")
+    else:
+        LOGGER.warning("yolo-kd: teacher_guard needs validation every epoch (val=True); with val=False it never acts")
+
+
+def guard_teacher(trainer) -> None:
+    """on_fit_epoch_end, with `teacher_guard` and a validation this epoch: stop KD for good once the student's mAP50-95
+    reaches the best teacher's of the active stage (`guard`); rank 0 decides, the other ranks follow."""
+    distiller = unwrap_model(trainer.model)
+    if not distiller.recipe.teacher_guard or distiller.kd_stopped or distiller.stage is None or not trainer.args.val:
+        return
+    stop = False
+    if RANK in {-1, 0} and MAP_KEY in (trainer.metrics or {}):
+        names = distiller.recipe.stages[distiller.stage].teachers
+        missing = [n for n in names if n not in distiller.teacher_scores]
+        if missing:
+            teachers = distiller.pool.acquire(names, next(distiller.parameters()).device)
+            for n in missing:
+                distiller.teacher_scores[n] = teacher_score(trainer, teachers[n], distiller.recipe.teachers[n].imgsz)
+        best = max(distiller.teacher_scores[n] for n in names)
+        student = float(trainer.metrics[MAP_KEY])
+        stop = caught_up(student, best)
+        if stop:
+            LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: the student's mAP50-95 {student:.4f} has reached its "
+                        f"teacher's {best:.4f}: KD off for the rest of the run (teacher_guard)")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = torch.tensor([float(stop)], device=next(distiller.parameters()).device)
+        torch.distributed.broadcast(flag, 0)
+        stop = bool(flag.item())
+    distiller.kd_stopped = stop

@@ -52,7 +52,7 @@ from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
-from .guard import MAP_KEY, caught_up, teacher_score
+from .guard import announce_guard, guard_teacher
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import UnlabeledLoader
@@ -201,43 +201,6 @@ def log_kd_share(trainer) -> None:
     if distiller.stage is not None and RANK in {-1, 0}:
         parts = ", ".join(f"{t} {share:.1%}" for t, share in shares.items())
         LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: KD {sum(shares.values()):.1%} of the loss ({parts})")
-
-
-def announce_guard(trainer) -> None:
-    """on_train_start, with `teacher_guard`: say what it compares, or that without validation it cannot act."""
-    if not trainer.yolo_kd.recipe.teacher_guard or RANK not in {-1, 0}:
-        return
-    if trainer.args.val:
-        LOGGER.info("yolo-kd: teacher_guard: KD stops once the student's validation mAP50-95 reaches its teacher's")
-    else:
-        LOGGER.warning("yolo-kd: teacher_guard needs validation every epoch (val=True); with val=False it never acts")
-
-
-def guard_teacher(trainer) -> None:
-    """on_fit_epoch_end, with `teacher_guard` and a validation this epoch: stop KD for good once the student's mAP50-95
-    reaches the best teacher's of the active stage (`guard`); rank 0 decides, the other ranks follow."""
-    distiller = unwrap_model(trainer.model)
-    if not distiller.recipe.teacher_guard or distiller.kd_stopped or distiller.stage is None or not trainer.args.val:
-        return
-    stop = False
-    if RANK in {-1, 0} and MAP_KEY in (trainer.metrics or {}):
-        names = distiller.recipe.stages[distiller.stage].teachers
-        missing = [n for n in names if n not in distiller.teacher_scores]
-        if missing:
-            teachers = distiller.pool.acquire(names, next(distiller.parameters()).device)
-            for n in missing:
-                distiller.teacher_scores[n] = teacher_score(trainer, teachers[n], distiller.recipe.teachers[n].imgsz)
-        best = max(distiller.teacher_scores[n] for n in names)
-        student = float(trainer.metrics[MAP_KEY])
-        stop = caught_up(student, best)
-        if stop:
-            LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: the student's mAP50-95 {student:.4f} has reached its "
-                        f"teacher's {best:.4f}: KD off for the rest of the run (teacher_guard)")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = torch.tensor([float(stop)], device=next(distiller.parameters()).device)
-        torch.distributed.broadcast(flag, 0)
-        stop = bool(flag.item())
-    distiller.kd_stopped = stop
 
 
 def draw_kd_results(trainer) -> None:
