@@ -20,7 +20,10 @@ def test_caught_up_compares_student_with_teacher():
 def test_guard_stops_kd_once_the_student_reaches_its_teacher(tiny_data, tiny_teacher, tmp_path):
     """The tiny teacher scores what Ultralytics' `val` gives it (0 on the tiny set): the student reaches that at the
     first validation, so epoch 1 distils and epoch 2 does not; the decision is in last.pt."""
-    rows, state = guarded_run(tiny_data, tiny_teacher, tmp_path)
+    saved = []
+    rows, state = guarded_run(tiny_data, tiny_teacher, tmp_path, on_model_save=lambda t: saved.append(
+        torch.load(t.last, map_location="cpu", weights_only=False)["yolo_kd"]["kd_stopped"]))
+    assert saved[0] is True  # epoch 1's last.pt already holds the decision: a resumed run continues without KD
     teacher = YOLO(str(tiny_teacher)).val(data=str(tiny_data), imgsz=64, batch=4, device="cpu", plots=False,
                                           project=str(tmp_path), name="teacher_val")
     assert state["teacher_scores"]["teacher"] == pytest.approx(teacher.box.map, abs=1e-6)

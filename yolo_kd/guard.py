@@ -4,11 +4,12 @@ leave the student below where it would be without them for long).
 
 The teachers are scored once, at the first validation, by a fresh copy of the run's validator on the run's
 validation images at each teacher's own size (a deepcopy of the teacher: Ultralytics fuses what it validates).
-After every validation: stop when the student's mAP50-95 (the EMA model Ultralytics validates) >= the best teacher's.
-From then on every KD term is zero and the pool is not drawn; the decision and the teachers' scores are kept in
-last.pt. The rule reads the validation set, not the labeled training images: a teacher trained on those images
-scores better on them than it generalises, so a loss on them would keep a weak teacher in charge. Without validation
-(`val=False`) the guard can only act on the final epoch's and says so at the start.
+After every validation (in `Trainer.validate`, before the epoch's last.pt is written): stop when the student's
+mAP50-95 (the EMA model Ultralytics validates) >= the best teacher's. From then on every KD term is zero and the pool
+is not drawn; the decision and the teachers' scores are kept in last.pt, so a resumed run continues with them. The
+rule reads the validation set, not the labeled training images: a teacher trained on those images scores better on
+them than it generalises, so a loss on them would keep a weak teacher in charge. Without validation every epoch
+(`val=False`) the guard never acts before the last epoch, and says so at the start.
 """
 
 from __future__ import annotations
@@ -51,14 +52,16 @@ def announce_guard(trainer) -> None:
         LOGGER.warning("yolo-kd: teacher_guard needs validation every epoch (val=True); with val=False it never acts")
 
 
-def guard_teacher(trainer) -> None:
-    """on_fit_epoch_end, with `teacher_guard` and a validation this epoch: stop KD for good once the student's mAP50-95
-    reaches the best teacher's of the active stage (`guard`); rank 0 decides, the other ranks follow."""
+def validate(trainer, base):
+    """Trainer.validate, then, with `teacher_guard`: stop KD for good once the student's mAP50-95 reaches the best
+    teacher's of the active stage. Decided here, before the epoch's last.pt is written, so a resumed run continues
+    with the same decision; rank 0 decides, the other ranks follow."""
+    metrics, fitness = base()
     distiller = unwrap_model(trainer.model)
-    if not distiller.recipe.teacher_guard or distiller.kd_stopped or distiller.stage is None or not trainer.args.val:
-        return
+    if not distiller.recipe.teacher_guard or distiller.kd_stopped or distiller.stage is None:
+        return metrics, fitness
     stop = False
-    if RANK in {-1, 0} and MAP_KEY in (trainer.metrics or {}):
+    if RANK in {-1, 0} and MAP_KEY in (metrics or {}):
         names = distiller.recipe.stages[distiller.stage].teachers
         missing = [n for n in names if n not in distiller.teacher_scores]
         if missing:
@@ -66,7 +69,7 @@ def guard_teacher(trainer) -> None:
             for n in missing:
                 distiller.teacher_scores[n] = teacher_score(trainer, teachers[n], distiller.recipe.teachers[n].imgsz)
         best = max(distiller.teacher_scores[n] for n in names)
-        student = float(trainer.metrics[MAP_KEY])
+        student = float(metrics[MAP_KEY])
         stop = caught_up(student, best)
         if stop:
             LOGGER.info(f"yolo-kd: epoch {trainer.epoch + 1}: the student's mAP50-95 {student:.4f} has reached its "
@@ -76,3 +79,4 @@ def guard_teacher(trainer) -> None:
         torch.distributed.broadcast(flag, 0)
         stop = bool(flag.item())
     distiller.kd_stopped = stop
+    return metrics, fitness

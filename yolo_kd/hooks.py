@@ -52,7 +52,7 @@ from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
 from .recipe import Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
-from .guard import announce_guard, guard_teacher
+from .guard import announce_guard, validate
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import UnlabeledLoader
@@ -117,7 +117,6 @@ def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
             "on_train_epoch_start": [reseed, restart_unlabeled, restore_grads, count_batches, select_stage],
             "on_train_start": [announce_guard],
             "on_train_epoch_end": [log_stage, log_kd_share],
-            "on_fit_epoch_end": [guard_teacher],
             "on_train_end": [drop_continuation, draw_kd_results, close_unlabeled]}
 
 
@@ -391,7 +390,8 @@ def label_loss_items(trainer, base, loss_items=None, prefix: str = "train"):
 
 WRAPPERS = {f.__name__: f for f in (get_dataset, build_dataset, get_dataloader, preprocess_batch, setup_model,
                                     set_model_attributes, save_model, _load_checkpoint_state, resume_training,
-                                    _close_dataloader_mosaic, optimizer_step, _handle_nan_recovery, label_loss_items)}
+                                    _close_dataloader_mosaic, optimizer_step, _handle_nan_recovery, label_loss_items,
+                                    validate)}
 
 
 # ---------------------------------------------------------------------- helpers
