@@ -101,9 +101,8 @@ def distill(model, teacher=None, method: str | None = None, **options):
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_views and teacher_guard.
-    Every Ultralytics train argument keeps working, `trainer=MyTrainer`
-    included (the engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the
+    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_views and teacher_guard. Every Ultralytics
+    train argument keeps working, `trainer=MyTrainer` included (the engine composes with it: `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the
     run folder exists and DDP works. With ``model.train(resume=...)`` the run continues last.pt's recipe: a key given
     here that differs from it is refused (`resume_options`). Errors in the options raise `KDConfigError` here, before
     training. Calling it again replaces the recipe. Returns `model`.
