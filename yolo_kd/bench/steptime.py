@@ -93,7 +93,8 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
     recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"])
     distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
     distiller.set_epoch(0)
-    out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}", distiller, "yolo-kd", pool=True))
+    out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}", distiller, "yolo-kd + pool", pool=True))
+    teacher_forwards["yolo-kd + pool"] = ours  # its forward reads the labeled and the pool images at once
     return out, teacher_forwards, len(names)
 
 
@@ -108,12 +109,13 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
     data["pool_img"] = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)["img"]
     t_size = opts.get("teacher_imgsz")
-    t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"]}
+    t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
+                "yolo-kd + pool": torch.cat([data["img"], data["pool_img"]])}
     if t_size:  # as the trainer's loader makes it: the batch at the teacher's size, the student's its downsample
         source = synthetic_batch(batch, t_size, nc, dev)["img"]
         data = {**data, "img": resample(source, tuple(data["img"].shape[-2:])), "sources": {t_size: source}}
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
-        t_inputs = {k: data["img"] for k in t_inputs}
+        t_inputs = {**{k: data["img"] for k in t_inputs}, "yolo-kd + pool": t_inputs["yolo-kd + pool"]}
         t_inputs[f"yolo-kd@{t_size}"] = source
 
     def sync():
