@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .taps import Taps
+from .taps import Taps, cell_centres
 
 NMS_IOU = 0.7  # Ultralytics' predict default
 MAX_DET = 300  # Ultralytics' predict default
@@ -22,15 +22,10 @@ MAX_DET = 300  # Ultralytics' predict default
 
 def anchor_centres(grid: list[tuple[int, int]], image_hw: tuple[int, int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """((A, 2) cell centres in pixels as (x, y), (A, 1) strides) for the head's level grids, level by level."""
-    centres, strides = [], []
-    for h, w in grid:
-        stride = image_hw[0] / h
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-        centres.append(torch.stack([gx.flatten(), gy.flatten()], 1))
-        strides.append(torch.full((h * w, 1), stride, device=device))
-    return torch.cat(centres), torch.cat(strides)
+    h, w = image_hw
+    centres = cell_centres(grid, device) * torch.tensor([w, h], device=device, dtype=torch.float32)
+    strides = torch.cat([torch.full((gh * gw, 1), h / gh, device=device) for gh, gw in grid])
+    return centres, strides
 
 
 def side_distances(boxes: torch.Tensor) -> torch.Tensor:
@@ -68,12 +63,11 @@ def as_batch(detections: list[torch.Tensor], images: torch.Tensor) -> dict:
     as normalised xywh, with their image index and class."""
     h, w = images.shape[-2:]
     scale = torch.tensor([w, h, w, h], device=images.device, dtype=torch.float32)
-    rows = [d for d in detections if len(d)]
-    dets = torch.cat(rows) if rows else torch.zeros((0, 6), device=images.device)
+    dets = torch.cat(detections)  # (n, 6): an image without a box contributes a (0, 6) tensor
     xyxy = torch.min(dets[:, :4].clamp_min(0), scale) / scale
     xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
-    index = torch.cat([torch.full((len(d),), float(i), device=images.device) for i, d in enumerate(detections)]) \
-        if detections else torch.zeros(0, device=images.device)
+    counts = torch.tensor([len(d) for d in detections], device=images.device)
+    index = torch.repeat_interleave(torch.arange(len(detections), device=images.device, dtype=torch.float32), counts)
     return {"img": images, "batch_idx": index, "cls": dets[:, 5:6], "bboxes": xywh}
 
 

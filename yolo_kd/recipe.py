@@ -184,7 +184,8 @@ class Recipe:
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
             unlabeled_boxes=_parse_score(data.get("unlabeled_boxes"), "unlabeled_boxes"),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
-            teacher_guard=_parse_bool(data.get("teacher_guard", False), "teacher_guard"),
+            teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
+                                      "teacher_guard"),
         )
 
     def to_dict(self) -> dict:
@@ -320,8 +321,6 @@ def _parse_positive(value, where: str, allow_none=False, allow_zero=True):
 
 
 def _parse_bool(value, where: str) -> bool:
-    if value is None:
-        return False
     if not isinstance(value, bool):
         raise KDConfigError(f"'{where}' must be true or false, got {value!r}")
     return value
@@ -426,9 +425,7 @@ def _parse_schedule(value) -> Schedule:
         raise KDConfigError(f"schedule decay={decay!r} is unknown: use one of {list(DECAYS)}")
     final = _parse_positive(value.get("final", 1.0 if decay == "constant" else 0.01), "schedule final")
     warmup = _parse_positive(value.get("warmup_epochs", 0.0), "schedule warmup_epochs")
-    off = value.get("off_close_mosaic", False)
-    if not isinstance(off, bool):
-        raise KDConfigError(f"schedule off_close_mosaic must be true or false, got {off!r}")
+    off = _parse_bool(value.get("off_close_mosaic", False), "schedule off_close_mosaic")
     return Schedule(decay=decay, final=final, warmup_epochs=warmup, off_close_mosaic=off)
 
 

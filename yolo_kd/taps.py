@@ -96,19 +96,22 @@ def split_levels(x: torch.Tensor, grids: list[tuple[int, int]]) -> list[torch.Te
     return [p.reshape(*p.shape[:2], *hw) for p, hw in zip(parts, grids)]
 
 
-def anchors_in_boxes(grid: list[tuple[int, int]], boxes: list[torch.Tensor], device=None) -> torch.Tensor:
-    """(N, A) float mask: 1 where an anchor's cell centre lies inside one of its image's GT boxes (xyxy in [0, 1]).
-
-    Anchors are ordered as the Detect head flattens them over its level grids `grid` (H, W): level by level,
-    row-major within a level.
-    """
+def cell_centres(grid: list[tuple[int, int]], device=None) -> torch.Tensor:
+    """(A, 2) anchor cell centres (x, y) normalised to [0, 1], ordered as the Detect head flattens its level grids
+    `grid` (H, W): level by level, row-major within a level."""
     centres = []
     for h, w in grid:
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
         gy, gx = torch.meshgrid(ys, xs, indexing="ij")
         centres.append(torch.stack([gx.flatten(), gy.flatten()], 1))
-    c = torch.cat(centres)  # (A, 2)
+    return torch.cat(centres)
+
+
+def anchors_in_boxes(grid: list[tuple[int, int]], boxes: list[torch.Tensor], device=None) -> torch.Tensor:
+    """(N, A) float mask: 1 where an anchor's cell centre (`cell_centres`) lies inside one of its image's GT boxes
+    (xyxy in [0, 1])."""
+    c = cell_centres(grid, device)  # (A, 2)
     mask = torch.zeros(len(boxes), len(c), device=c.device)
     for i, b in enumerate(boxes):
         if len(b):
