@@ -124,6 +124,25 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
     assert [j.label for j in alone] == [label for label, _ in pools[1:]]
 
 
+def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline():
+    """A bench run in pieces (`rows=labeled,variants` alone, or seeds whose baseline has not run) still reports
+    each row's mAP and its paired difference from the recipe without the pool; gains only where a baseline exists."""
+    from yolo_kd.bench.scarce import LABELED_ROW
+
+    def run(label, kind, seed, m):
+        return {"label": label, "kind": kind, "seed": seed, "mAP50-95": m, "mAP50": m, "peak_mem_mb": 1.0}
+
+    results = [run(LABELED_ROW, "yolo-kd", 1, 0.20), run(LABELED_ROW, "yolo-kd", 2, 0.30),
+               run("boxes", "yolo-kd", 1, 0.23), run("boxes", "yolo-kd", 2, 0.29)]
+    rows = summarize(results)
+    assert rows["boxes"]["vs_labeled"]["values"] == pytest.approx([3.0, -1.0])
+    assert rows["boxes"]["gains"] == [] and rows["boxes"]["gain_ci95"] is None
+    assert rows[LABELED_ROW]["vs_labeled"] is None
+    rows = summarize(results + [run("base", "baseline", 2, 0.25)])  # seed 2 only has a baseline
+    assert rows["boxes"]["gain_seeds"] == [2] and rows["boxes"]["gains"] == pytest.approx([4.0])
+    assert rows["boxes"]["maps"] == pytest.approx([0.23, 0.29])
+
+
 def test_rows_are_paired_with_the_better_pseudo_label_threshold():
     def run(label, kind, seed, m):
         return {"label": label, "kind": kind, "seed": seed, "mAP50-95": m, "mAP50": m, "peak_mem_mb": 1.0}

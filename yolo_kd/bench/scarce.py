@@ -37,6 +37,7 @@ from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
+LABELED_ROW = f"yolo-kd {DEFAULT_RECIPE}"  # the recipe on the labeled images alone: what the pool rows add images to
 ROWS = ("baseline", "builtin", "labeled", "pool", "variants", "pseudo", "ceiling")  # `rows=` picks (default: all)
 TEACHER_ROWS = {"builtin", "labeled", "pool", "variants", "pseudo"}  # rows that need the teacher (a budget check needs none)
 
@@ -156,7 +157,7 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
         if opts["builtin"]:
             candidates.append(("builtin", job(f"Ultralytics KD (dis={opts['dis']:g})", "builtin", labeled, sub_epochs,
                                               extra={"distill_model": teacher, "dis": opts["dis"]})))
-        candidates.append(("labeled", job(f"yolo-kd {DEFAULT_RECIPE}", "yolo-kd", labeled, sub_epochs, kd=kd)))
+        candidates.append(("labeled", job(LABELED_ROW, "yolo-kd", labeled, sub_epochs, kd=kd)))
         for bn in opts.get("unlabeled_bn") or [DEFAULT_UNLABELED_BN]:
             suffix = "" if bn == DEFAULT_UNLABELED_BN else f" (unlabeled_bn={bn})"
             candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
@@ -179,40 +180,50 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
-    """Per row: mAP, paired gain over the same seed's baseline, paired difference from the built-in and from the
-    pseudo-label route (its best threshold: the pseudo row with the highest mean mAP), share of the
-    baseline-to-ceiling gap closed."""
-    by_kind = {kind: {r["seed"]: r for r in results if r["kind"] == kind}
-               for kind in ("baseline", "builtin", "ceiling")}
-    pseudo_rows = {}
+    """Per row: mAP; gain over the same seed's baseline (seeds without a finished baseline run get none); paired
+    differences, seed by seed, from the built-in, from the pseudo-label route (its best threshold: the pseudo row with
+    the highest mean mAP) and, for the pool rows, from the same recipe on the labeled images alone; share of the
+    baseline-to-ceiling gap closed. A paired difference is 100 * (mAP - the reference row's mAP) of the same seed."""
+    groups: dict[str, list[dict]] = {}
     for r in results:
-        if r["kind"] == "pseudo":
-            pseudo_rows.setdefault(r["label"], []).append(r)
-    best = max(pseudo_rows.values(), key=lambda runs: sum(r["mAP50-95"] for r in runs) / len(runs), default=[])
-    by_kind["pseudo"] = {r["seed"]: r for r in best}
-    base = by_kind["baseline"]
+        groups.setdefault(r["label"], []).append(r)
 
-    def gain(r):
-        return 100 * (r["mAP50-95"] - base[r["seed"]]["mAP50-95"])
+    def by_seed(runs):
+        return {r["seed"]: r for r in runs}
 
-    ceiling = {s: gain(r) for s, r in by_kind["ceiling"].items() if s in base}
+    def first_of(kind):
+        return by_seed(next((runs for runs in groups.values() if runs[0]["kind"] == kind), []))
+
+    pseudo_rows = [runs for runs in groups.values() if runs[0]["kind"] == "pseudo"]
+    best_pseudo = max(pseudo_rows, key=lambda runs: sum(r["mAP50-95"] for r in runs) / len(runs), default=[])
+    refs = {"builtin": first_of("builtin"), "pseudo": by_seed(best_pseudo),
+            "labeled": by_seed(groups.get(LABELED_ROW, []))}
+    base = first_of("baseline")
+
+    def points(a, b):
+        return 100 * (a["mAP50-95"] - b["mAP50-95"])
+
+    ceiling = {s: points(r, base[s]) for s, r in first_of("ceiling").items() if s in base}
     rows = {}
-    for label in dict.fromkeys(r["label"] for r in results):
-        runs = [r for r in results if r["label"] == label and r["seed"] in base]
-        gains = [gain(r) for r in runs]
+    for label, runs in groups.items():
+        kind = runs[0]["kind"]
+        paired_runs = [r for r in runs if r["seed"] in base]
+        gains = [points(r, base[r["seed"]]) for r in paired_runs]
 
-        def paired(kind):
-            ref = by_kind[kind]
-            diffs = [g - gain(ref[r["seed"]]) for g, r in zip(gains, runs) if r["seed"] in ref]
-            skip = runs[0]["kind"] in {kind, "baseline"}
-            return {"values": diffs, "ci95": mean_ci95(diffs)} if diffs and not skip else None
+        def paired(ref_name, applies):
+            ref = refs[ref_name]
+            diffs = [points(r, ref[r["seed"]]) for r in runs if r["seed"] in ref]
+            return {"values": diffs, "ci95": mean_ci95(diffs)} if diffs and applies else None
 
         seconds = [sum(r["epoch_seconds"]) for r in runs if r.get("epoch_seconds")]
         rows[label] = {
-            "kind": runs[0]["kind"], "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
-            "map50s": [r["mAP50"] for r in runs], "gains": gains, "gain_ci95": mean_ci95(gains),
-            "vs_builtin": paired("builtin"), "vs_pseudo": paired("pseudo"),
-            "gap_closed": gap_closed(gains, [r["seed"] for r in runs], ceiling),
+            "kind": kind, "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
+            "map50s": [r["mAP50"] for r in runs], "gain_seeds": [r["seed"] for r in paired_runs], "gains": gains,
+            "gain_ci95": mean_ci95(gains) if gains else None,
+            "vs_builtin": paired("builtin", kind not in {"builtin", "baseline"}),
+            "vs_pseudo": paired("pseudo", kind not in {"pseudo", "baseline"}),
+            "vs_labeled": paired("labeled", kind == "yolo-kd" and label != LABELED_ROW),
+            "gap_closed": gap_closed(gains, [r["seed"] for r in paired_runs], ceiling),
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
             "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
         }
@@ -249,19 +260,22 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
              + "".join(f" Pseudo-labels at conf {conf:g}: {p['boxes']} boxes on {p['images']} pool images, "
                        f"{p['empty']} without a box." for conf, p in (pseudo or {}).items()), "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
-             + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | gap closed | train s |",
-             "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
+             + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | vs labeled-only (95% CI) "
+             "| gap closed | train s |",
+             "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|---|"]
     for label, r in rows.items():
-        by_seed = dict(zip(r["seeds"], r["gains"]))
+        by_seed = dict(zip(r["gain_seeds"], r["gains"]))
         cells = [f"{by_seed[s]:+.2f}" if s in by_seed else "" for s in seeds]
         closed = "" if r["gap_closed"] is None or r["kind"] == "baseline" else f"{100 * r['gap_closed']:.0f}%"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         gain = "" if r["kind"] == "baseline" else _ci(r["gain_ci95"])
         lines.append(f"| {label} | {r['epochs'] or ''} | {sum(r['maps']) / len(r['maps']):.4f} | " + " | ".join(cells)
-                     + f" | {gain} | {_ci(r['vs_builtin'])} | {_ci(r['vs_pseudo'])} | {closed} | {secs} |")
+                     + f" | {gain} | {_ci(r['vs_builtin'])} | {_ci(r['vs_pseudo'])} | {_ci(r['vs_labeled'])} "
+                     f"| {closed} | {secs} |")
     lines += ["", "Gains in mAP50-95 points over the same seed's baseline on the labeled subset; 'vs' columns are "
-              "paired differences of gains, seed by seed; gap closed = mean gain / mean gain of the 100%-labels "
-              "ceiling. A verdict holds only when the 95% interval excludes 0."]
+              "paired differences in mAP50-95 points, seed by seed (vs labeled-only: a pool row against the same "
+              "recipe without the pool); gap closed = mean gain / mean gain of the 100%-labels ceiling. A verdict "
+              "holds only when the 95% interval excludes 0."]
     return "\n".join(lines) + "\n"
 
 
