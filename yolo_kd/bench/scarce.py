@@ -264,8 +264,8 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
              "| gap closed | train s |",
              "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|---|"]
     for label, r in rows.items():
-        by_seed = dict(zip(r["gain_seeds"], r["gains"]))
-        cells = [f"{by_seed[s]:+.2f}" if s in by_seed else "" for s in seeds]
+        by_seed, maps = dict(zip(r["gain_seeds"], r["gains"])), dict(zip(r["seeds"], r["maps"]))
+        cells = [f"{by_seed[s]:+.2f}" if s in by_seed else f"({maps[s]:.4f})" if s in maps else "" for s in seeds]
         closed = "" if r["gap_closed"] is None or r["kind"] == "baseline" else f"{100 * r['gap_closed']:.0f}%"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         gain = "" if r["kind"] == "baseline" else _ci(r["gain_ci95"])
@@ -275,7 +275,7 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
     lines += ["", "Gains in mAP50-95 points over the same seed's baseline on the labeled subset; 'vs' columns are "
               "paired differences in mAP50-95 points, seed by seed (vs labeled-only: a pool row against the same "
               "recipe without the pool); gap closed = mean gain / mean gain of the 100%-labels ceiling. A verdict "
-              "holds only when the 95% interval excludes 0."]
+              "holds only when the 95% interval excludes 0. In parentheses: the mAP50-95 of a seed with no baseline run."]
     return "\n".join(lines) + "\n"
 
 
