@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import KDConfigError
+from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
@@ -30,6 +31,7 @@ from .norm import running_stats_frozen
 from .pseudo_boxes import pseudo_batch
 
 POOL_DETECTION_TERM = "pool_det"  # the loss column of `unlabeled_boxes`: detection loss on online pseudo-boxes
+POOL_DENSE_TERM = "pool_dense"  # the loss column of `unlabeled_topk`: Dense Teacher's dense pseudo-labels
 KD_STATE_KEY = "yolo_kd"  # key of the plain-tensor KD state in last.pt (adapters, recipe, stage): used by resume
 
 
@@ -37,9 +39,12 @@ class Distiller(StudentSurface, nn.Module):
     """Student (`self.student`) + adapters (`self.methods`); everything trainable is a registered submodule."""
 
     def __init__(self, student: nn.Module, recipe: Recipe, epochs: int, names: dict,
-                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None):
+                 pool: TeacherPool | None = None, teacher_shapes: dict[str, TapShapes] | None = None,
+                 has_pool: bool | None = None):
         """`pool` and `teacher_shapes` come from `compat.check_before_run` when the trainer checked the teachers before
-        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each)."""
+        the run folder existed; otherwise the teachers are loaded, checked and probed here (once each). `has_pool`:
+        the run has unlabeled images (`unlabeled=` or data.yaml's `unlabeled:`; None: the recipe's `unlabeled`), so
+        the pool's own terms (`unlabeled_boxes`, `unlabeled_topk`) get their loss columns."""
         super().__init__()
         from ultralytics.utils import LOGGER
 
@@ -86,8 +91,9 @@ class Distiller(StudentSurface, nn.Module):
                         methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
-        if recipe.unlabeled and recipe.unlabeled_boxes is not None:
-            self.term_names.append(POOL_DETECTION_TERM)
+        if bool(recipe.unlabeled) if has_pool is None else has_pool:
+            self.term_names += [term for term, option in ((POOL_DETECTION_TERM, recipe.unlabeled_boxes),
+                                                          (POOL_DENSE_TERM, recipe.unlabeled_topk)) if option is not None]
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
@@ -179,6 +185,8 @@ class Distiller(StudentSurface, nn.Module):
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
         if pool_preds is not None and POOL_DETECTION_TERM in values:
             values[POOL_DETECTION_TERM] = self._pool_detection_loss(target[0][1], extra, pool_preds, labeled) * factor
+        if pool_preds is not None and POOL_DENSE_TERM in values:
+            values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, target[0][1], labeled) * factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
         if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
             self.nan_skips += 1  # this step's KD is dropped whole: counted, logged per epoch as kd_nan_skips
@@ -218,6 +226,16 @@ class Distiller(StudentSurface, nn.Module):
             batch = pseudo_batch(rows, extra, self.recipe.unlabeled_boxes)
         loss, _ = self.student.loss(batch, pool_preds)
         return loss.float().sum() / len(extra)
+
+    def _pool_dense_loss(self, s_taps: Taps, target: Taps, labeled: int) -> torch.Tensor:
+        """`unlabeled_topk`: Dense Teacher's dense pseudo-labels on the pool rows (`losses.dense`) from the (first)
+        teacher's target, hyp.cls * L_cls + hyp.box * L_box: weighted by the student's own detection gains, the pool
+        counts as its detection loss does on a labeled image (Dense Teacher's unsupervised terms count as FCOS's)."""
+        s_scores, t_scores = s_taps.scores[labeled:], target.scores[labeled:]
+        mask, foreground = top_fraction(t_scores, self.recipe.unlabeled_topk)
+        hyp = self.student.args
+        return (hyp.cls * dense_class_loss(s_scores, t_scores, mask, foreground)
+                + hyp.box * dense_box_loss(s_taps.boxes[labeled:], target.boxes[labeled:], mask))
 
     @property
     def progress(self) -> float:

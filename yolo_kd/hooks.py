@@ -262,6 +262,9 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
                         + (f"; detection loss on the teacher's boxes at score >= {run.recipe.unlabeled_boxes:g} "
                            "(unlabeled_boxes)" if run.recipe.unlabeled_boxes is not None else "")
+                        + (f"; Dense Teacher's pseudo-labels, the top {run.recipe.unlabeled_topk:.2%} of locations by "
+                           "teacher score as foreground (unlabeled_topk)" if run.recipe.unlabeled_topk is not None
+                           else "")
                         + ("; the teacher sees each pool image without the photometric augmentation, the student "
                            "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
                            else "")
@@ -372,7 +375,7 @@ def set_model_attributes(trainer, base) -> None:
     run = trainer.yolo_kd
     check_imgsz(trainer.args.imgsz, max(int(trainer.model.stride.max()), MIN_GRID))  # Ultralytics' grid size
     trainer.model = Distiller(trainer.model, run.recipe, epochs=trainer.epochs, names=trainer.data["names"],
-                              pool=run.teacher_pool, teacher_shapes=run.teacher_shapes)
+                              pool=run.teacher_pool, teacher_shapes=run.teacher_shapes, has_pool=bool(run.unlabeled))
     trainer.model.to(trainer.device)
     if run.resume_state:
         trainer.model.load_kd_state(run.resume_state)

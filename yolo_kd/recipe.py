@@ -33,7 +33,7 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
-               "unlabeled_bn", "unlabeled_boxes", "unlabeled_views", "teacher_guard"}
+               "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_views", "teacher_guard"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
@@ -123,6 +123,7 @@ class Recipe:
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
+    unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
     teacher_guard: bool = False  # stop KD once the student's validation mAP50-95 reaches the teacher's (`guard`)
 
@@ -130,8 +131,8 @@ class Recipe:
     @classmethod
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
-                    unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, unlabeled_views=None,
-                    teacher_guard=None) -> Recipe:
+                    unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, unlabeled_topk=None,
+                    unlabeled_views=None, teacher_guard=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -140,8 +141,8 @@ class Recipe:
             for key, value in (("layers", layers), ("schedule", schedule), ("auto_balance", auto_balance),
                                ("class_map", class_map), ("unlabeled", unlabeled),
                                ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
-                               ("unlabeled_boxes", unlabeled_boxes), ("unlabeled_views", unlabeled_views),
-                               ("teacher_guard", teacher_guard)):
+                               ("unlabeled_boxes", unlabeled_boxes), ("unlabeled_topk", unlabeled_topk),
+                               ("unlabeled_views", unlabeled_views), ("teacher_guard", teacher_guard)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -153,7 +154,8 @@ class Recipe:
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
-            "unlabeled_boxes": unlabeled_boxes, "unlabeled_views": unlabeled_views, "teacher_guard": teacher_guard,
+            "unlabeled_boxes": unlabeled_boxes, "unlabeled_topk": unlabeled_topk, "unlabeled_views": unlabeled_views,
+            "teacher_guard": teacher_guard,
         }
         return cls.from_dict(data)
 
@@ -183,6 +185,7 @@ class Recipe:
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
             unlabeled_boxes=_parse_score(data.get("unlabeled_boxes"), "unlabeled_boxes"),
+            unlabeled_topk=_parse_fraction(data.get("unlabeled_topk"), "unlabeled_topk"),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
             teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
                                       "teacher_guard"),
@@ -211,6 +214,7 @@ class Recipe:
             "unlabeled_ratio": self.unlabeled_ratio,
             "unlabeled_bn": self.unlabeled_bn,
             "unlabeled_boxes": self.unlabeled_boxes,
+            "unlabeled_topk": self.unlabeled_topk,
             "unlabeled_views": self.unlabeled_views,
             "teacher_guard": self.teacher_guard,
         }
@@ -332,6 +336,15 @@ def _parse_score(value, where: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise KDConfigError(f"'{where}' must be a score threshold between 0 and 1 (e.g. 0.5), got {value!r}")
+    return float(value)
+
+
+def _parse_fraction(value, where: str) -> float | None:
+    """A fraction in (0, 1), or None (off)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise KDConfigError(f"'{where}' must be a fraction between 0 and 1 (e.g. 0.01 for the top 1%), got {value!r}")
     return float(value)
 
 

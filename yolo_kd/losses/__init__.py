@@ -7,6 +7,7 @@ All of them detach the teacher themselves and compute in float32 with autocast s
 from .box import DecodedBoxKD, decode_distances, giou
 from .cskd import CosineGuidedLoss
 from .cwd import ChannelWiseDivergence
+from .dense import dense_box_loss, dense_class_loss, top_fraction
 from .fgd import FGDLoss, GcBlock, fgd_attention, fgd_masks
 from .head import ClassScoreKD, DFLDistillLoss
 from .mgd import MGDLoss
@@ -30,7 +31,10 @@ __all__ = [
     "ScoreWeightedL2",
     "channel_standardize",
     "decode_distances",
+    "dense_box_loss",
+    "dense_class_loss",
     "fgd_attention",
     "fgd_masks",
     "giou",
+    "top_fraction",
 ]
