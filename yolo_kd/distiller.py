@@ -91,9 +91,10 @@ class Distiller(StudentSurface, nn.Module):
                         methods[key] = build_method(m.name, m.params, s_shapes, t_shapes[teacher])
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
-        if bool(recipe.unlabeled) if has_pool is None else has_pool:
-            self.term_names += [term for term, option in ((POOL_DETECTION_TERM, recipe.unlabeled_boxes),
-                                                          (POOL_DENSE_TERM, recipe.unlabeled_topk)) if option is not None]
+        with_pool = bool(recipe.unlabeled) if has_pool is None else has_pool
+        pool_terms = {POOL_DETECTION_TERM: recipe.unlabeled_boxes, POOL_DENSE_TERM: recipe.unlabeled_topk}
+        if with_pool:
+            self.term_names += [term for term, option in pool_terms.items() if option is not None]
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
