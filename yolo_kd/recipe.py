@@ -184,8 +184,10 @@ class Recipe:
             unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
-            unlabeled_boxes=_parse_score(data.get("unlabeled_boxes"), "unlabeled_boxes"),
-            unlabeled_topk=_parse_fraction(data.get("unlabeled_topk"), "unlabeled_topk"),
+            unlabeled_boxes=_parse_unit(data.get("unlabeled_boxes"), "unlabeled_boxes",
+                                        "a score threshold between 0 and 1 (e.g. 0.5)"),
+            unlabeled_topk=_parse_unit(data.get("unlabeled_topk"), "unlabeled_topk",
+                                       "a fraction between 0 and 1 (e.g. 0.01 for the top 1%)"),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
             teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
                                       "teacher_guard"),
@@ -330,21 +332,13 @@ def _parse_bool(value, where: str) -> bool:
     return value
 
 
-def _parse_score(value, where: str) -> float | None:
-    """A score threshold in (0, 1), or None (off)."""
+def _parse_unit(value, where: str, meaning: str) -> float | None:
+    """A number in the open interval (0, 1), or None (off); `meaning` says what it is in the error, e.g. "a score
+    threshold between 0 and 1 (e.g. 0.5)"."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise KDConfigError(f"'{where}' must be a score threshold between 0 and 1 (e.g. 0.5), got {value!r}")
-    return float(value)
-
-
-def _parse_fraction(value, where: str) -> float | None:
-    """A fraction in (0, 1), or None (off)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise KDConfigError(f"'{where}' must be a fraction between 0 and 1 (e.g. 0.01 for the top 1%), got {value!r}")
+        raise KDConfigError(f"'{where}' must be {meaning}, got {value!r}")
     return float(value)
 
 

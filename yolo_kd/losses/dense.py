@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fp32 import check_same_shape, no_autocast
-from .box import decode_distances, giou, ltrb_to_xyxy
+from .box import DecodedBoxKD
 
 QFL_BETA = 2.0  # Dense Teacher's QFLv2 beta
 
@@ -52,10 +52,6 @@ def dense_class_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 
 def dense_box_loss(student_box: torch.Tensor, teacher_box: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L_box: mean (1 - GIoU) over the `mask` (N, A) locations; student and teacher boxes (N, 4 * reg_max, A) each
-    in its own head's encoding (reg_max from the channels)."""
-    with no_autocast(student_box):
-        s = ltrb_to_xyxy(decode_distances(student_box, student_box.shape[1] // 4))
-        t = ltrb_to_xyxy(decode_distances(teacher_box.detach(), teacher_box.shape[1] // 4))
-        w = mask.float()
-        return ((1 - giou(s, t)) * w).sum() / w.sum().clamp(min=1.0)
+    """L_box: mean (1 - GIoU) over the `mask` (N, A) locations: `DecodedBoxKD` weighted by the mask, student and
+    teacher boxes (N, 4 * reg_max, A) each in its own head's encoding (reg_max from the channels)."""
+    return DecodedBoxKD(student_box.shape[1] // 4, teacher_box.shape[1] // 4)(student_box, teacher_box, mask.float())
