@@ -1,7 +1,8 @@
 """Issue 32: online pseudo-boxes on the pool (`unlabeled_boxes`): the teacher target decoded into boxes equals
 Ultralytics' own decoding and NMS of the teacher's output; a hand-made box comes back at its pixels; the student's
 detection loss on them joins the KD terms as `pool_det`, reads the boxes (a threshold above every score trains the pool
-as background), leaves the labeled detection terms alone, and trains in a real run."""
+as background), leaves the labeled detection terms alone, and trains in a real run; `unlabeled_weight` multiplies the
+pool's own terms and nothing else."""
 
 import copy
 
@@ -13,7 +14,7 @@ from ultralytics.utils.nms import non_max_suppression
 
 import yolo_kd
 from yolo_kd import KDConfigError
-from yolo_kd.distiller import POOL_DETECTION_TERM
+from yolo_kd.distiller import POOL_DENSE_TERM, POOL_DETECTION_TERM
 from yolo_kd.pseudo_boxes import NMS_IOU, decode, pseudo_batch
 from yolo_kd.recipe import Recipe, TeacherSpec
 from yolo_kd.taps import Taps, head_taps
@@ -110,3 +111,40 @@ def test_a_bad_threshold_is_refused_in_one_line(value):
 def test_the_threshold_is_kept_in_the_recipe_for_resume():
     recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=0.4)
     assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == 0.4
+
+
+def test_the_weight_multiplies_the_pool_terms_and_nothing_else(tiny_teacher):
+    """`unlabeled_weight` w: pool_det and pool_dense are w times their value at 1; the labeled detection terms and the
+    dense KD terms are bit-identical."""
+    student = student_with_args()
+    items = {}
+    for weight in (1, 3):
+        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=0.01, unlabeled_topk=0.05,
+                      unlabeled_weight=weight)
+        items[weight] = d.loss(labeled_batch(pool_images=2))
+    (loss1, one), (loss3, three) = items[1], items[3]
+    assert torch.equal(loss1[:3], loss3[:3])
+    for term in (POOL_DETECTION_TERM, POOL_DENSE_TERM):
+        assert one[term] > 0 and torch.allclose(three[term], 3 * one[term], rtol=1e-5)
+    for term in ("sl2", "pred_cls", "pred_ld"):
+        assert torch.equal(one[term], three[term])
+
+
+@pytest.mark.parametrize("value", [0, -1, "2x", True])
+def test_a_bad_weight_is_refused_in_one_line(value):
+    with pytest.raises(KDConfigError, match="unlabeled_weight") as err:
+        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=0.25, unlabeled_weight=value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_weight_without_a_pool_term_is_refused():
+    with pytest.raises(KDConfigError, match="none is on: add unlabeled_boxes=0.25"):
+        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_weight=2)
+    assert Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_weight=1).unlabeled_weight == 1
+
+
+def test_the_weight_is_kept_in_the_recipe_for_resume():
+    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=0.25, unlabeled_weight=2)
+    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_weight == 2
+    old = {k: v for k, v in recipe.to_dict().items() if k != "unlabeled_weight"}  # a checkpoint from before the key
+    assert Recipe.from_dict(old).unlabeled_weight == 1

@@ -184,10 +184,11 @@ class Distiller(StudentSurface, nn.Module):
                 for term, v in terms.items():
                     balance = self._balance(f"{teacher}/{term}", v, det_loss, labeled)
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
+        pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1]
         if pool_preds is not None and POOL_DETECTION_TERM in values:
-            values[POOL_DETECTION_TERM] = self._pool_detection_loss(target[0][1], extra, pool_preds, labeled) * factor
+            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, labeled) * pool_factor
         if pool_preds is not None and POOL_DENSE_TERM in values:
-            values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, target[0][1], labeled) * factor
+            values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, labeled) * pool_factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
         if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
             self.nan_skips += 1  # this step's KD is dropped whole: counted, logged per epoch as kd_nan_skips

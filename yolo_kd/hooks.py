@@ -265,6 +265,8 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         + (f"; Dense Teacher's pseudo-labels, the top {run.recipe.unlabeled_topk:.2%} of locations by "
                            "teacher score as foreground (unlabeled_topk)" if run.recipe.unlabeled_topk is not None
                            else "")
+                        + (f"; those terms x{run.recipe.unlabeled_weight:g} (unlabeled_weight)"
+                           if run.recipe.unlabeled_weight != 1 else "")
                         + ("; the teacher sees each pool image without the photometric augmentation, the student "
                            "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
                            else "")

@@ -33,7 +33,8 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
-               "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_views", "teacher_guard"}
+               "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
+               "teacher_guard"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
@@ -124,6 +125,7 @@ class Recipe:
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
+    unlabeled_weight: float = 1.0  # multiplies the pool's own terms (pool_det, pool_dense), lambda_u of SSOD papers
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
     teacher_guard: bool = False  # stop KD once the student's validation mAP50-95 reaches the teacher's (`guard`)
 
@@ -132,7 +134,7 @@ class Recipe:
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
                     unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, unlabeled_topk=None,
-                    unlabeled_views=None, teacher_guard=None) -> Recipe:
+                    unlabeled_weight=None, unlabeled_views=None, teacher_guard=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -142,7 +144,8 @@ class Recipe:
                                ("class_map", class_map), ("unlabeled", unlabeled),
                                ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
                                ("unlabeled_boxes", unlabeled_boxes), ("unlabeled_topk", unlabeled_topk),
-                               ("unlabeled_views", unlabeled_views), ("teacher_guard", teacher_guard)):
+                               ("unlabeled_weight", unlabeled_weight), ("unlabeled_views", unlabeled_views),
+                               ("teacher_guard", teacher_guard)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -154,8 +157,8 @@ class Recipe:
             "stages": [{"fraction": [0.0, 1.0], "teachers": ["teacher"], "methods": methods}],
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
-            "unlabeled_boxes": unlabeled_boxes, "unlabeled_topk": unlabeled_topk, "unlabeled_views": unlabeled_views,
-            "teacher_guard": teacher_guard,
+            "unlabeled_boxes": unlabeled_boxes, "unlabeled_topk": unlabeled_topk, "unlabeled_weight": unlabeled_weight,
+            "unlabeled_views": unlabeled_views, "teacher_guard": teacher_guard,
         }
         return cls.from_dict(data)
 
@@ -173,7 +176,7 @@ class Recipe:
         unused = sorted(set(teachers) - used)
         if unused:
             raise KDConfigError(f"teachers {unused} are defined but used by no stage: add them to a stage or remove them")
-        return cls(
+        recipe = cls(
             teachers=teachers,
             stages=stages,
             layers=_parse_layers(data.get("layers")),
@@ -188,10 +191,16 @@ class Recipe:
                                         "a score threshold between 0 and 1 (e.g. 0.5)"),
             unlabeled_topk=_parse_unit(data.get("unlabeled_topk"), "unlabeled_topk",
                                        "a fraction between 0 and 1 (e.g. 0.01 for the top 1%)"),
+            unlabeled_weight=_parse_positive(1.0 if data.get("unlabeled_weight") is None else data["unlabeled_weight"],
+                                             "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
             teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
                                       "teacher_guard"),
         )
+        if recipe.unlabeled_weight != 1 and recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None:
+            raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: add "
+                                "unlabeled_boxes=0.25 (or unlabeled_topk=0.03), or drop unlabeled_weight")
+        return recipe
 
     def to_dict(self) -> dict:
         """Plain-data form (round-trips through `from_dict`); stored in last.pt so resume needs no recipe file."""
@@ -217,6 +226,7 @@ class Recipe:
             "unlabeled_bn": self.unlabeled_bn,
             "unlabeled_boxes": self.unlabeled_boxes,
             "unlabeled_topk": self.unlabeled_topk,
+            "unlabeled_weight": self.unlabeled_weight,
             "unlabeled_views": self.unlabeled_views,
             "teacher_guard": self.teacher_guard,
         }
