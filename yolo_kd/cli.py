@@ -21,7 +21,7 @@ yolo-kd: distil a large YOLO teacher into a small student inside the Ultralytics
   yolo-kd train resume=runs/kd/exp/weights/last.pt
   yolo-kd val model=teacher.pt,baseline.pt,distilled.pt data=data.yaml
   yolo-kd export model=best.pt format=onnx [int8=True] [data=data.yaml]
-  yolo-kd label teacher=teacher.pt source=unlabeled/images [conf=0.5 iou=0.7 class_map={0: 0} out=...]
+  yolo-kd label teacher=teacher.pt source=unlabeled/images [conf=0.25 iou=0.7 class_map={0: 0} out=...]
   yolo-kd demo [defect|agriculture] [profile=quick|full]
   yolo-kd bench data=... teacher=... model=... epochs=... seeds=1,2,3 methods=fgd,cskd,pred
   yolo-kd data steel|neon-trees|neu-det|gc10-det|plantdoc root=... [src=...]

@@ -1,6 +1,6 @@
 """`yolo-kd label`: YOLO label files for a set of images from a teacher's predictions (pseudo-labels).
 
-    yolo-kd label teacher=best.pt source=unlabeled/images [conf=0.5 iou=0.7 imgsz= batch=8 device= max_det=300
+    yolo-kd label teacher=best.pt source=unlabeled/images [conf=0.25 iou=0.7 imgsz= batch=8 device= max_det=300
                   class_map={0: 1} out= empty=write|skip overwrite=False]
 
 The teacher predicts through Ultralytics' own predictor: its letterbox at `imgsz`, NMS at `iou`, boxes scaled back
@@ -23,9 +23,10 @@ from .files import list_image_files
 from .options import as_bool, as_float, as_int, as_str, optional, read_options
 from .ultra import image_formats, label_paths, progress
 
-#: Pseudo-label threshold. Ultralytics' predict default (0.25) is made for looking at boxes; in a label file a false
-#: box is trained as an object and a dropped one as background, so the usual pseudo-label choice is the stricter 0.5.
-DEFAULT_CONF = 0.5
+#: Pseudo-label threshold (Ultralytics' predict default too). In a label file a false box is trained as an object and
+#: a dropped one as background; on the label-scarce bench 0.25 scored above 0.5 on agriculture (+3.76 against +2.63
+#: points over the baseline, 3 seeds) and level with it on defect, and 0.5 left a weak teacher's pool too empty.
+DEFAULT_CONF = 0.25
 
 def as_mapping(key: str, value) -> dict:
     """A non-empty {class id: class id} mapping."""
@@ -41,8 +42,8 @@ def as_mapping(key: str, value) -> dict:
 LABEL_SPEC = {
     "teacher": (as_str, ..., "the teacher checkpoint (.pt) whose predictions become the labels"),
     "source": (as_str, ..., "images to label: a folder, a .txt list of image paths, or a glob ('imgs/*.jpg')"),
-    "conf": (as_float, DEFAULT_CONF, "keep boxes scored above this (0.5: a false box is trained as an object, a "
-                                     "missed one as background; Ultralytics' predict uses 0.25 for viewing)"),
+    "conf": (as_float, DEFAULT_CONF, "keep boxes scored above this (a false box is trained as an object, a missed "
+                                     "one as background; 0.25 beat 0.5 on the label-scarce bench)"),
     "iou": (as_float, 0.7, "NMS IoU threshold (Ultralytics' default)"),
     "imgsz": (optional(as_int), None, "prediction size (default: the teacher's training size)"),
     "batch": (as_int, 8, "images per forward pass"),
