@@ -49,7 +49,7 @@ from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
-from .recipe import Recipe
+from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
@@ -266,7 +266,7 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                            "teacher score as foreground (unlabeled_topk)" if run.recipe.unlabeled_topk is not None
                            else "")
                         + (f"; those terms x{run.recipe.unlabeled_weight:g} (unlabeled_weight)"
-                           if run.recipe.unlabeled_weight != 1 else "")
+                           if run.recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT else "")
                         + ("; the teacher sees each pool image without the photometric augmentation, the student "
                            "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
                            else "")

@@ -36,6 +36,7 @@ RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "clas
                "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
                "teacher_guard"}
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
+DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
@@ -125,7 +126,7 @@ class Recipe:
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
-    unlabeled_weight: float = 1.0  # multiplies the pool's own terms (pool_det, pool_dense), lambda_u of SSOD papers
+    unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
     teacher_guard: bool = False  # stop KD once the student's validation mAP50-95 reaches the teacher's (`guard`)
 
@@ -191,13 +192,14 @@ class Recipe:
                                         "a score threshold between 0 and 1 (e.g. 0.5)"),
             unlabeled_topk=_parse_unit(data.get("unlabeled_topk"), "unlabeled_topk",
                                        "a fraction between 0 and 1 (e.g. 0.01 for the top 1%)"),
-            unlabeled_weight=_parse_positive(1.0 if data.get("unlabeled_weight") is None else data["unlabeled_weight"],
-                                             "unlabeled_weight", allow_zero=False),
+            unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
+                                             else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
             teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
                                       "teacher_guard"),
         )
-        if recipe.unlabeled_weight != 1 and recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None:
+        pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
+        if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: add "
                                 "unlabeled_boxes=0.25 (or unlabeled_topk=0.03), or drop unlabeled_weight")
         return recipe
