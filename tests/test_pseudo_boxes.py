@@ -2,7 +2,8 @@
 Ultralytics' own decoding and NMS of the teacher's output; a hand-made box comes back at its pixels; the student's
 detection loss on them joins the KD terms as `pool_det`, reads the boxes (a threshold above every score trains the pool
 as background), leaves the labeled detection terms alone, and trains in a real run; `unlabeled_weight` multiplies the
-pool's own terms and nothing else."""
+pool's own terms and nothing else; `unlabeled_boxes: match` keeps as many of the teacher's best boxes per pool image
+as the labeled batch holds per image."""
 
 import copy
 
@@ -15,7 +16,7 @@ from ultralytics.utils.nms import non_max_suppression
 import yolo_kd
 from yolo_kd import KDConfigError
 from yolo_kd.distiller import POOL_DENSE_TERM, POOL_DETECTION_TERM
-from yolo_kd.pseudo_boxes import NMS_IOU, decode, pseudo_batch
+from yolo_kd.pseudo_boxes import NMS_IOU, decode, matched_count, pseudo_batch, top_boxes
 from yolo_kd.recipe import Recipe, TeacherSpec
 from yolo_kd.taps import Taps, head_taps
 from yolo_kd.teacher_target import TeacherView, encode
@@ -93,9 +94,54 @@ def test_pool_detection_loss_reads_the_teachers_boxes(tiny_teacher):
     assert not torch.allclose(grads[0], grads[1])
 
 
-def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_path):
+def test_top_boxes_keeps_the_best_across_images_each_in_its_image():
+    first = torch.tensor([[0, 0, 4, 4, 0.9, 0], [1, 1, 5, 5, 0.2, 1]], dtype=torch.float32)
+    second = torch.tensor([[2, 2, 6, 6, 0.5, 0], [3, 3, 7, 7, 0.7, 2], [4, 4, 8, 8, 0.1, 1]], dtype=torch.float32)
+    kept = top_boxes([first, second], 3)
+    assert kept[0].tolist() == first[:1].tolist() and kept[1].tolist() == second[:2].tolist()
+    assert [len(d) for d in top_boxes([first, second], 0)] == [0, 0]
+    assert [len(d) for d in top_boxes([first, second], 9)] == [2, 3]
+
+
+def test_match_takes_the_best_anchors_of_a_known_target():
+    """No threshold: of three boxes scored 0.9, 0.3 and 0.05 on two images, a count of 2 keeps the 0.9 and 0.3 ones,
+    in their images (`pseudo_batch` with a count); the count is the labeled boxes per image times the pool images."""
+    grid, reg_max = [(8, 8), (4, 4), (2, 2)], 16
+    anchors = sum(h * w for h, w in grid)
+    scores = torch.full((2, 2, anchors), -30.0)
+    for image, anchor, logit in ((0, 2 * 8 + 3, 2.1972), (1, 5 * 8 + 5, -0.8473), (1, 1, -2.9444)):  # 0.9, 0.3, 0.05
+        scores[image, 1, anchor] = logit
+    logp = torch.full((2, 4, reg_max, anchors), -60.0)
+    logp[:, :, 2] = 0.0  # every box: 2 cells on each side of its anchor
+    target = Taps(feats=[], scores=scores, boxes=logp.reshape(2, 4 * reg_max, anchors), grid=grid)
+    batch = pseudo_batch(target, torch.zeros(2, 3, 64, 64), None, count=2)
+    assert batch["batch_idx"].tolist() == [0.0, 1.0] and batch["cls"].tolist() == [[1.0], [1.0]]
+    assert batch["bboxes"][:, :2].tolist() == [pytest.approx([28 / 64, 20 / 64]), pytest.approx([44 / 64, 44 / 64])]
+    assert len(pseudo_batch(target, torch.zeros(2, 3, 64, 64), None, count=3)["cls"]) == 3
+    assert matched_count(labeled_boxes=12, labeled_images=8, pool_images=16) == 24
+    assert matched_count(labeled_boxes=5, labeled_images=8, pool_images=8) == 5
+
+
+def test_match_trains_on_as_many_boxes_as_the_labeled_batch_holds(tiny_teacher):
+    """In the distiller, `match` reads the labeled batch: 2 or 3 labeled boxes give different pool_det; a labeled
+    batch without boxes keeps none on the pool, the pool_det of a threshold above every score (all background)."""
+    student = student_with_args()
+    three = labeled_batch(pool_images=2)
+    three["bboxes"] = torch.cat([three["bboxes"], torch.tensor([[0.7, 0.7, 0.2, 0.2]])])
+    three["cls"], three["batch_idx"] = torch.tensor([[0.0], [1.0], [1.0]]), torch.tensor([0.0, 1.0, 1.0])
+    empty = labeled_batch(pool_images=2)
+    empty.update(bboxes=torch.zeros(0, 4), cls=torch.zeros(0, 1), batch_idx=torch.zeros(0))
+    matched = [distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes="match").loss(b)[1][
+        POOL_DETECTION_TERM] for b in (labeled_batch(pool_images=2), three, empty)]
+    none = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=0.99).loss(empty)[1]
+    assert matched[0] > 0 and not torch.equal(matched[0], matched[1])
+    assert torch.equal(matched[2], none[POOL_DETECTION_TERM])
+
+
+@pytest.mark.parametrize("boxes", [0.01, "match"])
+def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_path, boxes):
     model = YOLO("yolov8n.yaml")
-    yolo_kd.distill(model, teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=0.01)
+    yolo_kd.distill(model, teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=boxes)
     model.train(data=str(tiny_data), epochs=1, project=str(tmp_path), name="run", **TINY_TRAIN)
     (row,) = read_results(tmp_path / "run")
     assert float(row[f"train/{POOL_DETECTION_TERM}"]) > 0 and float(row["train/pred_cls"]) > 0
@@ -103,14 +149,16 @@ def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_
 
 @pytest.mark.parametrize("value", [0, 1.0, 1.5, "high", True])
 def test_a_bad_threshold_is_refused_in_one_line(value):
-    with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1") as err:
+    with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1.* or 'match'") as err:
         Recipe.from_kwargs(teacher="t.pt", unlabeled_boxes=value)
     assert "\n" not in str(err.value)
 
 
-def test_the_threshold_is_kept_in_the_recipe_for_resume():
-    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=0.4)
-    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == 0.4
+@pytest.mark.parametrize("given, kept", [(0.4, 0.4), ("match", "match"), (" Match", "match")])
+def test_the_threshold_is_kept_in_the_recipe_for_resume(given, kept):
+    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=given)
+    assert recipe.unlabeled_boxes == kept
+    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == kept
 
 
 def test_the_weight_multiplies_the_pool_terms_and_nothing_else(tiny_teacher):

@@ -29,8 +29,8 @@ KD_OPTIONS = {
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
-    "unlabeled_boxes": "also train the student's detection loss on the teacher's boxes on unlabeled images at this "
-                       "score (e.g. 0.5; default off)",
+    "unlabeled_boxes": "also train the student's detection loss on the teacher's boxes on unlabeled images: those at "
+                       "this score (e.g. 0.25), or 'match': per image as many as the labeled images hold (default off)",
     "unlabeled_topk": "also distil Dense Teacher's dense pseudo-labels on unlabeled images: this fraction of their "
                       "locations, the teacher's highest-scoring, is foreground, the rest background (e.g. 0.01; "
                       "default off)",

@@ -21,14 +21,14 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import Recipe
+from .recipe import BOXES_MATCH, Recipe
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
 from .teachers import TeacherPool, probe, probe_size
 from .ultra import StudentSurface, copy_attributes, detect_head
 from .norm import running_stats_frozen
-from .pseudo_boxes import pseudo_batch
+from .pseudo_boxes import matched_count, pseudo_batch
 
 POOL_DETECTION_TERM = "pool_det"  # the loss column of `unlabeled_boxes`: detection loss on online pseudo-boxes
 POOL_DENSE_TERM = "pool_dense"  # the loss column of `unlabeled_topk`: Dense Teacher's dense pseudo-labels
@@ -186,7 +186,7 @@ class Distiller(StudentSurface, nn.Module):
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
         pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1]
         if pool_preds is not None and POOL_DETECTION_TERM in values:
-            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, labeled) * pool_factor
+            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, batch) * pool_factor
         if pool_preds is not None and POOL_DENSE_TERM in values:
             values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, labeled) * pool_factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
@@ -220,13 +220,18 @@ class Distiller(StudentSurface, nn.Module):
         with running_stats_frozen(self.student):
             return self._student_taps(extra)
 
-    def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, labeled: int) -> torch.Tensor:
+    def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, batch: dict) -> torch.Tensor:
         """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
-        the pool images' pseudo-boxes, decoded from the (first) teacher target's pool rows (`pseudo_boxes`)."""
+        the pool images' pseudo-boxes, decoded from the (first) teacher target's pool rows (`pseudo_boxes`); `match`
+        reads the labeled `batch`'s boxes per image."""
+        labeled, boxes = len(batch["img"]), self.recipe.unlabeled_boxes
         rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
         with torch.no_grad():
-            batch = pseudo_batch(rows, extra, self.recipe.unlabeled_boxes)
-        loss, _ = self.student.loss(batch, pool_preds)
+            if boxes == BOXES_MATCH:
+                pseudo = pseudo_batch(rows, extra, None, matched_count(len(batch["cls"]), labeled, len(extra)))
+            else:
+                pseudo = pseudo_batch(rows, extra, boxes)
+        loss, _ = self.student.loss(pseudo, pool_preds)
         return loss.float().sum() / len(extra)
 
     def _pool_dense_loss(self, s_taps: Taps, target: Taps, labeled: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
-from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe
+from .recipe import BOXES_MATCH, DEFAULT_UNLABELED_WEIGHT, Recipe
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
@@ -260,7 +260,7 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         f"beside {batch_size} labeled (unlabeled_ratio {run.recipe.unlabeled_ratio:g}); BatchNorm "
                         f"running statistics from "
                         f"{'labeled images only' if run.recipe.unlabeled_bn == 'labeled' else 'all images'}"
-                        + (f"; detection loss on the teacher's boxes at score >= {run.recipe.unlabeled_boxes:g} "
+                        + (f"; detection loss on the teacher's boxes, {boxes_rule(run.recipe.unlabeled_boxes)} "
                            "(unlabeled_boxes)" if run.recipe.unlabeled_boxes is not None else "")
                         + (f"; Dense Teacher's pseudo-labels, the top {run.recipe.unlabeled_topk:.2%} of locations by "
                            "teacher score as foreground (unlabeled_topk)" if run.recipe.unlabeled_topk is not None
@@ -272,6 +272,13 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                            else "")
                         + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
+
+
+def boxes_rule(boxes: float | str) -> str:
+    """How `unlabeled_boxes` picks the teacher's boxes, for the log line."""
+    if boxes == BOXES_MATCH:
+        return "as many per image as the labeled images beside them hold"
+    return f"at score >= {boxes:g}"
 
 
 def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:

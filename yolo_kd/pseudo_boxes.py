@@ -1,5 +1,5 @@
-"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf`): the teacher's target on the very pool images
-the student sees, decoded into boxes for the student's own detection loss (no label files).
+"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf` or `match`): the teacher's target on the very
+pool images the student sees, decoded into boxes for the student's own detection loss (no label files).
 
 Decoding reads the target in its declared encoding (`teacher_target`: the student's anchors, the data set's classes):
 per anchor a of level l (cell centre c_a, stride s_l), score_a = max_k sigmoid(z_{k,a}), class = argmax_k; the box
@@ -8,6 +8,13 @@ the distances themselves (reg_max 1). Anchors with score >= conf are kept, then 
 predict default), at most `max_det` per image. The boxes come back in Ultralytics' batch keys (`batch_idx`, `cls`,
 `bboxes` as normalised xywh), so the student's criterion trains on them as on labels; an image without a box is
 trained as background, as an unlabeled tile in a labeled mosaic would be.
+
+`match` sets no threshold: the pool batch keeps as many boxes as the labeled batch beside it holds per image, the
+teacher's highest-scoring ones across the batch (`top_boxes`), from each image's `max_det` best anchors after NMS. A
+teacher's scores are calibrated by its training, not by the data (a weak teacher may score every object below 0.25
+or every background patch above it); the labeled batch, made by the same augmentation, says how many objects such an
+image holds. It is LabelMatch's label-matched threshold (Chen et al., CVPR 2022), class-agnostic and per step
+(LabelMatch matches each class's share over the whole unlabeled set, a step of a few images is too few per class).
 """
 
 from __future__ import annotations
@@ -40,9 +47,9 @@ def side_distances(boxes: torch.Tensor) -> torch.Tensor:
     return (probs * bins).sum(2) / probs.sum(2).clamp_min(1e-12)
 
 
-def decode(target: Taps, image_hw: tuple[int, int], conf: float, max_det: int = MAX_DET) -> list[torch.Tensor]:
+def decode(target: Taps, image_hw: tuple[int, int], conf: float | None, max_det: int = MAX_DET) -> list[torch.Tensor]:
     """Per image, (n, 6) boxes [x1, y1, x2, y2, score, class] in pixels of the student's input, after the score
-    threshold and class-wise NMS."""
+    threshold (None: the `max_det` best anchors instead) and class-wise NMS."""
     from torchvision.ops import batched_nms
 
     centres, strides = anchor_centres(target.grid, image_hw, target.scores.device)
@@ -51,11 +58,21 @@ def decode(target: Taps, image_hw: tuple[int, int], conf: float, max_det: int = 
     xyxy = torch.cat([centres - ltrb[..., :2], centres + ltrb[..., 2:]], -1)
     out = []
     for box, score, cls in zip(xyxy, scores, classes):
-        keep = score >= conf
+        keep = score >= conf if conf is not None else torch.argsort(score, descending=True, stable=True)[:max_det]
         box, score, cls = box[keep], score[keep], cls[keep]
         keep = batched_nms(box, score, cls, NMS_IOU)[:max_det]
         out.append(torch.cat([box[keep], score[keep, None], cls[keep, None].float()], 1))
     return out
+
+
+def top_boxes(detections: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """The `count` highest-scoring of all images' (n, 6) detections, each left in its image (ties: the earlier)."""
+    scores = torch.cat([d[:, 4] for d in detections])
+    if count >= len(scores):
+        return detections
+    keep = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    keep[torch.argsort(scores, descending=True, stable=True)[:count]] = True
+    return [d[k] for d, k in zip(detections, keep.split([len(d) for d in detections]))]
 
 
 def as_batch(detections: list[torch.Tensor], images: torch.Tensor) -> dict:
@@ -71,6 +88,15 @@ def as_batch(detections: list[torch.Tensor], images: torch.Tensor) -> dict:
     return {"img": images, "batch_idx": index, "cls": dets[:, 5:6], "bboxes": xywh}
 
 
-def pseudo_batch(target: Taps, images: torch.Tensor, conf: float) -> dict:
-    """The pool images' batch for the student's detection loss: the teacher's boxes at score >= `conf`."""
-    return as_batch(decode(target, tuple(images.shape[-2:]), conf), images)
+def matched_count(labeled_boxes: int, labeled_images: int, pool_images: int) -> int:
+    """`match`: the pool batch's box count, the labeled batch's boxes per image times its images, rounded."""
+    return round(labeled_boxes * pool_images / labeled_images)
+
+
+def pseudo_batch(target: Taps, images: torch.Tensor, conf: float | None, count: int | None = None) -> dict:
+    """The pool images' batch for the student's detection loss: the teacher's boxes at score >= `conf`, or (`match`,
+    conf None) its `count` best boxes across the batch."""
+    hw = tuple(images.shape[-2:])
+    if count is None:
+        return as_batch(decode(target, hw, conf), images)
+    return as_batch(top_boxes(decode(target, hw, None), count), images)

@@ -35,6 +35,7 @@ DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benc
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
                "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
                "teacher_guard"}
+BOXES_MATCH = "match"  # `unlabeled_boxes: match`: per pool image as many teacher boxes as per labeled image
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
@@ -124,7 +125,8 @@ class Recipe:
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
-    unlabeled_boxes: float | None = None  # teacher score threshold of online pseudo-boxes on the pool (None: off)
+    unlabeled_boxes: float | str | None = None  # online pseudo-boxes on the pool: a teacher score threshold, or
+    #                                              "match" (as many per image as the labeled batch holds); None: off
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
@@ -188,8 +190,7 @@ class Recipe:
             unlabeled_ratio=_parse_positive(DEFAULT_UNLABELED_RATIO if data.get("unlabeled_ratio") is None
                                             else data.get("unlabeled_ratio"), "unlabeled_ratio", allow_zero=False),
             unlabeled_bn=_parse_choice(data.get("unlabeled_bn") or DEFAULT_UNLABELED_BN, "unlabeled_bn", UNLABELED_BN),
-            unlabeled_boxes=_parse_unit(data.get("unlabeled_boxes"), "unlabeled_boxes",
-                                        "a score threshold between 0 and 1 (e.g. 0.5)"),
+            unlabeled_boxes=_parse_boxes(data.get("unlabeled_boxes")),
             unlabeled_topk=_parse_unit(data.get("unlabeled_topk"), "unlabeled_topk",
                                        "a fraction between 0 and 1 (e.g. 0.01 for the top 1%)"),
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
@@ -352,6 +353,13 @@ def _parse_unit(value, where: str, meaning: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise KDConfigError(f"'{where}' must be {meaning}, got {value!r}")
     return float(value)
+
+
+def _parse_boxes(value) -> float | str | None:
+    """`unlabeled_boxes`: a teacher score threshold in (0, 1), `match` (BOXES_MATCH), or None (off)."""
+    if isinstance(value, str) and value.strip().lower() == BOXES_MATCH:
+        return BOXES_MATCH
+    return _parse_unit(value, "unlabeled_boxes", f"a score threshold between 0 and 1 (e.g. 0.25) or '{BOXES_MATCH}'")
 
 
 def _parse_teachers(value) -> dict[str, TeacherSpec]:
