@@ -17,7 +17,7 @@ import yolo_kd
 from yolo_kd import KDConfigError
 from yolo_kd.distiller import POOL_DENSE_TERM, POOL_DETECTION_TERM
 from yolo_kd.pseudo_boxes import NMS_IOU, decode, matched_count, pseudo_batch, top_boxes
-from yolo_kd.recipe import Recipe, TeacherSpec
+from yolo_kd.recipe import DEFAULT_UNLABELED_BOXES, Recipe, TeacherSpec
 from yolo_kd.taps import Taps, head_taps
 from yolo_kd.teacher_target import TeacherView, encode
 from yolo_kd.teachers import load_teacher
@@ -73,7 +73,8 @@ def test_pool_detection_loss_reads_the_teachers_boxes(tiny_teacher):
     different when the threshold keeps boxes or none (background), with a gradient into the student; the labeled
     detection terms are bit-identical to a step without it."""
     student = student_with_args()
-    plain, plain_items = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch(pool_images=2))
+    plain, plain_items = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=False).loss(
+        labeled_batch(pool_images=2))
     assert POOL_DETECTION_TERM not in plain_items
     with torch.no_grad():  # a threshold under the teacher's best score on these pool images keeps boxes
         best = torch.sigmoid(head_taps(load_teacher("t", TeacherSpec(model=str(tiny_teacher)))(
@@ -87,7 +88,7 @@ def test_pool_detection_loss_reads_the_teachers_boxes(tiny_teacher):
         assert torch.equal(loss[:3], plain[:3])
     assert values[low] > 0 and values[0.99] > 0 and not torch.isclose(values[low], values[0.99])
     grads = []
-    for boxes in (None, low):  # the KD part's gradient into the student changes with the pool's boxes
+    for boxes in (False, low):  # the KD part's gradient into the student changes with the pool's boxes
         d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=boxes)
         d.loss(labeled_batch(pool_images=2))[0][3].backward()
         grads.append(torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None]))
@@ -149,16 +150,31 @@ def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_
 
 @pytest.mark.parametrize("value", [0, 1.0, 1.5, "high", True])
 def test_a_bad_threshold_is_refused_in_one_line(value):
-    with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1.* or 'match'") as err:
+    with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1.*'match'.*false") as err:
         Recipe.from_kwargs(teacher="t.pt", unlabeled_boxes=value)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("given, kept", [(0.4, 0.4), ("match", "match"), (" Match", "match")])
+@pytest.mark.parametrize("given, kept", [(0.4, 0.4), ("match", "match"), (" Match", "match"),
+                                         (None, DEFAULT_UNLABELED_BOXES), (False, None)])
 def test_the_threshold_is_kept_in_the_recipe_for_resume(given, kept):
     recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=given)
     assert recipe.unlabeled_boxes == kept
-    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == kept
+    assert Recipe.from_dict(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == kept  # off stays off
+    assert Recipe.from_saved(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == kept
+
+
+def test_a_checkpoint_from_before_the_default_resumes_as_it_ran():
+    older = {**Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"]).to_dict(), "unlabeled_boxes": None}
+    assert Recipe.from_saved(older).unlabeled_boxes is None
+
+
+def test_a_pool_trains_on_pseudo_boxes_by_default_and_false_turns_them_off(tiny_teacher):
+    student = student_with_args()
+    _, items = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch(pool_images=2))
+    _, off = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=False).loss(
+        labeled_batch(pool_images=2))
+    assert items[POOL_DETECTION_TERM] > 0 and POOL_DETECTION_TERM not in off
 
 
 def test_the_weight_multiplies_the_pool_terms_and_nothing_else(tiny_teacher):
@@ -186,8 +202,8 @@ def test_a_bad_weight_is_refused_in_one_line(value):
 
 
 def test_a_weight_without_a_pool_term_is_refused():
-    with pytest.raises(KDConfigError, match="none is on: add unlabeled_boxes=0.25"):
-        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_weight=2)
+    with pytest.raises(KDConfigError, match="none is on: drop unlabeled_boxes=false"):
+        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=False, unlabeled_weight=2)
     assert Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_weight=1).unlabeled_weight == 1
 
 

@@ -29,8 +29,9 @@ KD_OPTIONS = {
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
-    "unlabeled_boxes": "also train the student's detection loss on the teacher's boxes on unlabeled images: those at "
-                       "this score (e.g. 0.25), or 'match': per image as many as the labeled images hold (default off)",
+    "unlabeled_boxes": "train the student's detection loss on the teacher's boxes on unlabeled images: 'match' (the "
+                       "default), per image as many as the labeled images hold; a score (e.g. 0.25), those at it; "
+                       "false: off",
     "unlabeled_topk": "also distil Dense Teacher's dense pseudo-labels on unlabeled images: this fraction of their "
                       "locations, the teacher's highest-scoring, is foreground, the rest background (e.g. 0.01; "
                       "default off)",
@@ -50,7 +51,7 @@ def build_recipe(model=None, **kd) -> Recipe:
     if kd.get("teacher") is None and kd.get("cfg") is None:
         saved = (getattr(model, "ckpt", None) or {}).get("yolo_kd")
         if saved:
-            return Recipe.from_dict(saved["recipe"])
+            return Recipe.from_saved(saved["recipe"])
     recipe = Recipe.from_kwargs(**{k: v for k, v in kd.items() if v is not None})
     for stage in recipe.stages:
         for m in stage.methods:

@@ -40,6 +40,7 @@ DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a trainin
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
+DEFAULT_UNLABELED_BOXES = BOXES_MATCH  # online pseudo-boxes with a pool: measured, docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
@@ -125,8 +126,8 @@ class Recipe:
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
-    unlabeled_boxes: float | str | None = None  # online pseudo-boxes on the pool: a teacher score threshold, or
-    #                                              "match" (as many per image as the labeled batch holds); None: off
+    unlabeled_boxes: float | str | None = DEFAULT_UNLABELED_BOXES  # online pseudo-boxes on the pool: "match" (as
+    #                                     many per image as the labeled batch holds), a teacher score threshold; None: off
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
@@ -201,9 +202,15 @@ class Recipe:
         )
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
-            raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: add "
-                                "unlabeled_boxes=0.25 (or unlabeled_topk=0.03), or drop unlabeled_weight")
+            raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
+                                "unlabeled_boxes=false (or add unlabeled_topk=0.03), or drop unlabeled_weight")
         return recipe
+
+    @classmethod
+    def from_saved(cls, data: dict) -> Recipe:
+        """The recipe a checkpoint keeps (`to_dict`). `to_dict` writes `unlabeled_boxes: false` for off, so None there is
+        a checkpoint from before the pseudo-boxes were on by default: it resumes as it ran, off."""
+        return cls.from_dict({**data, "unlabeled_boxes": data.get("unlabeled_boxes") or False})
 
     def to_dict(self) -> dict:
         """Plain-data form (round-trips through `from_dict`); stored in last.pt so resume needs no recipe file."""
@@ -227,7 +234,7 @@ class Recipe:
             "unlabeled": self.unlabeled,
             "unlabeled_ratio": self.unlabeled_ratio,
             "unlabeled_bn": self.unlabeled_bn,
-            "unlabeled_boxes": self.unlabeled_boxes,
+            "unlabeled_boxes": False if self.unlabeled_boxes is None else self.unlabeled_boxes,
             "unlabeled_topk": self.unlabeled_topk,
             "unlabeled_weight": self.unlabeled_weight,
             "unlabeled_views": self.unlabeled_views,
@@ -356,10 +363,16 @@ def _parse_unit(value, where: str, meaning: str) -> float | None:
 
 
 def _parse_boxes(value) -> float | str | None:
-    """`unlabeled_boxes`: a teacher score threshold in (0, 1), `match` (BOXES_MATCH), or None (off)."""
+    """`unlabeled_boxes`: not given: DEFAULT_UNLABELED_BOXES; false: off (None); `match` (BOXES_MATCH); else a
+    teacher score threshold in (0, 1)."""
+    if value is None:
+        return DEFAULT_UNLABELED_BOXES
+    if value is False:
+        return None
     if isinstance(value, str) and value.strip().lower() == BOXES_MATCH:
         return BOXES_MATCH
-    return _parse_unit(value, "unlabeled_boxes", f"a score threshold between 0 and 1 (e.g. 0.25) or '{BOXES_MATCH}'")
+    return _parse_unit(value, "unlabeled_boxes", f"a score threshold between 0 and 1 (e.g. 0.25), '{BOXES_MATCH}', "
+                                                 "or false to turn the pool's pseudo-boxes off")
 
 
 def _parse_teachers(value) -> dict[str, TeacherSpec]:

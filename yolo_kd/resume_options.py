@@ -24,7 +24,7 @@ def saved_recipe(checkpoint) -> Recipe | None:
     ckpt = checkpoint if isinstance(checkpoint, dict) else torch.load(checkpoint, map_location="cpu",
                                                                       weights_only=False)
     state = (ckpt or {}).get("yolo_kd") or {}
-    return Recipe.from_dict(state["recipe"]) if state.get("recipe") else None
+    return Recipe.from_saved(state["recipe"]) if state.get("recipe") else None
 
 
 def resume_recipe(recipe: Recipe, options: dict, checkpoint) -> Recipe:

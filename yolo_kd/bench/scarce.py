@@ -32,7 +32,7 @@ import yaml
 
 from ..errors import KDConfigError
 from ..files import list_image_files
-from ..recipe import DEFAULT_UNLABELED_BN
+from ..recipe import DEFAULT_UNLABELED_BN, DEFAULT_UNLABELED_BOXES
 from .runs import run_jobs, slug
 from .report import mean_ci95, verdict
 
@@ -161,7 +161,8 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
         for bn in opts.get("unlabeled_bn") or [DEFAULT_UNLABELED_BN]:
             suffix = "" if bn == DEFAULT_UNLABELED_BN else f" (unlabeled_bn={bn})"
             candidates.append(("pool", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool{suffix}", "yolo-kd", labeled,
-                                           sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn})))
+                                           sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn,
+                                                         "unlabeled_boxes": DEFAULT_UNLABELED_BOXES})))
         for keys in map(parse_variant, opts.get("pool_variants") or []):
             candidates.append(("variants", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
                                            "yolo-kd", labeled, sub_epochs,
