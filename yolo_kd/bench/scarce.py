@@ -301,8 +301,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     rows_wanted = set(opts.get("rows") or ROWS)
     teacher_result = None
     if rows_wanted & TEACHER_ROWS:
-        LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; "
-                    f"{'training and ' if train_teacher else ''}scoring the teacher on the labeled subset")
+        doing = "training the teacher on the labeled subset" if train_teacher else "scoring the given teacher"
+        LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; {doing}")
         teacher_result = launch(teacher_job)
         teacher = teacher_result["checkpoint"]
     confs = opts["pseudo_conf"] if "pseudo" in rows_wanted else []
