@@ -123,6 +123,26 @@ def test_match_takes_the_best_anchors_of_a_known_target():
     assert matched_count(labeled_boxes=5, labeled_images=8, pool_images=8) == 5
 
 
+def test_match_plus_a_threshold_keeps_the_count_and_every_box_above_it():
+    """`match+conf`: the union. Of boxes scored 0.9, 0.3 and 0.05, a count of 1 with 0.25 keeps 0.9 and 0.3 (match
+    alone keeps one, 0.25 alone two, both the same two); a count of 3 keeps all three, whatever the threshold."""
+    grid, reg_max = [(8, 8), (4, 4), (2, 2)], 16
+    anchors = sum(h * w for h, w in grid)
+    scores = torch.full((2, 2, anchors), -30.0)
+    for image, anchor, logit in ((0, 2 * 8 + 3, 2.1972), (1, 5 * 8 + 5, -0.8473), (1, 1, -2.9444)):
+        scores[image, 1, anchor] = logit
+    logp = torch.full((2, 4, reg_max, anchors), -60.0)
+    logp[:, :, 2] = 0.0
+    target = Taps(feats=[], scores=scores, boxes=logp.reshape(2, 4 * reg_max, anchors), grid=grid)
+    images = torch.zeros(2, 3, 64, 64)
+    kept = {(conf, count): pseudo_batch(target, images, conf, count) for conf, count in
+            [(0.25, 1), (None, 1), (0.25, None), (0.5, 1), (0.95, 3), (0.25, 0)]}
+    assert {key: len(b["cls"]) for key, b in kept.items()} == {(0.25, 1): 2, (None, 1): 1, (0.25, None): 2, (0.5, 1): 1,
+                                                               (0.95, 3): 3, (0.25, 0): 2}
+    assert kept[(0.25, 1)]["batch_idx"].tolist() == [0.0, 1.0]
+    assert kept[(0.25, 1)]["bboxes"].tolist() == kept[(0.25, None)]["bboxes"].tolist()
+
+
 def test_match_trains_on_as_many_boxes_as_the_labeled_batch_holds(tiny_teacher):
     """In the distiller, `match` reads the labeled batch: 2 or 3 labeled boxes give different pool_det; a labeled
     batch without boxes keeps none on the pool, the pool_det of a threshold above every score (all background)."""
@@ -139,7 +159,7 @@ def test_match_trains_on_as_many_boxes_as_the_labeled_batch_holds(tiny_teacher):
     assert torch.equal(matched[2], none[POOL_DETECTION_TERM])
 
 
-@pytest.mark.parametrize("boxes", [0.01, "match"])
+@pytest.mark.parametrize("boxes", [0.01, "match", "match+0.01"])
 def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_path, boxes):
     model = YOLO("yolov8n.yaml")
     yolo_kd.distill(model, teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=boxes)
@@ -148,14 +168,14 @@ def test_pool_boxes_train_in_a_real_run(tiny_data, tiny_teacher, tiny_pool, tmp_
     assert float(row[f"train/{POOL_DETECTION_TERM}"]) > 0 and float(row["train/pred_cls"]) > 0
 
 
-@pytest.mark.parametrize("value", [0, 1.0, 1.5, "high", True])
+@pytest.mark.parametrize("value", [0, 1.0, 1.5, "high", True, "match+1.5", "match+x", "match+"])
 def test_a_bad_threshold_is_refused_in_one_line(value):
     with pytest.raises(KDConfigError, match="unlabeled_boxes.*between 0 and 1.*'match'.*false") as err:
         Recipe.from_kwargs(teacher="t.pt", unlabeled_boxes=value)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("given, kept", [(0.4, 0.4), ("match", "match"), (" Match", "match"),
+@pytest.mark.parametrize("given, kept", [(0.4, 0.4), ("match", "match"), (" Match", "match"), (" Match+.3", "match+0.3"),
                                          (None, DEFAULT_UNLABELED_BOXES), (False, None)])
 def test_the_threshold_is_kept_in_the_recipe_for_resume(given, kept):
     recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=given)

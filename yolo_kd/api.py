@@ -31,7 +31,7 @@ KD_OPTIONS = {
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
     "unlabeled_boxes": "train the student's detection loss on the teacher's boxes on unlabeled images: 'match' (the "
                        "default), per image as many as the labeled images hold; a score (e.g. 0.25), those at it; "
-                       "false: off",
+                       "'match+0.25', both; false: off",
     "unlabeled_topk": "also distil Dense Teacher's dense pseudo-labels on unlabeled images: this fraction of their "
                       "locations, the teacher's highest-scoring, is foreground, the rest background (e.g. 0.01; "
                       "default off)",

@@ -21,7 +21,7 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import BOXES_MATCH, Recipe
+from .recipe import Recipe, box_selection
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
@@ -224,13 +224,11 @@ class Distiller(StudentSurface, nn.Module):
         """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
         the pool images' pseudo-boxes, decoded from the (first) teacher target's pool rows (`pseudo_boxes`); `match`
         reads the labeled `batch`'s boxes per image."""
-        labeled, boxes = len(batch["img"]), self.recipe.unlabeled_boxes
+        labeled, (conf, matched) = len(batch["img"]), box_selection(self.recipe.unlabeled_boxes)
         rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
+        count = matched_count(len(batch["cls"]), labeled, len(extra)) if matched else None
         with torch.no_grad():
-            if boxes == BOXES_MATCH:
-                pseudo = pseudo_batch(rows, extra, None, matched_count(len(batch["cls"]), labeled, len(extra)))
-            else:
-                pseudo = pseudo_batch(rows, extra, boxes)
+            pseudo = pseudo_batch(rows, extra, conf, count)
         loss, _ = self.student.loss(pseudo, pool_preds)
         return loss.float().sum() / len(extra)
 

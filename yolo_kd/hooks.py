@@ -49,7 +49,7 @@ from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
-from .recipe import BOXES_MATCH, DEFAULT_UNLABELED_WEIGHT, Recipe
+from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
@@ -276,9 +276,10 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
 
 def boxes_rule(boxes: float | str) -> str:
     """How `unlabeled_boxes` picks the teacher's boxes, for the log line."""
-    if boxes == BOXES_MATCH:
-        return "as many per image as the labeled images beside them hold"
-    return f"at score >= {boxes:g}"
+    conf, matched = box_selection(boxes)
+    rules = (["as many per image as the labeled images beside them hold"] if matched else []) + (
+        [f"at score >= {conf:g}"] if conf is not None else [])
+    return " and every box ".join(rules) if len(rules) == 2 else rules[0]
 
 
 def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:

@@ -1,4 +1,4 @@
-"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf` or `match`): the teacher's target on the very
+"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf`, `match` or `match+conf`): the teacher's target on the very
 pool images the student sees, decoded into boxes for the student's own detection loss (no label files).
 
 Decoding reads the target in its declared encoding (`teacher_target`: the student's anchors, the data set's classes):
@@ -15,6 +15,9 @@ teacher's scores are calibrated by its training, not by the data (a weak teacher
 or every background patch above it); the labeled batch, made by the same augmentation, says how many objects such an
 image holds. It is LabelMatch's label-matched threshold (Chen et al., CVPR 2022), class-agnostic and per step
 (LabelMatch matches each class's share over the whole unlabeled set, a step of a few images is too few per class).
+
+`match+conf` is the union of the two: the matched count of best boxes, and every box at score >= conf besides (a
+teacher that scores its objects high keeps them all, one that scores low still gives the labeled count).
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ def side_distances(boxes: torch.Tensor) -> torch.Tensor:
     return (probs * bins).sum(2) / probs.sum(2).clamp_min(1e-12)
 
 
-def decode(target: Taps, image_hw: tuple[int, int], conf: float | None, max_det: int = MAX_DET) -> list[torch.Tensor]:
-    """Per image, (n, 6) boxes [x1, y1, x2, y2, score, class] in pixels of the student's input, after the score
-    threshold (None: the `max_det` best anchors instead) and class-wise NMS."""
+def decode(target: Taps, image_hw: tuple[int, int], conf: float | None, best: int = 0,
+           max_det: int = MAX_DET) -> list[torch.Tensor]:
+    """Per image, (n, 6) boxes [x1, y1, x2, y2, score, class] in pixels of the student's input: the anchors at score
+    >= `conf` (None: none by score) and the image's `best` highest-scoring ones, then class-wise NMS, at most
+    `max_det`."""
     from torchvision.ops import batched_nms
 
     centres, strides = anchor_centres(target.grid, image_hw, target.scores.device)
@@ -58,19 +63,21 @@ def decode(target: Taps, image_hw: tuple[int, int], conf: float | None, max_det:
     xyxy = torch.cat([centres - ltrb[..., :2], centres + ltrb[..., 2:]], -1)
     out = []
     for box, score, cls in zip(xyxy, scores, classes):
-        keep = score >= conf if conf is not None else torch.argsort(score, descending=True, stable=True)[:max_det]
+        keep = score >= conf if conf is not None else torch.zeros_like(score, dtype=torch.bool)
+        keep[torch.argsort(score, descending=True, stable=True)[:best]] = True
         box, score, cls = box[keep], score[keep], cls[keep]
         keep = batched_nms(box, score, cls, NMS_IOU)[:max_det]
         out.append(torch.cat([box[keep], score[keep, None], cls[keep, None].float()], 1))
     return out
 
 
-def top_boxes(detections: list[torch.Tensor], count: int) -> list[torch.Tensor]:
-    """The `count` highest-scoring of all images' (n, 6) detections, each left in its image (ties: the earlier)."""
+def top_boxes(detections: list[torch.Tensor], count: int, conf: float | None = None) -> list[torch.Tensor]:
+    """The `count` highest-scoring of all images' (n, 6) detections (ties: the earlier), and those at score >= `conf`
+    besides, each left in its image."""
     scores = torch.cat([d[:, 4] for d in detections])
     if count >= len(scores):
         return detections
-    keep = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    keep = scores >= conf if conf is not None else torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     keep[torch.argsort(scores, descending=True, stable=True)[:count]] = True
     return [d[k] for d, k in zip(detections, keep.split([len(d) for d in detections]))]
 
@@ -94,9 +101,9 @@ def matched_count(labeled_boxes: int, labeled_images: int, pool_images: int) -> 
 
 
 def pseudo_batch(target: Taps, images: torch.Tensor, conf: float | None, count: int | None = None) -> dict:
-    """The pool images' batch for the student's detection loss: the teacher's boxes at score >= `conf`, or (`match`,
-    conf None) its `count` best boxes across the batch."""
+    """The pool images' batch for the student's detection loss: the teacher's boxes at score >= `conf` (count None),
+    its `count` best boxes across the batch (`match`, conf None), or both (`match+conf`)."""
     hw = tuple(images.shape[-2:])
     if count is None:
         return as_batch(decode(target, hw, conf), images)
-    return as_batch(top_boxes(decode(target, hw, None), count), images)
+    return as_batch(top_boxes(decode(target, hw, conf, best=MAX_DET), count, conf), images)

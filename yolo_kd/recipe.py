@@ -127,7 +127,7 @@ class Recipe:
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | str | None = DEFAULT_UNLABELED_BOXES  # online pseudo-boxes on the pool: "match" (as
-    #                                     many per image as the labeled batch holds), a teacher score threshold; None: off
+    #           many per image as the labeled batch holds), a teacher score threshold, "match+0.25" (both); None: off
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
@@ -362,17 +362,35 @@ def _parse_unit(value, where: str, meaning: str) -> float | None:
     return float(value)
 
 
+def box_selection(boxes: float | str) -> tuple[float | None, bool]:
+    """(score threshold or None, whether the labeled count is kept) of a parsed `unlabeled_boxes`: 0.25 -> (0.25,
+    False), `match` -> (None, True), `match+0.25` -> (0.25, True)."""
+    if isinstance(boxes, str):
+        return (float(boxes[len(BOXES_MATCH) + 1:]) if boxes != BOXES_MATCH else None), True
+    return boxes, False
+
+
 def _parse_boxes(value) -> float | str | None:
-    """`unlabeled_boxes`: not given: DEFAULT_UNLABELED_BOXES; false: off (None); `match` (BOXES_MATCH); else a
-    teacher score threshold in (0, 1)."""
+    """`unlabeled_boxes`: not given: DEFAULT_UNLABELED_BOXES; false: off (None); `match` (BOXES_MATCH); `match+conf`
+    (both: the matched count and every box at score >= conf); else a teacher score threshold in (0, 1)."""
     if value is None:
         return DEFAULT_UNLABELED_BOXES
     if value is False:
         return None
-    if isinstance(value, str) and value.strip().lower() == BOXES_MATCH:
+    meaning = (f"a score threshold between 0 and 1 (e.g. 0.25), '{BOXES_MATCH}', '{BOXES_MATCH}+0.25' (both), or false "
+               "to turn the pool's pseudo-boxes off")
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text == BOXES_MATCH:
         return BOXES_MATCH
-    return _parse_unit(value, "unlabeled_boxes", f"a score threshold between 0 and 1 (e.g. 0.25), '{BOXES_MATCH}', "
-                                                 "or false to turn the pool's pseudo-boxes off")
+    if text is not None and text.startswith(BOXES_MATCH + "+"):
+        try:
+            conf = float(text[len(BOXES_MATCH) + 1:])
+        except ValueError:
+            conf = None
+        if conf is None or not 0 < conf < 1:
+            raise KDConfigError(f"'unlabeled_boxes' must be {meaning}, got {value!r}")
+        return f"{BOXES_MATCH}+{conf:g}"
+    return _parse_unit(value, "unlabeled_boxes", meaning)
 
 
 def _parse_teachers(value) -> dict[str, TeacherSpec]:
