@@ -1,5 +1,5 @@
-"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf`, `match` or `match+conf`): the teacher's target on the very
-pool images the student sees, decoded into boxes for the student's own detection loss (no label files).
+"""Online pseudo-boxes on the unlabeled pool (`unlabeled_boxes: conf`, `match` or `match+conf`): the teacher's target
+on the very pool images the student sees, decoded into boxes for the student's own detection loss (no label files).
 
 Decoding reads the target in its declared encoding (`teacher_target`: the student's anchors, the data set's classes):
 per anchor a of level l (cell centre c_a, stride s_l), score_a = max_k sigmoid(z_{k,a}), class = argmax_k; the box
