@@ -279,7 +279,7 @@ def boxes_rule(boxes: float | str) -> str:
     conf, matched = box_selection(boxes)
     rules = (["as many per image as the labeled images beside them hold"] if matched else []) + (
         [f"at score >= {conf:g}"] if conf is not None else [])
-    return " and every box ".join(rules) if len(rules) == 2 else rules[0]
+    return " and every box ".join(rules)
 
 
 def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:

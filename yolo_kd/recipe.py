@@ -366,7 +366,8 @@ def box_selection(boxes: float | str) -> tuple[float | None, bool]:
     """(score threshold or None, whether the labeled count is kept) of a parsed `unlabeled_boxes`: 0.25 -> (0.25,
     False), `match` -> (None, True), `match+0.25` -> (0.25, True)."""
     if isinstance(boxes, str):
-        return (float(boxes[len(BOXES_MATCH) + 1:]) if boxes != BOXES_MATCH else None), True
+        conf = boxes.partition("+")[2]
+        return (float(conf) if conf else None), True
     return boxes, False
 
 
@@ -384,12 +385,9 @@ def _parse_boxes(value) -> float | str | None:
         return BOXES_MATCH
     if text is not None and text.startswith(BOXES_MATCH + "+"):
         try:
-            conf = float(text[len(BOXES_MATCH) + 1:])
-        except ValueError:
-            conf = None
-        if conf is None or not 0 < conf < 1:
-            raise KDConfigError(f"'unlabeled_boxes' must be {meaning}, got {value!r}")
-        return f"{BOXES_MATCH}+{conf:g}"
+            return f"{BOXES_MATCH}+{_parse_unit(float(text.partition('+')[2]), 'unlabeled_boxes', meaning):g}"
+        except (ValueError, KDConfigError):
+            raise KDConfigError(f"'unlabeled_boxes' must be {meaning}, got {value!r}") from None
     return _parse_unit(value, "unlabeled_boxes", meaning)
 
 
