@@ -54,6 +54,7 @@ def test_step_benchmark_ratios(bench):
     assert set(step["teacher_forward_ms"]) == {"Ultralytics built-in", "yolo-kd", "yolo-kd + pool", "yolo-kd@128"}
     text = (bench[0] / "bench.md").read_text()  # the pool step is judged against the same recipe's labeled-only step
     assert "yolo-kd fgd+pred + unlabeled pool (ratio 1): " in text and "x the labeled-only step <= 1.6x" in text
+    assert "\nMachine: " in text  # the one machine every run ran on
 
 
 def test_rerun_reuses_finished_runs(bench):

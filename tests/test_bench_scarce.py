@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from yolo_kd.bench import bench_command
+from yolo_kd.bench.machine import describe
 from yolo_kd.bench.scarce import epochs_for, summarize
 
 
@@ -60,6 +61,9 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
     text = (out / "scarce.md").read_text()
     assert "| yolo-kd sl2+pred + unlabeled pool |" in text and "gap closed" in text
     assert summary["rows"]["baseline (labeled subset)"]["vs_pseudo"] is None
+    machines = [json.loads(f.read_text())["result"]["machine"] for f in out.glob("*_s1/result.json")]
+    assert len(machines) == 5 and all(m == machines[0] for m in machines)  # one machine ran every row
+    assert f"Machine: {describe(machines[0])}." in text
 
 
 def test_epochs_for_equal_steps():

@@ -65,6 +65,7 @@ def run_job(job: Job) -> dict:
     from ..api import distill
     from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
+    from .machine import fingerprint
 
     timer = EpochTimer()
     checkpoint = Path(job.model)
@@ -87,6 +88,7 @@ def run_job(job: Job) -> dict:
         "epoch_seconds": timer.seconds,
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
+        "machine": fingerprint(device),
     }
 
 

@@ -284,6 +284,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     """Run the label-scarce bench; writes scarce.md and scarce.json under `out` and returns the summary."""
     from ultralytics.utils import LOGGER
 
+    from .machine import machine_note
     from .runs import Job, launch
 
     split = make_split(data, opts["labeled_fraction"], out / "split", opts["split_seed"])
@@ -315,7 +316,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                 "imgsz": opts["imgsz"], "batch": batch, "seeds": opts["seeds"],
                 "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
                 "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
-    text = markdown(rows, teacher_result, settings, split, steps, pseudo)
+    text = markdown(rows, teacher_result, settings, split, steps, pseudo) + machine_note(results)
     summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,
                "runs": results}
     (out / "scarce.md").write_text(text)

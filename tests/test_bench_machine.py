@@ -1,0 +1,31 @@
+"""A bench run records the machine it ran on, and a report flags a seed whose paired runs ran on two machines
+(training is deterministic on one machine, not bit-identical across machines)."""
+
+import os
+import re
+
+import torch
+
+from yolo_kd.bench.machine import describe, fingerprint, machine_note
+
+
+def test_fingerprint_names_the_machine_and_repeats_within_one_process():
+    machine = fingerprint()
+    assert machine == fingerprint()  # the numerics digest is deterministic here
+    assert re.fullmatch(r"[0-9a-f]{8}", machine["numerics"])
+    assert machine["cores"] == os.cpu_count() and machine["torch"] == torch.__version__ and machine["gpu"] is None
+    assert describe(machine) == (f"{machine['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                                 f"numerics {machine['numerics']}")
+
+
+def test_report_names_one_machine_and_warns_of_a_seed_run_on_two():
+    here = fingerprint()
+    elsewhere = {**here, "numerics": "0" * 8 if here["numerics"] != "0" * 8 else "1" * 8}
+    runs = [{"label": label, "seed": seed, "machine": here} for seed in (1, 2) for label in ("baseline", "pool")]
+    assert machine_note(runs) == f"\nMachine: {describe(here)}.\n"
+    assert machine_note([{"label": "baseline", "seed": 1}]) == ""  # runs from before machines were recorded
+    runs += [{"label": "baseline", "seed": 3, "machine": elsewhere}, {"label": "pool", "seed": 3, "machine": here}]
+    note = machine_note(runs)
+    assert f"Machines: {describe(here)} (seeds 1, 2, 3); {describe(elsewhere)} (seed 3)." in note
+    assert "Warning: seed 3 ran on 2 machines" in note
+    assert "seed 1 " not in note and "seed 2 " not in note
