@@ -12,6 +12,8 @@ from yolo_kd.bench.machine import describe, fingerprint, machine_note
 def test_fingerprint_names_the_machine_and_repeats_within_one_process():
     machine = fingerprint()
     assert machine == fingerprint()  # the numerics digest is deterministic here
+    if not torch.cuda.is_available():  # Ultralytics' device spellings, on a machine without CUDA: the same CPU run
+        assert fingerprint("0") == fingerprint("cuda:0") == machine
     assert re.fullmatch(r"[0-9a-f]{8}", machine["numerics"])
     assert machine["cores"] == os.cpu_count() and machine["torch"] == torch.__version__ and machine["gpu"] is None
     assert describe(machine) == (f"{machine['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, "

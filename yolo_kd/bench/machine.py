@@ -1,9 +1,9 @@
 """Which machine a bench run ran on. Training is deterministic on one machine but not bit-identical across machines
 (another CPU or GPU picks other float kernels), so a paired difference holds only between runs of one machine.
 
-A run's `machine` is its processor, core count, GPU and torch version, and `numerics`: a digest of a fixed float
-computation (a seeded conv net's forward, backward and three SGD steps, in the run's own process and threads), which
-differs where the kernels' arithmetic does. A report names the machine of its runs and flags a seed whose runs come
+A run's `machine` is its processor, core count, GPU (with the CUDA version) and torch version, and `numerics`: a
+digest of a fixed float computation on the CPU (a seeded conv net's forward, backward and three SGD steps, in the
+run's own process and threads), which differs where the CPU kernels' arithmetic does. A report names the machine of its runs and flags a seed whose runs come
 from more than one (a folder of runs resumed elsewhere).
 """
 
@@ -26,7 +26,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def numerics(device: str = "cpu") -> str:
+def numerics() -> str:
     """8 hex digits of the parameters after three SGD steps of a seeded Conv-BN-SiLU-Conv net on seeded data."""
     import torch
 
@@ -35,23 +35,24 @@ def numerics(device: str = "cpu") -> str:
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.SiLU(),
                                   torch.nn.Conv2d(16, 8, 3, stride=2))
         x = torch.randn(4, 3, 32, 32)
-    net, x = net.to(device), x.to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     for _ in range(3):
         optimizer.zero_grad()
         net(x).square().mean().backward()
         optimizer.step()
-    data = b"".join(p.detach().cpu().numpy().tobytes() for p in net.parameters())
+    data = b"".join(p.detach().numpy().tobytes() for p in net.parameters())
     return hashlib.sha1(data).hexdigest()[:8]
 
 
 def fingerprint(device: str = "cpu") -> dict:
-    """The machine a run ran on: {cpu, cores, gpu, torch, numerics}."""
+    """The machine a run on `device` (Ultralytics' spelling: cpu, 0, 0,1, cuda:0, mps) ran on: {cpu, cores, gpu,
+    torch, numerics}; gpu is None on CPU."""
     import torch
 
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() and str(device) not in {"cpu", "mps"} else None
+    on_gpu = torch.cuda.is_available() and str(device) not in {"cpu", "mps"}
+    gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if on_gpu else None
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "numerics": numerics(device)}
+            "numerics": numerics()}
 
 
 def describe(machine: dict) -> str:
