@@ -3,8 +3,8 @@
 
 A run's `machine` is its processor, core count, GPU (with the CUDA version) and torch version, and `numerics`: a
 digest of a fixed float computation on the CPU (a seeded conv net's forward, backward and three SGD steps, in the
-run's own process and threads), which differs where the CPU kernels' arithmetic does. A report names the machine of its runs and flags a seed whose runs come
-from more than one (a folder of runs resumed elsewhere).
+run's own process and threads), which differs where the CPU kernels' arithmetic does. A report names the machine of
+its runs and flags a seed whose runs come from more than one (a folder of runs resumed elsewhere).
 """
 
 from __future__ import annotations
@@ -44,13 +44,18 @@ def numerics() -> str:
     return hashlib.sha1(data).hexdigest()[:8]
 
 
-def fingerprint(device: str = "cpu") -> dict:
-    """The machine a run on `device` (Ultralytics' spelling: cpu, 0, 0,1, cuda:0, mps) ran on: {cpu, cores, gpu,
-    torch, numerics}; gpu is None on CPU."""
+def on_cuda(device) -> bool:
+    """Whether a run on `device` (Ultralytics' spelling: cpu, 0, 0,1, cuda:0, mps) runs on a CUDA GPU."""
     import torch
 
-    on_gpu = torch.cuda.is_available() and str(device) not in {"cpu", "mps"}
-    gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if on_gpu else None
+    return torch.cuda.is_available() and str(device) not in {"cpu", "mps"}
+
+
+def fingerprint(device: str = "cpu") -> dict:
+    """The machine a run on `device` ran on: {cpu, cores, gpu, torch, numerics}; gpu is None off CUDA."""
+    import torch
+
+    gpu = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})" if on_cuda(device) else None
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "numerics": numerics()}
 

@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .machine import fingerprint, on_cuda
+
 
 @dataclass
 class Job:
@@ -51,7 +53,7 @@ def peak_memory_mb(device: str) -> float:
     """Peak CUDA memory allocated by this process, or its peak resident set size on CPU (MB)."""
     import torch
 
-    if torch.cuda.is_available() and str(device) not in {"cpu", "mps"}:
+    if on_cuda(device):
         return torch.cuda.max_memory_allocated() / 2**20
     import resource
 
@@ -65,7 +67,6 @@ def run_job(job: Job) -> dict:
     from ..api import distill
     from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
-    from .machine import fingerprint
 
     timer = EpochTimer()
     checkpoint = Path(job.model)
