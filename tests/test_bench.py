@@ -9,6 +9,7 @@ import pytest
 
 from yolo_kd import KDConfigError
 from yolo_kd.bench import bench_command
+from yolo_kd.bench.machine import describe, fingerprint
 from yolo_kd.bench.report import summarize
 
 
@@ -64,6 +65,14 @@ def test_rerun_reuses_finished_runs(bench):
     again = bench_command({**opts, "step": False})
     assert [p.stat().st_mtime_ns for p in results] == stamps
     assert [r["mAP50-95"] for r in again["runs"]] == [r["mAP50-95"] for r in first["runs"]]
+
+
+def test_step_time_only_bench_names_its_machine(bench):
+    out, opts, _ = bench
+    summary = bench_command({**opts, "train": False, "name": "step_only"})
+    assert summary["runs"] == [] and summary["step"]["machine"] == fingerprint()
+    text = (out.parent / "step_only" / "bench.md").read_text()
+    assert "## Step time" in text and text.endswith(f"\nMachine: {describe(fingerprint())}.\n")
 
 
 def test_summary_pairs_seeds_with_their_baseline():

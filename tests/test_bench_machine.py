@@ -31,3 +31,13 @@ def test_report_names_one_machine_and_warns_of_a_seed_run_on_two():
     assert f"Machines: {describe(here)} (seeds 1, 2, 3); {describe(elsewhere)} (seed 3)." in note
     assert "Warning: seed 3 ran on 2 machines" in note
     assert "seed 1 " not in note and "seed 2 " not in note
+
+
+def test_report_names_the_step_time_machine_where_no_training_run_does():
+    here = fingerprint()
+    elsewhere = {**here, "cpu": here["cpu"] + " (another)"}
+    assert machine_note([], here) == f"\nMachine: {describe(here)}.\n"  # a step-time-only bench
+    runs = [{"label": "baseline", "seed": 1, "machine": here}]
+    assert machine_note(runs, here) == machine_note(runs)  # the same machine is named once
+    assert machine_note(runs, elsewhere) == (f"\nMachine: {describe(here)}.\n"
+                                             f"\nMachine (step time): {describe(elsewhere)}.\n")

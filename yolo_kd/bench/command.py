@@ -196,7 +196,8 @@ def bench_command(overrides: dict) -> dict:
     if rows:
         summary.update(teacher=teacher_result, rows=rows, plot=str(report.plot(rows, teacher_result,
                                                                                 out / "bench.png")))
-    text = report.markdown(rows, summary.get("teacher"), step, settings) + machine_note(results)
+    text = report.markdown(rows, summary.get("teacher"), step, settings) + machine_note(
+        results, step["machine"] if step else None)
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str))
     print(text)

@@ -66,15 +66,19 @@ def describe(machine: dict) -> str:
     return f"{machine['cpu']}, {machine['cores']} cores{gpu}, torch {machine['torch']}, numerics {machine['numerics']}"
 
 
-def machine_note(results: list[dict]) -> str:
+def machine_note(results: list[dict], step_machine: dict | None = None) -> str:
     """The report's lines on where its runs ran: the one machine, or each machine's seeds and a warning per seed
-    whose runs ran on more than one. Runs from before machines were recorded are left out; '' when none is known."""
+    whose runs ran on more than one; then the step-time bench's machine (`step_machine`, measured in the report's
+    own process) where it is not the training runs' one. Runs from before machines were recorded are left out; ''
+    when none is known."""
     seeds: dict[str, set] = {}
     for r in results:
         if r.get("machine"):
             seeds.setdefault(describe(r["machine"]), set()).add(r["seed"])
+    step = describe(step_machine) if step_machine else None
+    step_line = f"\nMachine{' (step time)' if seeds else ''}: {step}.\n" if step and step not in seeds else ""
     if len(seeds) <= 1:
-        return "".join(f"\nMachine: {name}.\n" for name in seeds)
+        return "".join(f"\nMachine: {name}.\n" for name in seeds) + step_line
     named = [f"{name} (seed{'s' * (len(s) > 1)} {', '.join(map(str, sorted(s)))})" for name, s in seeds.items()]
     lines = ["", "Machines: " + "; ".join(named) + "."]
     for seed in sorted(set.union(*seeds.values())):
@@ -83,4 +87,4 @@ def machine_note(results: list[dict]) -> str:
             lines.append(f"Warning: seed {seed} ran on {count} machines (training is not bit-identical across them), "
                          "so its paired differences mix machines: delete the seed's run folders made elsewhere and "
                          "re-run it on one machine.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + step_line

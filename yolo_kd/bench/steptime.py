@@ -15,6 +15,7 @@ from ultralytics.utils import LOGGER
 
 from .. import ultra
 from ..resolution import resample
+from .machine import fingerprint, on_cuda
 from .report import POOL_SUFFIX
 
 
@@ -99,11 +100,12 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
 
 
 def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int = 5, batch: int = 8) -> dict:
-    """Median ms per step of each candidate, its ratio to the plain student and its teacher forward's share.
+    """Median ms per step of each candidate, its ratio to the plain student and its teacher forward's share, with
+    the machine it ran on (`machine.fingerprint`).
 
     opts: model, teacher, methods (list), imgsz, dis, teacher_imgsz (optional).
     """
-    dev = torch.device("cuda:0" if device not in {"cpu", "mps"} and torch.cuda.is_available() else "cpu")
+    dev = torch.device("cuda:0" if on_cuda(device) else "cpu")
     amp = dev.type == "cuda"
     cands, teachers, nc = candidates(opts, dev)
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
@@ -159,4 +161,4 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
                          "teacher_share": t_ms / ms[c.label] if t_ms else None}
     return {"device": str(dev), "amp": amp, "batch": batch, "imgsz": opts["imgsz"], "teacher_imgsz": t_size,
             "steps": steps, "rounds": rounds, "rows": rows,
-            "teacher_forward_ms": {k: ms[f"teacher forward: {k}"] for k in teachers}}
+            "teacher_forward_ms": {k: ms[f"teacher forward: {k}"] for k in teachers}, "machine": fingerprint(device)}
