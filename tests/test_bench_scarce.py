@@ -127,6 +127,11 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
                                                                           str(tmp_path / "b.yaml")]
     alone = plan({**opts, "rows": ["variants"]}, {}, split, "t.pt", {})  # the variants without the default row
     assert [j.label for j in alone] == [label for label, _ in pools[1:]]
+    with_kd = plan({**opts, "rows": ["pseudo"], "pseudo_kd": True}, {}, split, "t.pt", {0.25: tmp_path / "a.yaml"})
+    assert [(j.label, j.kind, j.kd, j.train_args["data"]) for j in with_kd] == [
+        ("pseudo-labels (yolo-kd label conf=0.25) + plain student", "pseudo", {}, str(tmp_path / "a.yaml")),
+        ("pseudo-labels (conf=0.25) + yolo-kd sl2+pred", "pseudo-kd", {"teacher": "t.pt", "method": "sl2+pred"},
+         str(tmp_path / "a.yaml"))]
 
 
 def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline():

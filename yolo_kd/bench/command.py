@@ -39,6 +39,8 @@ BENCH_SPEC = {
     "pseudo_conf": (as_list(float), [0.25], "label-scarce bench: the teacher's confidence for pseudo-labels, one "
                     "pseudo-label row each (0.25: Ultralytics' predict default)"),
     "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
+    "pseudo_kd": (as_bool, False, "label-scarce bench: also yolo-kd's default recipe on labeled + pseudo-labeled "
+                  "images (the pseudo-label route plus the dense terms)"),
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
     "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, variants, "
              "pseudo, ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),

@@ -20,7 +20,9 @@ from .machine import fingerprint, on_cuda
 
 @dataclass
 class Job:
-    """One run: `kind` is 'baseline', 'builtin' (Ultralytics distill_model=/dis=), 'yolo-kd' or 'teacher'."""
+    """One run: `kind` names its row's family ('baseline', 'builtin' (Ultralytics distill_model=/dis=), 'yolo-kd',
+    'teacher'; the label-scarce bench adds 'pseudo', 'pseudo-builtin', 'pseudo-kd', 'ceiling'); a run with `kd`
+    (yolo_kd.distill's keywords) is distilled by yolo-kd, whatever its kind."""
 
     label: str
     kind: str
@@ -74,7 +76,7 @@ def run_job(job: Job) -> dict:
         model = YOLO(job.model)
         model.add_callback("on_train_epoch_start", timer.start)
         model.add_callback("on_train_epoch_end", timer.stop)
-        if job.kind == "yolo-kd":
+        if job.kd:
             distill(model, **job.kd)
         else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
             model.add_callback("on_train_epoch_start", reseed)

@@ -9,7 +9,8 @@ unlabeled pool. The teacher is trained on the labeled subset only (a bigger mode
 - yolo-kd's default recipe with `unlabeled=` the pool;
 - variants of the pool row (`pool_variants=`: other recipe keys, e.g. online pseudo-boxes or another ratio);
 - the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`) at each `pseudo_conf`, then the plain
-  student (and, with `pseudo_builtin=True`, the built-in) on labeled + pseudo-labeled images;
+  student (and, with `pseudo_builtin=True`, the built-in; with `pseudo_kd=True`, yolo-kd's default recipe) on
+  labeled + pseudo-labeled images;
 - the ceiling: the student on 100% of the labels.
 
 Equal budgets: every run makes the same number of optimizer steps (`nbs` = batch, one step per batch):
@@ -174,6 +175,9 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
                 candidates.append(("pseudo", job(f"pseudo-labels (conf={conf:g}) + Ultralytics KD "
                                                  f"(dis={opts['dis']:g})", "pseudo-builtin", pseudo_yaml, full_epochs,
                                                  extra={"distill_model": teacher, "dis": opts["dis"]})))
+            if opts.get("pseudo_kd"):
+                candidates.append(("pseudo", job(f"pseudo-labels (conf={conf:g}) + {LABELED_ROW}", "pseudo-kd",
+                                                 pseudo_yaml, full_epochs, kd=kd)))
         candidates.append(("ceiling", job("ceiling: baseline on 100% of the labels", "ceiling", split.full_yaml,
                                           full_epochs)))
         jobs += [j for row, j in candidates if row in want]
