@@ -185,6 +185,7 @@ class RecordingTrainer(DetectionTrainer):
 def record_forwards(trainer):
     """on_train_start: record the student's training inputs (labeled, then pool) and the teacher's inputs."""
     seen, distiller = RecordingTrainer.seen, trainer.model
+    seen["pool_boxes"] = trainer.yolo_kd.pool_boxes
 
     def student_input(module, args):
         if module.training:
@@ -197,12 +198,13 @@ def record_forwards(trainer):
     distiller.pool.loaded["teacher"].register_forward_pre_hook(teacher_input)
 
 
-def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabeled_views=None, **train):
+def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabeled_views=None, unlabeled_boxes=None,
+                 **train):
     RecordingTrainer.seen = {}
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", record_forwards)
     yolo_kd.distill(model, teacher=str(teacher), teacher_imgsz=teacher_imgsz, unlabeled_views=unlabeled_views,
-                    **({"unlabeled": str(pool)} if pool else {}))
+                    unlabeled_boxes=unlabeled_boxes, **({"unlabeled": str(pool)} if pool else {}))
     model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
                 **{**TINY_TRAIN, "epochs": 2, **train})
     return RecordingTrainer.seen

@@ -222,13 +222,17 @@ class Distiller(StudentSurface, nn.Module):
 
     def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, batch: dict) -> torch.Tensor:
         """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
-        the pool images' pseudo-boxes, decoded from the (first) teacher target's pool rows (`pseudo_boxes`); `match`
-        reads the labeled `batch`'s boxes per image."""
-        labeled, (conf, matched) = len(batch["img"]), box_selection(self.recipe.unlabeled_boxes)
-        rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
-        count = matched_count(len(batch["cls"]), labeled, len(extra)) if matched else None
-        with torch.no_grad():
-            pseudo = pseudo_batch(rows, extra, conf, count)
+        the pool images' pseudo-boxes: those the pool's loader carried (`label+conf`: `batch["unlabeled_boxes"]`,
+        `pool_labels`), else decoded from the (first) teacher target's pool rows (`pseudo_boxes`); `match` reads the
+        labeled `batch`'s boxes per image."""
+        if "unlabeled_boxes" in batch:
+            pseudo = {"img": extra, **batch["unlabeled_boxes"]}
+        else:
+            labeled, (conf, matched) = len(batch["img"]), box_selection(self.recipe.unlabeled_boxes)
+            rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
+            count = matched_count(len(batch["cls"]), labeled, len(extra)) if matched else None
+            with torch.no_grad():
+                pseudo = pseudo_batch(rows, extra, conf, count)
         loss, _ = self.student.loss(pseudo, pool_preds)
         return loss.float().sum() / len(extra)
 

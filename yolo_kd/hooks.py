@@ -49,13 +49,14 @@ from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
-from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection
+from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection, labels_pool_once
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
+from .pool_labels import teacher_labels
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
-from .unlabeled_loader import UnlabeledLoader
+from .unlabeled_loader import RandomStreams, UnlabeledLoader
 
 
 class KDRun:
@@ -67,6 +68,7 @@ class KDRun:
         self.resume_state = None
         self.unlabeled = None  # the pool's image files, resolved with the data set (`get_dataset`)
         self.unlabeled_loader = None  # built beside the train loader (`get_dataloader`)
+        self.pool_boxes = None  # `unlabeled_boxes: label+conf`: the teacher's boxes per pool image, made once
         self.accumulation = Accumulation()
         self.resumed_grads = None  # a resumed run's accumulated gradients, put back at its first epoch's start
 
@@ -277,6 +279,8 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
 def boxes_rule(boxes: float | str) -> str:
     """How `unlabeled_boxes` picks the teacher's boxes, for the log line."""
     conf, matched = box_selection(boxes)
+    if labels_pool_once(boxes):
+        return f"found once on each whole pool image at score >= {conf:g} and moved with its augmentation"
     rules = (["as many per image as the labeled images beside them hold"] if matched else []) + (
         [f"at score >= {conf:g}"] if conf is not None else [])
     return " and every box ".join(rules)
@@ -284,12 +288,34 @@ def boxes_rule(boxes: float | str) -> str:
 
 def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
     """The pool's loader for a labeled batch of `batch_size`: `round(unlabeled_ratio x batch)` images per step (at
-    least 1), this rank's share of the pool, at the train loader's size, with the run's augmentation."""
+    least 1), this rank's share of the pool, at the train loader's size, with the run's augmentation; with
+    `unlabeled_boxes: label+conf`, the teacher's boxes on its images (`label_pool`) as their labels."""
     run, args = trainer.yolo_kd, trainer.args
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
-    return UnlabeledLoader(rank_share(run.unlabeled), args, trainer.data, size,
+    files = rank_share(run.unlabeled)
+    if labels_pool_once(run.recipe.unlabeled_boxes) and run.pool_boxes is None:
+        run.pool_boxes = label_pool(trainer, files)
+    return UnlabeledLoader(files, args, trainer.data, size,
                            images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers,
-                           two_views=run.recipe.unlabeled_views == "weak-strong")
+                           two_views=run.recipe.unlabeled_views == "weak-strong", boxes=run.pool_boxes)
+
+
+def label_pool(trainer, files: list[str]) -> dict:
+    """`unlabeled_boxes: label+conf`: the first teacher's boxes on this rank's pool `files` (`pool_labels`), at its
+    own size (else the run's), on the run's device, with a random state of its own (the labeled stream is the same
+    with and without it); one log line counts them."""
+    recipe = trainer.yolo_kd.recipe
+    name = (recipe.stages[0].teachers or list(recipe.teachers))[0]
+    teacher, (conf, _) = recipe.teachers[name], box_selection(recipe.unlabeled_boxes)
+    to_dataset = {t: d for d, t in recipe.class_map.items()} if recipe.class_map else None  # it maps dataset -> teacher
+    with RandomStreams():
+        boxes = teacher_labels(teacher.model, files, conf, teacher.imgsz or image_size(trainer.args.imgsz),
+                               str(trainer.device), max(1, int(trainer.args.batch)), to_dataset)
+    if RANK in {-1, 0}:
+        LOGGER.info(f"yolo-kd: the teacher labeled {len(boxes):,} pool images once at score >= {conf:g}: "
+                    f"{sum(len(b) for b in boxes.values()):,} boxes, {sum(not len(b) for b in boxes.values()):,} "
+                    "images without one (unlabeled_boxes)")
+    return boxes
 
 
 def preprocess_batch(trainer, base, batch: dict) -> dict:
@@ -336,6 +362,8 @@ def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
 
     weak = drawn["img"]
     batch["unlabeled_img"] = scaled(drawn.get("img_strong", weak), img)
+    if loader.has_boxes:
+        batch["unlabeled_boxes"] = {k: drawn[k].to(img.device) for k in ("batch_idx", "cls", "bboxes")}
     if "img_strong" in drawn:
         batch["unlabeled_weak_img"] = scaled(weak, img)
     if source is not None:

@@ -324,11 +324,12 @@ def capturing_validator(sink: list, info: dict):
 # ---------------------------------------------------------------------- unlabeled images
 
 
-class EmptyLabels:
-    """Labels of a pool of unlabeled images, made on demand: no scan, no cache, one path per image in memory."""
+class PoolLabels:
+    """Labels of a pool of unlabeled images, made on demand: no scan, no cache, one path per image in memory. Empty,
+    or with `boxes` ({path: (n, 5) [class, x, y, w, h] normalised}, `pool_labels.teacher_labels`) the teacher's."""
 
-    def __init__(self, files: list[str]):
-        self.files = files
+    def __init__(self, files: list[str], boxes: dict | None = None):
+        self.files, self.boxes = files, boxes or {}
 
     def __len__(self) -> int:
         return len(self.files)
@@ -336,9 +337,9 @@ class EmptyLabels:
     def __getitem__(self, i: int) -> dict:
         import numpy as np
 
-        return {"im_file": self.files[i], "shape": (0, 0), "cls": np.zeros((0, 1), dtype=np.float32),
-                "bboxes": np.zeros((0, 4), dtype=np.float32), "segments": [], "normalized": True,
-                "bbox_format": "xywh"}
+        rows = self.boxes.get(self.files[i], np.zeros((0, 5), dtype=np.float32))
+        return {"im_file": self.files[i], "shape": (0, 0), "cls": rows[:, :1].copy(), "bboxes": rows[:, 1:].copy(),
+                "segments": [], "normalized": True, "bbox_format": "xywh"}
 
 
 def _unlabeled_images_class():
@@ -350,6 +351,10 @@ def _unlabeled_images_class():
         class UnlabeledImages(YOLODataset):
             two_views = False  # `img` the weak view, `img_strong` the photometric one (`with_strong_view`)
 
+            def __init__(self, *args, boxes: dict | None = None, **kwargs):
+                self.pool_boxes = boxes  # read by get_labels, which YOLODataset's constructor calls
+                super().__init__(*args, **kwargs)
+
             def build_transforms(self, hyp):
                 transforms = super().build_transforms(hyp)
                 return with_strong_view(transforms) if self.two_views else transforms
@@ -358,7 +363,7 @@ def _unlabeled_images_class():
                 return list(img_path)
 
             def get_labels(self):
-                return EmptyLabels(self.im_files)
+                return PoolLabels(self.im_files, self.pool_boxes)
 
             def get_image_and_label(self, index):
                 """An unreadable pool image (never scanned: the pool may hold 500k paths) is skipped with one warning
@@ -401,15 +406,16 @@ def __getattr__(name):
 
 
 def unlabeled_dataset(files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int,
-                      two_views: bool = False):
+                      two_views: bool = False, boxes: dict | None = None):
     """A training dataset (the run's augmentation: mosaic, mixup, HSV, flips...) over unlabeled image `files`; with
-    `two_views`, each item also holds `img_strong` (`with_strong_view`)."""
+    `two_views`, each item also holds `img_strong` (`with_strong_view`); with `boxes` (`PoolLabels`), the images carry
+    them through the augmentation as labels."""
     from ultralytics.utils import colorstr
 
     dataset = _unlabeled_images_class()(
         img_path=files, imgsz=imgsz, batch_size=batch, augment=True, hyp=hyp, rect=False, cache=None,
         single_cls=False, stride=stride, pad=0.0, prefix=colorstr("unlabeled: "), task="detect", classes=None,
-        data=data, fraction=1.0)
+        data=data, fraction=1.0, boxes=boxes)
     if two_views:
         dataset.two_views = True
         dataset.transforms = dataset.build_transforms(hyp=copy.copy(hyp))

@@ -71,11 +71,12 @@ class UnlabeledLoader:
     """Batches of `batch` augmented pool images (uint8, at the loader's size), `n <= batch` of them per draw."""
 
     def __init__(self, files: list[str], hyp, data: dict, imgsz: int, batch: int, stride: int, workers: int,
-                 two_views: bool = False):
+                 two_views: bool = False, boxes: dict | None = None):
         """`hyp`: the run's train arguments, as the labeled loader reads them (mosaic, HSV, flips...); `two_views`:
-        each draw also holds `img_strong`, the photometric view of the same images (`img` is then the weak one)."""
-        self.files, self.batch, self.hyp = list(files), int(batch), hyp
-        self.dataset = unlabeled_dataset(self.files, hyp, data, imgsz, self.batch, stride, two_views)
+        each draw also holds `img_strong`, the photometric view of the same images (`img` is then the weak one);
+        `boxes`: the teacher's boxes per file (`pool_labels`), carried through the augmentation as labels."""
+        self.files, self.batch, self.hyp, self.has_boxes = list(files), int(batch), hyp, boxes is not None
+        self.dataset = unlabeled_dataset(self.files, hyp, data, imgsz, self.batch, stride, two_views, boxes)
         self.generator = torch.Generator()
         self.random = RandomStreams()
         self.loader = pool_dataloader(self.dataset, self.batch, workers, EndlessShuffle(len(self.files), self.generator),
@@ -104,8 +105,9 @@ class UnlabeledLoader:
             self.restart(self.seed)
 
     def next(self, n: int | None = None) -> dict:
-        """The next collated batch (uint8 `img`, and `img_strong` with two views; no boxes), cut to its first `n`
-        images when given."""
+        """The next collated batch (uint8 `img`, and `img_strong` with two views; with `boxes`, the augmented boxes as
+        Ultralytics collates labels: `batch_idx`, `cls`, normalised xywh `bboxes`), cut to its first `n` images when
+        given."""
         if self._iter is None:
             self.restart(self.seed)
         with self.random:
@@ -113,7 +115,9 @@ class UnlabeledLoader:
         if "img_strong" in batch:
             batch["img_strong"] = torch.stack(list(batch["img_strong"]))
         n = len(batch["img"]) if n is None else n
-        return {**batch, **{k: batch[k][:n] for k in ("img", "img_strong", "im_file") if k in batch}}
+        kept = batch["batch_idx"] < n
+        return {**batch, **{k: batch[k][:n] for k in ("img", "img_strong", "im_file") if k in batch},
+                **{k: batch[k][kept] for k in ("batch_idx", "cls", "bboxes")}}
 
     def close(self) -> None:
         """Shut the workers down; `next` would restart the stream from the last seed."""
