@@ -1,7 +1,9 @@
 """Issue 31: a run killed at any moment (a real SIGKILL) and resumed ends with the uninterrupted run's last
 results.csv row, with gradient accumulation (`nbs` > batch, epochs that end mid-accumulation), mosaic on in the redone
-epoch: killed between an epoch's results row and its last.pt without a pool, and mid-epoch with one (both kills
-resume from the same last.pt of the epoch before, so the two pairs cover both kills and both pools)."""
+epoch: killed between an epoch's results row and its last.pt without a pool, and mid-epoch with one, with online
+pseudo-boxes (the default) and with the teacher's boxes made once at the start (`unlabeled_boxes=label+0.001`, made
+again on resume) (both kills resume from the same last.pt of the epoch before, so the pairs cover both kills and
+every pool)."""
 
 import json
 import os
@@ -25,7 +27,7 @@ from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 import yolo_kd
 
-data, teacher, project, kill, pool, train = sys.argv[1:6] + [json.loads(sys.argv[6])]
+data, teacher, project, kill, pool, train, boxes = sys.argv[1:6] + [json.loads(sys.argv[6]), sys.argv[7]]
 
 
 class KilledBeforeLast(DetectionTrainer):
@@ -42,23 +44,26 @@ def killed_mid_epoch(trainer):
 
 model = YOLO("yolov8n.yaml")
 model.add_callback("on_train_batch_end", killed_mid_epoch)
-yolo_kd.distill(model, teacher=teacher, **({"unlabeled": pool} if pool != "-" else {}))
+yolo_kd.distill(model, teacher=teacher, **({"unlabeled": pool, "unlabeled_boxes": boxes} if pool != "-" else {}))
 model.train(data=data, epochs={epochs}, project=project, name="run", trainer=KilledBeforeLast, **train)
 """.replace("{epochs}", str(EPOCHS))
 
 
-def train(tmp_path, data, teacher, pool):
+POOLS = {None: {}, "match": {"unlabeled_boxes": "match"}, "label": {"unlabeled_boxes": "label+0.001"}}
+
+
+def train(tmp_path, data, teacher, pool, boxes):
     model = YOLO("yolov8n.yaml")
-    yolo_kd.distill(model, teacher=str(teacher), **({"unlabeled": str(pool)} if pool else {}))
+    yolo_kd.distill(model, teacher=str(teacher), **({"unlabeled": str(pool), **POOLS[boxes]} if pool else {}))
     model.train(data=str(data), epochs=EPOCHS, project=str(tmp_path), name="run", **TRAIN)
     return read_results(tmp_path / "run")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tiny_teacher, tiny_pool, tmp_path_factory):
-    """The last results.csv row of the uninterrupted run, without and with the pool."""
-    return {with_pool: train(tmp_path_factory.mktemp(f"whole_{with_pool}"), tiny_data, tiny_teacher,
-                             tiny_pool if with_pool else None)[-1] for with_pool in (False, True)}
+    """The last results.csv row of the uninterrupted run, without a pool and with each pool."""
+    return {boxes: train(tmp_path_factory.mktemp(f"whole_{boxes}"), tiny_data, tiny_teacher,
+                         tiny_pool if boxes else None, boxes)[-1] for boxes in POOLS}
 
 
 def same_row(a: dict, b: dict) -> list[str]:
@@ -66,13 +71,14 @@ def same_row(a: dict, b: dict) -> list[str]:
     return [k for k in a if k != "time" and round(float(a[k]), 4) != round(float(b[k]), 4)]
 
 
-@pytest.mark.parametrize("kill, with_pool", [("before_last", False), ("mid_epoch", True)])
-def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, with_pool, tiny_data, tiny_teacher, tiny_pool,
+@pytest.mark.parametrize("kill, boxes", [("before_last", None), ("mid_epoch", "match"), ("mid_epoch", "label")])
+def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, boxes, tiny_data, tiny_teacher, tiny_pool,
                                                         uninterrupted, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(KILL_SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(tiny_data), str(tiny_teacher), str(tmp_path), kill,
-                          str(tiny_pool) if with_pool else "-", json.dumps(TRAIN)], capture_output=True, text=True,
+                          str(tiny_pool) if boxes else "-", json.dumps(TRAIN),
+                          POOLS[boxes].get("unlabeled_boxes", "-")], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "YOLO_OFFLINE": "1"})
     assert out.returncode == -9, out.stderr[-3000:]  # really killed
     run = tmp_path / "run"
@@ -85,7 +91,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, with_pool, tiny_dat
     model.train(resume=True)
     last = read_results(run)[-1]
     assert last["epoch"] == str(EPOCHS)
-    assert same_row(last, uninterrupted[with_pool]) == [], (last, uninterrupted[with_pool])
+    assert same_row(last, uninterrupted[boxes]) == [], (last, uninterrupted[boxes])
 
 
 def optimizer_steps(trainer) -> int:
