@@ -4,6 +4,7 @@ through the augmentation (a box still covers its object after mosaic, scale and 
 student's detection loss on them, keeps the labeled stream and writes nothing beside the user's images."""
 
 import copy
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,7 +15,8 @@ from ultralytics import YOLO
 import yolo_kd
 from yolo_kd import KDConfigError
 from yolo_kd.distiller import POOL_DETECTION_TERM
-from yolo_kd.pool_labels import teacher_labels
+from yolo_kd.label import predictions, result_boxes
+from yolo_kd.pool_labels import BestScores, teacher_labels
 from yolo_kd.recipe import Recipe, box_selection, labels_pool_once
 from yolo_kd.ultra import train_args
 from yolo_kd.unlabeled import resolve_images
@@ -35,13 +37,26 @@ def disc_boxes(image_file: str) -> np.ndarray:
     return np.array(rows, dtype=np.float32).reshape(-1, 5)
 
 
-@pytest.mark.parametrize("given, kept", [("label", "label+0.25"), (" Label+.4", "label+0.4")])
-def test_label_rule_is_parsed_and_kept_for_resume(given, kept):
+@pytest.mark.parametrize("given, kept, rule", [("label", "label", (None, True)), (" Label+.4", "label+0.4", (0.4, True))])
+def test_label_rule_is_parsed_and_kept_for_resume(given, kept, rule):
     recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_boxes=given)
     assert recipe.unlabeled_boxes == kept and labels_pool_once(kept)
-    assert box_selection(kept) == (float(kept.partition("+")[2]), False)  # a threshold, not the matched count
+    assert box_selection(kept) == rule  # (threshold, the labeled count)
     assert Recipe.from_saved(copy.deepcopy(recipe.to_dict())).unlabeled_boxes == kept
     assert not labels_pool_once("match+0.25") and not labels_pool_once(0.25)
+
+
+def test_the_running_best_scores_end_at_the_count_th_best():
+    """Streamed in any order, the heap's lowest score is the count-th best of all (0 until `count` were seen, none
+    with a count of 0)."""
+    scores = np.random.default_rng(0).random(50).tolist()
+    best = BestScores(7)
+    for chunk in (scores[:3], scores[3:30], scores[30:]):
+        best.add(chunk)
+    assert best.lowest() == sorted(scores, reverse=True)[6]
+    partial = BestScores(7)
+    partial.add(scores[:3])
+    assert partial.lowest() == 0.0 and BestScores(0).lowest() == float("inf")
 
 
 @pytest.mark.parametrize("value", ["label+", "label+1.5", "label+x", "labels"])
@@ -52,7 +67,8 @@ def test_a_bad_label_rule_is_refused_in_one_line(value):
 
 
 def test_the_pool_boxes_are_what_yolo_kd_label_writes(tiny_teacher, tiny_pool, tmp_path):
-    """Same teacher, size and threshold: every pool image's boxes equal its label file's lines (six decimals)."""
+    """Same teacher, size and threshold, no count: every pool image's boxes equal its label file's lines (six
+    decimals)."""
     files = resolve_images(tiny_pool)
     boxes = teacher_labels(str(tiny_teacher), files, LOW, 64, "cpu", 4)
     yolo_kd.label_images(str(tiny_teacher), str(tiny_pool), conf=LOW, imgsz=64, out=str(tmp_path / "labels"))
@@ -60,6 +76,22 @@ def test_the_pool_boxes_are_what_yolo_kd_label_writes(tiny_teacher, tiny_pool, t
     for file, rows in boxes.items():
         written = np.loadtxt(tmp_path / "labels" / f"{file.rsplit('/', 1)[-1].rsplit('.', 1)[0]}.txt", ndmin=2)
         assert written.reshape(-1, 5) == pytest.approx(rows, abs=1e-6)
+
+
+@pytest.mark.parametrize("conf", [None, 0.006])
+def test_the_count_keeps_the_best_boxes_across_the_pool(tiny_teacher, tiny_pool, conf):
+    """The count rule, with and without a threshold beside it, equals the brute-force rule on every prediction: the
+    boxes at score >= min(conf, the count-th best score of the whole pool)."""
+    files, count = resolve_images(tiny_pool), 9
+    everything = {r.path: r for r in predictions(YOLO(str(tiny_teacher)), files, {"conf": 1e-5, "imgsz": 64})}
+    scores = sorted((s for r in everything.values() for s in r.boxes.conf.tolist()), reverse=True)
+    cut = min(conf if conf is not None else 1.0, scores[count - 1])
+    boxes = teacher_labels(str(tiny_teacher), files, conf, 64, "cpu", 4, count=count, floor=1e-5)
+    for file in files:
+        result = everything[str(Path(file).absolute())]
+        expected = [row[:5] for row in result_boxes(result, None) if row[5] >= cut]
+        assert boxes[file] == pytest.approx(np.array(expected, dtype=np.float32).reshape(-1, 5), abs=1e-6)
+    assert sum(len(b) for b in boxes.values()) >= count
 
 
 def test_the_boxes_move_with_the_augmented_pool_images(tiny_pool):

@@ -31,9 +31,9 @@ KD_OPTIONS = {
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
     "unlabeled_boxes": "train the student's detection loss on the teacher's boxes on unlabeled images: 'match' (the "
                        "default), per image as many as the labeled images hold; a score (e.g. 0.25), those at it; "
-                       "'match+0.25', both; 'label+0.25': the teacher's boxes at that score on each whole unlabeled "
-                       "image, found once at the start and moved with its augmentation (yolo-kd label's, in memory); "
-                       "false: off",
+                       "'match+0.25', both; 'label' and 'label+0.25': the same rules over the whole pool, the "
+                       "teacher's boxes on each clean unlabeled image found once at the start and moved with its "
+                       "augmentation (yolo-kd label's, in memory); false: off",
     "unlabeled_topk": "also distil Dense Teacher's dense pseudo-labels on unlabeled images: this fraction of their "
                       "locations, the teacher's highest-scoring, is foreground, the rest background (e.g. 0.01; "
                       "default off)",

@@ -53,7 +53,7 @@ from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection, labels_pool
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
-from .pool_labels import teacher_labels
+from .pool_labels import labeled_count, teacher_labels
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import RandomStreams, UnlabeledLoader
@@ -255,7 +255,7 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
     run.accumulation.reset()
     if run.unlabeled:
         close_unlabeled(trainer)
-        run.unlabeled_loader = build_unlabeled_loader(trainer, batch_size)
+        run.unlabeled_loader = build_unlabeled_loader(trainer, batch_size, loader.dataset)
         if RANK in {-1, 0}:
             gt = unwrap_model(trainer.model).gt_only_methods
             LOGGER.info(f"yolo-kd: {len(run.unlabeled):,} unlabeled images, {run.unlabeled_loader.batch} per step "
@@ -280,41 +280,52 @@ def boxes_rule(boxes: float | str) -> str:
     """How `unlabeled_boxes` picks the teacher's boxes, for the log line."""
     conf, matched = box_selection(boxes)
     if labels_pool_once(boxes):
-        return f"found once on each whole pool image at score >= {conf:g} and moved with its augmentation"
+        return ("found once on each whole pool image, as many as the labeled images hold per image, the best across "
+                "the pool" + (f", and every box at score >= {conf:g}" if conf is not None else "")
+                + ", and moved with each image's augmentation")
     rules = (["as many per image as the labeled images beside them hold"] if matched else []) + (
         [f"at score >= {conf:g}"] if conf is not None else [])
     return " and every box ".join(rules)
 
 
-def build_unlabeled_loader(trainer, batch_size: int) -> UnlabeledLoader:
+def build_unlabeled_loader(trainer, batch_size: int, labeled=None) -> UnlabeledLoader:
     """The pool's loader for a labeled batch of `batch_size`: `round(unlabeled_ratio x batch)` images per step (at
     least 1), this rank's share of the pool, at the train loader's size, with the run's augmentation; with
-    `unlabeled_boxes: label+conf`, the teacher's boxes on its images (`label_pool`) as their labels."""
+    `unlabeled_boxes: label[+conf]`, the teacher's boxes on its images (`label_pool`, counted from `labeled`, the train
+    loader's dataset) as their labels."""
     run, args = trainer.yolo_kd, trainer.args
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
     files = rank_share(run.unlabeled)
     if labels_pool_once(run.recipe.unlabeled_boxes) and run.pool_boxes is None:
-        run.pool_boxes = label_pool(trainer, files)
+        run.pool_boxes = label_pool(trainer, files, boxes_per_image(labeled))
     return UnlabeledLoader(files, args, trainer.data, size,
                            images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers,
                            two_views=run.recipe.unlabeled_views == "weak-strong", boxes=run.pool_boxes)
 
 
-def label_pool(trainer, files: list[str]) -> dict:
-    """`unlabeled_boxes: label+conf`: the first teacher's boxes on this rank's pool `files` (`pool_labels`), at its
-    own size (else the run's), on the run's device, with a random state of its own (the labeled stream is the same
-    with and without it); one log line counts them."""
+def boxes_per_image(dataset) -> float:
+    """The labeled train set's boxes per image (an Ultralytics dataset's `labels`)."""
+    return sum(len(label["cls"]) for label in dataset.labels) / max(1, len(dataset.labels))
+
+
+def label_pool(trainer, files: list[str], per_image: float) -> dict:
+    """`unlabeled_boxes: label[+conf]`: the first teacher's boxes on this rank's pool `files` (`pool_labels`): as many
+    as `per_image` labeled boxes per image over the pool, and every box at the threshold; at the teacher's own size
+    (else the run's), on the run's device, with a random state of its own (the labeled stream is the same with and
+    without it); one log line counts them."""
     recipe = trainer.yolo_kd.recipe
     name = (recipe.stages[0].teachers or list(recipe.teachers))[0]
     teacher, (conf, _) = recipe.teachers[name], box_selection(recipe.unlabeled_boxes)
     to_dataset = {t: d for d, t in recipe.class_map.items()} if recipe.class_map else None  # it maps dataset -> teacher
+    count = labeled_count(per_image, len(files))
     with RandomStreams():
         boxes = teacher_labels(teacher.model, files, conf, teacher.imgsz or image_size(trainer.args.imgsz),
-                               str(trainer.device), max(1, int(trainer.args.batch)), to_dataset)
+                               str(trainer.device), max(1, int(trainer.args.batch)), to_dataset, count)
     if RANK in {-1, 0}:
-        LOGGER.info(f"yolo-kd: the teacher labeled {len(boxes):,} pool images once at score >= {conf:g}: "
-                    f"{sum(len(b) for b in boxes.values()):,} boxes, {sum(not len(b) for b in boxes.values()):,} "
-                    "images without one (unlabeled_boxes)")
+        kept = sum(len(b) for b in boxes.values())
+        LOGGER.info(f"yolo-kd: the teacher labeled {len(boxes):,} pool images once: {kept:,} boxes "
+                    f"({kept / max(1, len(boxes)):.2f} per image; the labeled images hold {per_image:.2f}), "
+                    f"{sum(not len(b) for b in boxes.values()):,} images without one (unlabeled_boxes)")
     return boxes
 
 

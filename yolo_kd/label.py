@@ -104,28 +104,31 @@ def label_targets(images: list[str], out: str | None) -> list[Path]:
     return [Path(out) / f"{Path(p).stem}.txt" for p in images]
 
 
-def result_boxes(result, class_map: dict[int, int] | None) -> list[tuple[int, float, float, float, float]]:
-    """(class, x, y, w, h) of one Ultralytics Result: boxes clipped to the original image and normalised by its
-    width and height; classes mapped through `class_map` (boxes of unmapped classes dropped)."""
+def result_boxes(result, class_map: dict[int, int] | None, keep=None) -> list[tuple[int, float, float, float, float,
+                                                                                  float]]:
+    """(class, x, y, w, h, score) of one Ultralytics Result: boxes clipped to the original image and normalised by its
+    width and height; classes mapped through `class_map` (boxes of unmapped classes dropped); only the boxes where
+    the boolean sequence `keep` is true, when given."""
     h, w = result.orig_shape
     boxes = result.boxes
     xyxy = boxes.xyxy.cpu().double()
     xyxy[:, 0::2] = xyxy[:, 0::2].clamp(0, w)
     xyxy[:, 1::2] = xyxy[:, 1::2].clamp(0, h)
+    keep = [True] * len(xyxy) if keep is None else list(keep)
     rows = []
-    for (x1, y1, x2, y2), c in zip(xyxy.tolist(), boxes.cls.int().tolist()):
-        if class_map is not None and c not in class_map:
+    for (x1, y1, x2, y2), c, score, kept in zip(xyxy.tolist(), boxes.cls.int().tolist(), boxes.conf.tolist(), keep):
+        if not kept or (class_map is not None and c not in class_map):
             continue
         if x2 <= x1 or y2 <= y1:
             continue
         rows.append((class_map[c] if class_map is not None else c, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h,
-                     (x2 - x1) / w, (y2 - y1) / h))
+                     (x2 - x1) / w, (y2 - y1) / h, score))
     return rows
 
 
 def label_lines(result, class_map: dict[int, int] | None) -> list[str]:
     """'class x y w h' lines of one Ultralytics Result (`result_boxes`, six decimals)."""
-    return [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in result_boxes(result, class_map)]
+    return [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h, _ in result_boxes(result, class_map)]
 
 
 def predictions(model, images: list[str], predict: dict):

@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 from .errors import KDConfigError, first_line
-from .label import DEFAULT_CONF as DEFAULT_LABEL_CONF  # `label` alone: the threshold `yolo-kd label` writes files at
 from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
@@ -37,7 +36,7 @@ RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "clas
                "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
                "teacher_guard"}
 BOXES_MATCH = "match"  # `unlabeled_boxes: match`: per pool image as many teacher boxes as per labeled image
-BOXES_LABEL = "label"  # `unlabeled_boxes: label+conf`: the teacher labels the clean pool images once, at the start
+BOXES_LABEL = "label"  # `unlabeled_boxes: label[+conf]`: the teacher labels the clean pool images once, at the start
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
@@ -130,7 +129,7 @@ class Recipe:
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
     unlabeled_boxes: float | str | None = DEFAULT_UNLABELED_BOXES  # online pseudo-boxes on the pool: "match" (as
     #           many per image as the labeled batch holds), a teacher score threshold, "match+0.25" (both); the
-    #           teacher's boxes on the clean pool images, made once ("label+0.25"); None: off
+    #           teacher's boxes on the clean pool images, made once ("label", "label+0.25"); None: off
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
@@ -367,10 +366,10 @@ def _parse_unit(value, where: str, meaning: str) -> float | None:
 
 def box_selection(boxes: float | str) -> tuple[float | None, bool]:
     """(score threshold or None, whether the labeled count is kept) of a parsed `unlabeled_boxes`: 0.25 -> (0.25,
-    False), `match` -> (None, True), `match+0.25` -> (0.25, True), `label+0.25` -> (0.25, False)."""
+    False), `match` or `label` -> (None, True), `match+0.25` or `label+0.25` -> (0.25, True)."""
     if isinstance(boxes, str):
         conf = boxes.partition("+")[2]
-        return (float(conf) if conf else None), boxes.startswith(BOXES_MATCH)
+        return (float(conf) if conf else None), True
     return boxes, False
 
 
@@ -382,8 +381,8 @@ def labels_pool_once(boxes: float | str | None) -> bool:
 
 def _parse_boxes(value) -> float | str | None:
     """`unlabeled_boxes`: not given: DEFAULT_UNLABELED_BOXES; false: off (None); `match` (BOXES_MATCH); `match+conf`
-    (both: the matched count and every box at score >= conf); `label+conf` (`label` alone: at DEFAULT_LABEL_CONF);
-    else a teacher score threshold in (0, 1)."""
+    (both: the matched count and every box at score >= conf); `label`, `label+conf` (the same two rules on the clean
+    pool, labeled once: `pool_labels`); else a teacher score threshold in (0, 1)."""
     if value is None:
         return DEFAULT_UNLABELED_BOXES
     if value is False:
@@ -392,7 +391,7 @@ def _parse_boxes(value) -> float | str | None:
                f"'{BOXES_LABEL}+0.25' (the clean pool labeled once), or false to turn the pool's pseudo-boxes off")
     text = value.strip().lower() if isinstance(value, str) else None
     if text in (BOXES_MATCH, BOXES_LABEL):
-        return BOXES_MATCH if text == BOXES_MATCH else f"{BOXES_LABEL}+{DEFAULT_LABEL_CONF:g}"
+        return text
     if text is not None and text.startswith((BOXES_MATCH + "+", BOXES_LABEL + "+")):
         rule, _, conf = text.partition("+")
         try:
