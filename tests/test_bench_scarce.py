@@ -119,7 +119,7 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
     jobs = plan(opts, {}, split, "t.pt", {0.25: tmp_path / "a.yaml", 0.5: tmp_path / "b.yaml"})
     pools = [(j.label, {k: v for k, v in j.kd.items() if k not in ("teacher", "method", "unlabeled")})
              for j in jobs if j.kind == "yolo-kd"]
-    assert pools == [("yolo-kd sl2+pred + unlabeled pool", {"unlabeled_bn": "all", "unlabeled_boxes": "match"}),
+    assert pools == [("yolo-kd sl2+pred + unlabeled pool", {"unlabeled_bn": "all", "unlabeled_boxes": "label+0.25"}),
                      ("yolo-kd sl2+pred + unlabeled pool (unlabeled_boxes=0.5)", {"unlabeled_boxes": 0.5}),
                      ("yolo-kd sl2+pred + unlabeled pool (unlabeled_ratio=2, unlabeled_bn=labeled)",
                       {"unlabeled_ratio": 2, "unlabeled_bn": "labeled"})]

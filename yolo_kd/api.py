@@ -29,11 +29,11 @@ KD_OPTIONS = {
     "unlabeled": "images without labels (a folder, a .txt list or a glob): the teacher teaches on them too",
     "unlabeled_ratio": "unlabeled images per labeled image in each training step (default 1)",
     "unlabeled_bn": "BatchNorm running statistics from all images ('all', default) or the labeled ones only",
-    "unlabeled_boxes": "train the student's detection loss on the teacher's boxes on unlabeled images: 'match' (the "
-                       "default), per image as many as the labeled images hold; a score (e.g. 0.25), those at it; "
-                       "'match+0.25', both; 'label' and 'label+0.25': the same rules over the whole pool, the "
-                       "teacher's boxes on each clean unlabeled image found once at the start and moved with its "
-                       "augmentation (yolo-kd label's, in memory); false: off",
+    "unlabeled_boxes": "train the student's detection loss on the teacher's boxes on unlabeled images: 'label+0.25' "
+                       "(the default): found once at the start on each whole unlabeled image (yolo-kd label's, in "
+                       "memory) and moved with its augmentation, as many over the pool as the labeled images hold "
+                       "per image and every box at score 0.25; 'label', the count alone; online, on each augmented "
+                       "batch: 'match' (the count), a score (e.g. 0.25), 'match+0.25' (both); false: off",
     "unlabeled_topk": "also distil Dense Teacher's dense pseudo-labels on unlabeled images: this fraction of their "
                       "locations, the teacher's highest-scoring, is foreground, the rest background (e.g. 0.01; "
                       "default off)",

@@ -41,7 +41,7 @@ DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a trainin
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
-DEFAULT_UNLABELED_BOXES = BOXES_MATCH  # online pseudo-boxes with a pool: measured, docs/benchmarks.md
+DEFAULT_UNLABELED_BOXES = f"{BOXES_LABEL}+0.25"  # the pool labeled once by count and 0.25: docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
@@ -127,9 +127,9 @@ class Recipe:
     unlabeled: list[str] | None = None  # images without labels (folders, .txt lists, globs): `yolo_kd.unlabeled`
     unlabeled_ratio: float = DEFAULT_UNLABELED_RATIO
     unlabeled_bn: str = DEFAULT_UNLABELED_BN  # BatchNorm running statistics from both forwards or the labeled one
-    unlabeled_boxes: float | str | None = DEFAULT_UNLABELED_BOXES  # online pseudo-boxes on the pool: "match" (as
-    #           many per image as the labeled batch holds), a teacher score threshold, "match+0.25" (both); the
-    #           teacher's boxes on the clean pool images, made once ("label", "label+0.25"); None: off
+    unlabeled_boxes: float | str | None = DEFAULT_UNLABELED_BOXES  # pseudo-boxes on the pool: the teacher's on the
+    #           clean pool images, made once ("label": as many as the labeled images hold; "label+0.25": and every box
+    #           at 0.25); online on each batch: "match", a teacher score threshold, "match+0.25"; None: off
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
