@@ -266,40 +266,47 @@ import json, sys
 import torch.distributed as dist
 from types import SimpleNamespace
 
-rank, pool, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+import numpy as np
+
+rank, pool, out, teacher = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 dist.init_process_group("gloo", rank=rank, world_size=2)
 from yolo_kd.hooks import KDRun, build_unlabeled_loader
 from yolo_kd.recipe import Recipe
 from yolo_kd.ultra import train_args
 from yolo_kd.unlabeled import resolve_images
 
-run = KDRun(Recipe.from_kwargs(teacher="t.pt", unlabeled=pool))
+run = KDRun(Recipe.from_kwargs(teacher=teacher, unlabeled=pool, unlabeled_boxes="label+0.001"))
 run.unlabeled = resolve_images(pool)
 trainer = SimpleNamespace(yolo_kd=run, args=train_args(imgsz=64, workers=0, mosaic=0.0), stride=32,
-                          data={"names": {0: "a"}, "channels": 3})
-loader = build_unlabeled_loader(trainer, batch_size=1)
+                          data={"names": {0: "a"}, "channels": 3}, device="cpu")
+labeled = SimpleNamespace(labels=[{"cls": np.zeros((2, 1))}])  # the train set's boxes: 2 per image
+loader = build_unlabeled_loader(trainer, batch_size=1, labeled=labeled)
 loader.restart(0)
 files = sorted({f for _ in range(6) for f in loader.next()["im_file"]})
-open(f"{out}.{rank}", "w").write(json.dumps(files))
+open(f"{out}.{rank}", "w").write(json.dumps({"drawn": files, "labeled": sorted(run.pool_boxes)}))
 dist.destroy_process_group()
 """
 
 
-def test_ddp_ranks_read_disjoint_shards_of_the_pool(pool, tmp_path):
-    """Two gloo ranks build the pool's loader as the engine does: they read disjoint files that cover the pool."""
+def test_ddp_ranks_read_disjoint_shards_of_the_pool(pool, tiny_teacher, tmp_path):
+    """Two gloo ranks build the pool's loader as the engine does: they read, and their teacher labels
+    (`unlabeled_boxes: label`), disjoint files that cover the pool."""
     script, out = tmp_path / "worker.py", tmp_path / "files"
     script.write_text(DDP_POOL_WORKER)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), str(pool), str(out)], env=env,
+    args = [str(pool), str(out), str(tiny_teacher)]
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
     logs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
-    ranks = [set(json.loads((tmp_path / f"files.{r}").read_text())) for r in range(2)]
+    seen = [json.loads((tmp_path / f"files.{r}").read_text()) for r in range(2)]
+    ranks = [set(s["drawn"]) for s in seen]
     assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]
     assert ranks[0] | ranks[1] == set(resolve_images(pool))
+    assert [set(s["labeled"]) for s in seen] == ranks  # each rank's teacher labeled its own shard, nothing else
 
 
 @pytest.mark.parametrize("make, says", [(lambda p: p / "missing", "does not exist"),
