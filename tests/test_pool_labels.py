@@ -1,5 +1,6 @@
-"""Issue 32: `unlabeled_boxes: label+conf`, the pseudo-label route inside the engine: the teacher labels the clean
-pool images once, at the start; the boxes are exactly what `yolo-kd label` writes; the pool's loader carries them
+"""Issue 32: `unlabeled_boxes: label` / `label+conf` (the default), the pseudo-label route inside the engine: the
+teacher labels the clean pool images once, at the start; at a threshold the boxes are exactly what `yolo-kd label`
+writes, by count they are the best across the pool (equal to the brute-force rule); the pool's loader carries them
 through the augmentation (a box still covers its object after mosaic, scale and flips); a real run trains the
 student's detection loss on them, keeps the labeled stream and writes nothing beside the user's images."""
 
