@@ -132,3 +132,22 @@ def test_a_run_trains_on_the_teachers_clean_pool_boxes(tiny_data, tiny_teacher, 
     rows = read_results(tmp_path / "pool" / "run")
     assert all(float(r[f"train/{POOL_DETECTION_TERM}"]) > 0 for r in rows)
     assert sorted(p.name for p in tiny_pool.iterdir()) == sorted(f.rsplit("/", 1)[-1] for f in files)
+
+
+def test_a_class_map_puts_the_teachers_boxes_in_the_data_sets_classes(tiny_teacher, tiny_pool):
+    """`class_map` maps data-set classes to teacher classes ({0: 1}: the data set's class 0 is the teacher's class 1);
+    the pool's boxes come back in the data set's classes: the teacher's class-1 boxes as class 0, in place, and its
+    other classes dropped."""
+    from types import SimpleNamespace
+
+    from yolo_kd.hooks import KDRun, label_pool
+
+    files = resolve_images(tiny_pool)
+    run = KDRun(Recipe.from_kwargs(teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=f"label+{LOW}",
+                                   class_map={0: 1}))
+    mapped = label_pool(SimpleNamespace(yolo_kd=run, args=train_args(imgsz=64, batch=4), device="cpu"), files, 1.0)
+    plain = teacher_labels(str(tiny_teacher), files, LOW, 64, "cpu", 4)
+    assert {0, 1} <= {int(c) for b in plain.values() for c in b[:, 0]}  # the teacher predicts both classes here
+    for f in files:
+        ones = plain[f][plain[f][:, 0] == 1]
+        assert np.array_equal(mapped[f][:, 1:], ones[:, 1:]) and (mapped[f][:, 0] == 0).all()
