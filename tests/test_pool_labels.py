@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, read_results
+from conftest import read_results
 from ultralytics import YOLO
 
 import yolo_kd
