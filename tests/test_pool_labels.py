@@ -145,7 +145,8 @@ def test_a_class_map_puts_the_teachers_boxes_in_the_data_sets_classes(tiny_teach
     files = resolve_images(tiny_pool)
     run = KDRun(Recipe.from_kwargs(teacher=str(tiny_teacher), unlabeled=str(tiny_pool), unlabeled_boxes=f"label+{LOW}",
                                    class_map={0: 1}))
-    mapped = label_pool(SimpleNamespace(yolo_kd=run, args=train_args(imgsz=64, batch=4), device="cpu"), files, 1.0)
+    labeled = SimpleNamespace(labels=[{"cls": np.zeros((1, 1))}])  # one box per labeled image
+    mapped = label_pool(SimpleNamespace(yolo_kd=run, args=train_args(imgsz=64, batch=4), device="cpu"), files, labeled)
     plain = teacher_labels(str(tiny_teacher), files, LOW, 64, "cpu", 4)
     assert {0, 1} <= {int(c) for b in plain.values() for c in b[:, 0]}  # the teacher predicts both classes here
     for f in files:

@@ -53,7 +53,8 @@ from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection, labels_pool
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
-from .pool_labels import labeled_count, teacher_labels
+from .pool_labels import teacher_labels
+from .pseudo_boxes import matched_count
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import RandomStreams, UnlabeledLoader
@@ -297,27 +298,24 @@ def build_unlabeled_loader(trainer, batch_size: int, labeled=None) -> UnlabeledL
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
     files = rank_share(run.unlabeled)
     if labels_pool_once(run.recipe.unlabeled_boxes) and run.pool_boxes is None:
-        run.pool_boxes = label_pool(trainer, files, boxes_per_image(labeled))
+        run.pool_boxes = label_pool(trainer, files, labeled)
     return UnlabeledLoader(files, args, trainer.data, size,
                            images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers,
                            two_views=run.recipe.unlabeled_views == "weak-strong", boxes=run.pool_boxes)
 
 
-def boxes_per_image(dataset) -> float:
-    """The labeled train set's boxes per image (an Ultralytics dataset's `labels`)."""
-    return sum(len(label["cls"]) for label in dataset.labels) / max(1, len(dataset.labels))
-
-
-def label_pool(trainer, files: list[str], per_image: float) -> dict:
+def label_pool(trainer, files: list[str], labeled) -> dict:
     """`unlabeled_boxes: label[+conf]`: the first teacher's boxes on this rank's pool `files` (`pool_labels`): as many
-    as `per_image` labeled boxes per image over the pool, and every box at the threshold; at the teacher's own size
-    (else the run's), on the run's device, with a random state of its own (the labeled stream is the same with and
-    without it); one log line counts them."""
+    over the pool as the `labeled` train set (an Ultralytics dataset) holds per image (`matched_count`, the online
+    `match` rule's count), and every box at the threshold; at the teacher's own size (else the run's), on the run's
+    device, with a random state of its own (the labeled stream is the same with and without it); one log line counts
+    them."""
     recipe = trainer.yolo_kd.recipe
     name = (recipe.stages[0].teachers or list(recipe.teachers))[0]
     teacher, (conf, _) = recipe.teachers[name], box_selection(recipe.unlabeled_boxes)
     to_dataset = {t: d for d, t in recipe.class_map.items()} if recipe.class_map else None  # it maps dataset -> teacher
-    count = labeled_count(per_image, len(files))
+    labeled_boxes, labeled_images = sum(len(label["cls"]) for label in labeled.labels), max(1, len(labeled.labels))
+    count, per_image = matched_count(labeled_boxes, labeled_images, len(files)), labeled_boxes / labeled_images
     with RandomStreams():
         boxes = teacher_labels(teacher.model, files, conf, teacher.imgsz or image_size(trainer.args.imgsz),
                                str(trainer.device), max(1, int(trainer.args.batch)), to_dataset, count)

@@ -53,11 +53,6 @@ class BestScores:
         return self.heap[0] if len(self.heap) >= self.count else 0.0
 
 
-def labeled_count(boxes_per_image: float, pool_images: int) -> int:
-    """`label`'s box count for the pool: the labeled images' boxes per image times the pool's images, rounded."""
-    return round(boxes_per_image * pool_images)
-
-
 def teacher_labels(teacher: str, images: list[str], conf: float | None, imgsz: int, device: str, batch: int,
                    class_map: dict[int, int] | None = None, count: int = 0,
                    floor: float = FLOOR) -> dict[str, np.ndarray]:
