@@ -75,7 +75,7 @@ class UnlabeledLoader:
         """`hyp`: the run's train arguments, as the labeled loader reads them (mosaic, HSV, flips...); `two_views`:
         each draw also holds `img_strong`, the photometric view of the same images (`img` is then the weak one);
         `boxes`: the teacher's boxes per file (`pool_labels`), carried through the augmentation as labels."""
-        self.files, self.batch, self.hyp, self.has_boxes = list(files), int(batch), hyp, boxes is not None
+        self.files, self.batch, self.hyp = list(files), int(batch), hyp
         self.dataset = unlabeled_dataset(self.files, hyp, data, imgsz, self.batch, stride, two_views, boxes)
         self.generator = torch.Generator()
         self.random = RandomStreams()
@@ -84,6 +84,11 @@ class UnlabeledLoader:
         self.seed = 0
         self.mosaic_closed = False
         self._iter = None
+
+    @property
+    def has_boxes(self) -> bool:
+        """Whether the pool's images carry the teacher's boxes (`boxes` given)."""
+        return self.dataset.pool_boxes is not None
 
     def restart(self, seed: int) -> None:
         """Start the stream afresh from `seed`: the sampler's order, the augmentation's random state and an empty
