@@ -527,8 +527,11 @@ result["losses"] = [p.tolist() for p in gather(torch.tensor(losses))]
 result["balance_terms"] = sorted(distiller.balance)
 result["balance"] = [p.tolist() for p in gather(torch.tensor([distiller.balance[k] for k in result["balance_terms"]]))]
 if rank == 0:
-    open(out, "w").write(json.dumps(result))
-dist.destroy_process_group()
+    with open(out, "w") as f:
+        f.write(json.dumps(result))
+dist.barrier()
+sys.stdout.flush()
+os._exit(0)  # gloo's teardown can abort one rank at exit ("terminate called without an active exception"): skip it
 """
 
 

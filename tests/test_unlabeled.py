@@ -262,7 +262,7 @@ def test_ddp_shards_are_disjoint_and_cover_the_pool():
 
 
 DDP_POOL_WORKER = """
-import json, sys
+import json, os, sys
 import torch.distributed as dist
 from types import SimpleNamespace
 
@@ -283,8 +283,10 @@ labeled = SimpleNamespace(labels=[{"cls": np.zeros((2, 1))}])  # the train set's
 loader = build_unlabeled_loader(trainer, batch_size=1, labeled=labeled)
 loader.restart(0)
 files = sorted({f for _ in range(6) for f in loader.next()["im_file"]})
-open(f"{out}.{rank}", "w").write(json.dumps({"drawn": files, "labeled": sorted(run.pool_boxes)}))
-dist.destroy_process_group()
+with open(f"{out}.{rank}", "w") as f:
+    f.write(json.dumps({"drawn": files, "labeled": sorted(run.pool_boxes)}))
+dist.barrier()
+os._exit(0)  # gloo's teardown can abort one rank at exit ("terminate called without an active exception"): skip it
 """
 
 
