@@ -5,6 +5,9 @@ Everything is offline and small (64 px images, a few images, 1 epoch) so the sui
 
 import csv
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -46,6 +49,33 @@ def make_tiny_dataset(root: Path, n_train: int = 8, n_val: int = 4, imgsz: int =
 #: Ultralytics arguments every tiny training uses: CPU, no plots, one optimizer step per batch, deterministic.
 TINY_TRAIN = dict(imgsz=64, batch=4, nbs=4, workers=0, device="cpu", plots=False, seed=0, deterministic=True,
                   mosaic=0.0, amp=False, verbose=False)
+
+
+#: The last lines of a gloo worker script: every rank waits for the others, then leaves without gloo's teardown,
+#: which can abort one rank at interpreter exit ("terminate called without an active exception", return code -6).
+DDP_WORKER_EXIT = """
+dist.barrier()
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def run_gloo_ranks(script: Path, args: list[str], world: int = 2, timeout: int = 180) -> None:
+    """Run `python script <rank> *args` as `world` gloo ranks on a free local port; assert that every rank exits 0
+    (the failing ranks' last output in the message)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in range(world)]
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * world, "\n".join(log[-2000:] for log in logs)
 
 
 def read_results(path: Path) -> list[dict]:

@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_NAMES, TINY_TRAIN, make_tiny_dataset, read_results, train_tiny
+from conftest import (DDP_WORKER_EXIT, TINY_NAMES, TINY_TRAIN, make_tiny_dataset, read_results, run_gloo_ranks,
+                      train_tiny)
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
@@ -529,31 +529,14 @@ result["balance"] = [p.tolist() for p in gather(torch.tensor([distiller.balance[
 if rank == 0:
     with open(out, "w") as f:
         f.write(json.dumps(result))
-dist.barrier()
-sys.stdout.flush()
-os._exit(0)  # gloo's teardown can abort one rank at exit ("terminate called without an active exception"): skip it
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ddp_two_ranks_stay_in_sync(tiny_teacher, tmp_path):
     script, out = tmp_path / "worker.py", tmp_path / "result.json"
-    script.write_text(DDP_WORKER.format(synthetic_batch=inspect.getsource(synthetic_batch), names=NAMES))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), "2", str(tiny_teacher), str(out)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    try:
-        logs = [p.communicate(timeout=120)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    worker = DDP_WORKER.format(synthetic_batch=inspect.getsource(synthetic_batch), names=NAMES)
+    script.write_text(worker + DDP_WORKER_EXIT)
+    run_gloo_ranks(script, ["2", str(tiny_teacher), str(out)], timeout=120)
     result = json.loads(out.read_text())
     for group in ("student", "adapters"):
         assert result[group]["numel"] > 1000

@@ -9,14 +9,13 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_NAMES, TINY_TRAIN, read_results
+from conftest import DDP_WORKER_EXIT, TINY_NAMES, TINY_TRAIN, read_results, run_gloo_ranks
 from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.tasks import DetectionModel
@@ -285,8 +284,6 @@ loader.restart(0)
 files = sorted({f for _ in range(6) for f in loader.next()["im_file"]})
 with open(f"{out}.{rank}", "w") as f:
     f.write(json.dumps({"drawn": files, "labeled": sorted(run.pool_boxes)}))
-dist.barrier()
-os._exit(0)  # gloo's teardown can abort one rank at exit ("terminate called without an active exception"): skip it
 """
 
 
@@ -294,16 +291,8 @@ def test_ddp_ranks_read_disjoint_shards_of_the_pool(pool, tiny_teacher, tmp_path
     """Two gloo ranks build the pool's loader as the engine does: they read, and their teacher labels
     (`unlabeled_boxes: label`), disjoint files that cover the pool."""
     script, out = tmp_path / "worker.py", tmp_path / "files"
-    script.write_text(DDP_POOL_WORKER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    args = [str(pool), str(out), str(tiny_teacher)]
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), *args], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    logs = [p.communicate(timeout=180)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    script.write_text(DDP_POOL_WORKER + DDP_WORKER_EXIT)
+    run_gloo_ranks(script, [str(pool), str(out), str(tiny_teacher)])
     seen = [json.loads((tmp_path / f"files.{r}").read_text()) for r in range(2)]
     ranks = [set(s["drawn"]) for s in seen]
     assert ranks[0] and ranks[1] and not ranks[0] & ranks[1]
