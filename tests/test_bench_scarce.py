@@ -178,3 +178,44 @@ def test_a_bad_pool_variant_is_refused_in_one_line(variant, says):
     with pytest.raises(KDConfigError, match=says) as err:
         bench_options({"data": "defect", "teacher": "t.pt", "pool_variants": variant})
     assert "\n" not in str(err.value)
+
+
+def test_a_bench_run_in_parts_reports_every_part_at_its_budget(tiny_data, tmp_path):
+    """Three invocations into one bench folder (real tiny training): the second reports the first's runs beside its
+    own (and draws scarce.png); the third, at another budget, reports only its own run."""
+    opts = dict(data=str(tiny_data), model="yolov8n.yaml", teacher="yolov8s.yaml", epochs=1, imgsz=64, batch=4,
+                labeled_fraction=0.25, builtin=False, workers=0, project=str(tmp_path), mosaic=0.0)
+    first = bench_command({**opts, "rows": "baseline,ceiling", "seeds": "1"})
+    second = bench_command({**opts, "rows": "baseline", "seeds": "2"})
+    out = tmp_path / "bench"
+    assert [(r["kind"], r["seed"]) for r in second["runs"]] == [("baseline", 1), ("baseline", 2), ("ceiling", 1)]
+    assert [r["checkpoint"] for r in second["runs"] if r["seed"] == 1] == [r["checkpoint"] for r in first["runs"]]
+    assert [r["seed"] for r in second["runs"] if r.get("earlier")] == [1, 1]
+    assert second["rows"]["ceiling: baseline on 100% of the labels"]["gain_seeds"] == [1]  # paired with seed 1's
+    assert second["settings"]["seeds"] == [1, 2]
+    assert "2 of the runs below are earlier runs of this bench" in (out / "scarce.md").read_text()
+    assert (out / "scarce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    third = bench_command({**opts, "rows": "baseline", "seeds": "3", "epochs": 2})
+    assert [(r["seed"], r["epochs"], r.get("earlier")) for r in third["runs"]] == [(3, 4, None)]  # 4 steps, not 2
+
+
+def test_only_runs_of_the_same_student_teacher_and_arguments_join_the_report(tmp_path):
+    from yolo_kd.bench.scarce import same_bench
+
+    labeled = tmp_path / "data_labeled.yaml"
+    args = {"imgsz": 64, "batch": 4, "project": str(tmp_path), "val": False}
+    job = {"model": "yolov8n.yaml", "eval_imgsz": 64, "kd": {"teacher": "t.pt", "method": "sl2+pred"},
+           "train_args": {**args, "data": str(labeled), "epochs": 4, "seed": 2, "name": "x_s2", "close_mosaic": 1}}
+
+    def joins(job, teacher="t.pt"):
+        return same_bench(job, args, "yolov8n.yaml", 64, teacher, labeled, sub_epochs=4, full_epochs=1)
+
+    assert joins(job)
+    assert not joins(job, teacher="other.pt")  # distilled by another teacher
+    assert not joins({**job, "model": "yolov8s.yaml"})
+    assert not joins({**job, "train_args": {**job["train_args"], "epochs": 8}})  # another budget
+    assert not joins({**job, "train_args": {**job["train_args"], "imgsz": 96}})
+    full = {**job, "kd": {}, "train_args": {**job["train_args"], "data": "full.yaml", "epochs": 1}}
+    assert joins(full) and joins(full, teacher="other.pt")  # a plain student on the full set: no teacher to match
+    builtin = {**job, "kd": {}, "train_args": {**job["train_args"], "distill_model": "other.pt", "dis": 6.0}}
+    assert not joins(builtin) and joins(builtin, teacher="other.pt")

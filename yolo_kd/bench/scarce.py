@@ -18,6 +18,10 @@ Equal budgets: every run makes the same number of optimizer steps (`nbs` = batch
 every run's no-mosaic epochs are the same share of its epochs (`close_mosaic_share`). The report gives each row's
 paired gain over the same seed's baseline, its paired difference from the built-in and from the pseudo-label route,
 and the share of the baseline-to-ceiling gap it closes (mean gain / mean ceiling gain).
+
+A bench run in parts (rows or seeds one invocation at a time, or resumed) reports them together: the report holds every
+finished run in the bench folder made at the same budget, with the same student, teacher and training arguments
+(`same_bench`), and draws them in `scarce.png`.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ import yaml
 from ..errors import KDConfigError
 from ..files import list_image_files
 from ..recipe import DEFAULT_UNLABELED_BN, DEFAULT_UNLABELED_BOXES
-from .runs import run_jobs, slug
+from .gap_plot import plot_gap
 from .report import mean_ci95, verdict
+from .runs import run_jobs, slug
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
 LABELED_ROW = f"yolo-kd {DEFAULT_RECIPE}"  # the recipe on the labeled images alone: what the pool rows add images to
@@ -137,13 +142,19 @@ def variant_label(keys: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in keys.items())
 
 
+def budget(opts: dict, split: Split) -> tuple[int, int, int]:
+    """Every row's budget: (optimizer steps = `epochs` x ceil(n_full / batch), epochs of a run on the labeled subset,
+    epochs of a run on the full set)."""
+    steps = opts["epochs"] * math.ceil(split.n_full / opts["batch"])
+    return steps, epochs_for(steps, split.n_labeled, opts["batch"]), opts["epochs"]
+
+
 def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls: dict[float, Path]) -> list:
     """The runs, seed by seed, at equal optimizer steps."""
     from .runs import Job
 
-    batch, share = opts["batch"], opts["close_mosaic_share"]
-    steps = opts["epochs"] * math.ceil(split.n_full / batch)
-    sub_epochs, full_epochs = epochs_for(steps, split.n_labeled, batch), opts["epochs"]
+    share = opts["close_mosaic_share"]
+    _, sub_epochs, full_epochs = budget(opts, split)
     kd = {"teacher": teacher, "method": DEFAULT_RECIPE}
     jobs = []
     for seed in opts["seeds"]:
@@ -243,6 +254,40 @@ def gap_closed(gains: list[float], seeds: list[int], ceiling: dict[int, float]) 
     return sum(g for g, _ in pairs) / gap if pairs and gap > 0 else None
 
 
+#: the order of the report's rows: by kind, the recipe on the labeled images before the pool rows
+KIND_ORDER = {"baseline": 0, "builtin": 1, "yolo-kd": 2, "pseudo": 3, "pseudo-builtin": 4, "pseudo-kd": 5, "ceiling": 6}
+PER_RUN_ARGS = {"data", "epochs", "seed", "close_mosaic", "name", "distill_model", "dis"}  # set by `plan` per row
+
+
+def same_bench(job: dict, train_args: dict, model: str, imgsz: int, teacher: str, labeled_yaml: Path,
+               sub_epochs: int, full_epochs: int) -> bool:
+    """Whether a saved job is a row of this bench: the same student, evaluation size and training arguments (all but
+    those `plan` sets per row), the same optimizer steps (`sub_epochs` on the labeled subset, `full_epochs` on any
+    other data) and, for a distilled run, the same teacher checkpoint."""
+    args = job["train_args"]
+    common = ({k: v for k, v in args.items() if k not in PER_RUN_ARGS}
+              == {k: v for k, v in train_args.items() if k not in PER_RUN_ARGS})
+    epochs = sub_epochs if args["data"] == str(labeled_yaml) else full_epochs
+    teachers = {t for t in (job["kd"].get("teacher"), args.get("distill_model")) if t is not None}
+    return (common and job["model"] == model and job["eval_imgsz"] == imgsz and args["epochs"] == epochs
+            and teachers <= {teacher})
+
+
+def with_earlier_runs(results: list[dict], jobs: list, out: Path, matches) -> list[dict]:
+    """This invocation's results (with 'epochs') and every other finished run in `out` whose saved job `matches`,
+    ordered by row (`KIND_ORDER`, then label) and seed; each earlier run is marked `earlier: True`."""
+    done = {job.folder.resolve() for job in jobs}
+    earlier = []
+    for result_file in sorted(out.glob("*/result.json")):
+        saved = json.loads(result_file.read_text())
+        job = saved.get("job", {})
+        if result_file.parent.resolve() in done or job.get("kind") not in KIND_ORDER or not matches(job):
+            continue
+        earlier.append({**saved["result"], "epochs": job["train_args"]["epochs"], "earlier": True})
+    return sorted(results + earlier, key=lambda r: (KIND_ORDER.get(r["kind"], len(KIND_ORDER)),
+                                                     r["label"] != LABELED_ROW, r["label"], r["seed"]))
+
+
 def _ci(ci) -> str:
     if ci is None:
         return ""
@@ -251,8 +296,9 @@ def _ci(ci) -> str:
 
 
 def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, steps: int,
-             pseudo: dict[float, dict] | None) -> str:
-    """The report: settings, the split and budget, the per-seed table and the targets as measured."""
+             pseudo: dict[float, dict] | None, earlier: int = 0) -> str:
+    """The report: settings, the split and budget, the per-seed table and the targets as measured; `earlier`: how many
+    of the runs came from earlier invocations."""
     seeds = sorted({s for r in rows.values() for s in r["seeds"]})
     lines = [f"# yolo-kd label-scarce bench: {settings['data']}", "",
              ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data"), "",
@@ -263,7 +309,9 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
                                else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}.")
                 if teacher else "No row needs the teacher: none trained.")
              + "".join(f" Pseudo-labels at conf {conf:g}: {p['boxes']} boxes on {p['images']} pool images, "
-                       f"{p['empty']} without a box." for conf, p in (pseudo or {}).items()), "",
+                       f"{p['empty']} without a box." for conf, p in (pseudo or {}).items())
+             + (f" {earlier} of the runs below are earlier runs of this bench (same budget, teacher and arguments), "
+                "read from their result.json." if earlier else ""), "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
              + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | vs labeled-only (95% CI) "
              "| gap closed | train s |",
@@ -285,7 +333,8 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, ste
 
 
 def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
-    """Run the label-scarce bench; writes scarce.md and scarce.json under `out` and returns the summary."""
+    """Run the label-scarce bench; writes scarce.md, scarce.json and scarce.png (this invocation's runs and the
+    earlier ones of the same bench) under `out` and returns the summary."""
     from ultralytics.utils import LOGGER
 
     from .machine import machine_note
@@ -293,7 +342,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
 
     split = make_split(data, opts["labeled_fraction"], out / "split", opts["split_seed"])
     batch = opts["batch"]
-    steps = opts["epochs"] * math.ceil(split.n_full / batch)
+    steps, sub_epochs, full_epochs = budget(opts, split)
     teacher = str(opts["teacher"])
     train_teacher = teacher.endswith((".yaml", ".yml"))
     teacher_epochs = epochs_for((opts["teacher_epochs"] or 3 * opts["epochs"]) * math.ceil(split.n_full / batch),
@@ -315,16 +364,26 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     pseudo = {conf: summary for conf, (_, summary) in labelled.items()}
     jobs = plan(opts, train_args, split, teacher, {conf: path for conf, (path, _) in labelled.items()})
     results = [{**r, "epochs": job.train_args["epochs"]} for job, r in zip(jobs, run_jobs(jobs))]
+    checkpoint = str(teacher_job.folder / "weights" / "best.pt") if train_teacher else teacher
+    results = with_earlier_runs(results, jobs, out, lambda job: same_bench(
+        job, train_args, opts["model"], opts["imgsz"], checkpoint, split.labeled_yaml, sub_epochs, full_epochs))
+    earlier = sum(bool(r.get("earlier")) for r in results)
+    if teacher_result is None and teacher_job.folder.joinpath("result.json").is_file() and any(
+            r["kind"] not in {"baseline", "ceiling"} for r in results):  # earlier distilled or pseudo-label runs
+        teacher_result = json.loads(teacher_job.folder.joinpath("result.json").read_text())["result"]
     rows = summarize(results)
     settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],
-                "imgsz": opts["imgsz"], "batch": batch, "seeds": opts["seeds"],
+                "imgsz": opts["imgsz"], "batch": batch, "seeds": sorted({r["seed"] for r in results}),
                 "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
                 "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
-    text = markdown(rows, teacher_result, settings, split, steps, pseudo) + machine_note(results)
+    text = markdown(rows, teacher_result, settings, split, steps, pseudo, earlier) + machine_note(results)
     summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,
                "runs": results}
     (out / "scarce.md").write_text(text)
     (out / "scarce.json").write_text(json.dumps(summary, indent=2, default=str))
+    title = (f"{Path(data).parent.name if Path(data).name == 'data.yaml' else data}: {split.n_labeled} labeled, "
+             f"{split.n_pool} unlabeled images, {steps} steps")
+    figure = plot_gap(rows, out / "scarce.png", title)
     print(text)
-    print(f"saved: {out / 'scarce.md'}, {out / 'scarce.json'}")
+    print(f"saved: {out / 'scarce.md'}, {out / 'scarce.json'}" + (f", {figure}" if figure else ""))
     return summary
