@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from yolo_kd import KDConfigError
 from yolo_kd.bench import bench_command
 from yolo_kd.bench.machine import describe
 from yolo_kd.bench.scarce import epochs_for, summarize
@@ -182,7 +183,8 @@ def test_a_bad_pool_variant_is_refused_in_one_line(variant, says):
 
 def test_a_bench_run_in_parts_reports_every_part_at_its_budget(tiny_data, tmp_path):
     """Three invocations into one bench folder (real tiny training): the second reports the first's runs beside its
-    own (and draws scarce.png); the third, at another budget, reports only its own run."""
+    own (and draws scarce.png); the third, at another budget, reports only its own run; a fourth on another split of
+    the data is refused before it changes the folder."""
     opts = dict(data=str(tiny_data), model="yolov8n.yaml", teacher="yolov8s.yaml", epochs=1, imgsz=64, batch=4,
                 labeled_fraction=0.25, builtin=False, workers=0, project=str(tmp_path), mosaic=0.0)
     first = bench_command({**opts, "rows": "baseline,ceiling", "seeds": "1"})
@@ -197,6 +199,10 @@ def test_a_bench_run_in_parts_reports_every_part_at_its_budget(tiny_data, tmp_pa
     assert (out / "scarce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     third = bench_command({**opts, "rows": "baseline", "seeds": "3", "epochs": 2})
     assert [(r["seed"], r["epochs"], r.get("earlier")) for r in third["runs"]] == [(3, 4, None)]  # 4 steps, not 2
+    split = (out / "split" / "labeled.txt").read_text()
+    with pytest.raises(KDConfigError, match="holds runs of another split .*labeled_fraction=0.25.*name="):
+        bench_command({**opts, "rows": "baseline", "seeds": "1", "labeled_fraction": 0.5})
+    assert (out / "split" / "labeled.txt").read_text() == split  # the folder's split and runs are left as they were
 
 
 def test_only_runs_of_the_same_student_teacher_and_arguments_join_the_report(tmp_path):

@@ -66,7 +66,8 @@ class Split:
 def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0) -> Split:
     """Keep round(fraction * n) training images (at least 1, at most n - 1) with their labels, chosen by `split_seed`;
     the rest become `root/pool/images` (links to the originals, so pseudo-labels land in `root/pool/labels`, never
-    beside the real labels). Written once; an existing split with the same settings is reused."""
+    beside the real labels). Written once; an existing split with the same settings is reused, and a bench folder
+    whose runs were made on another split is refused (its runs' jobs name the same files)."""
     from ..ultra import resolve_dataset
 
     if not 0 < fraction < 1:
@@ -82,6 +83,11 @@ def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0)
     marker = root / "split.json"
     pool_dir = root / "pool" / "images"
     if not (marker.is_file() and json.loads(marker.read_text()) == key):
+        if marker.is_file() and any(root.parent.glob("*/result.json")):
+            old = json.loads(marker.read_text())
+            raise KDConfigError(f"bench folder {root.parent} holds runs of another split (labeled_fraction="
+                                f"{old['fraction']}, split_seed={old['split_seed']}, data={old['data']}): give this "
+                                f"bench a name= of its own")
         for stale in [root / "pool", *root.glob("pseudo_conf*")]:  # another split's links and pseudo-labels
             shutil.rmtree(stale, ignore_errors=True)
         (root / "labeled.txt").write_text("".join(f"{p}\n" for p in labeled))
