@@ -3,6 +3,7 @@ beside (never over) the real labels, every row at the same optimizer steps, gain
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,17 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+#: the module bench's settings, beside its data, teacher and project
+SCARCE = dict(epochs=1, imgsz=64, batch=4, seeds="1", labeled_fraction=0.25, pseudo_conf=0.01, builtin=False, workers=0,
+              mosaic=0.0)
+
+
 @pytest.fixture(scope="module")
 def scarce(tiny_data, tiny_teacher, tmp_path_factory):
     project = tmp_path_factory.mktemp("scarce")
     labels = tiny_data.parent / "labels" / "train"
     before = snapshot(labels)
-    opts = dict(data=str(tiny_data), teacher=str(tiny_teacher), epochs=1, imgsz=64, batch=4, seeds="1",
-                labeled_fraction=0.25, pseudo_conf=0.01, builtin=False, workers=0, project=str(project),
-                mosaic=0.0)
-    summary = bench_command(dict(opts))
+    summary = bench_command(dict(SCARCE, data=str(tiny_data), teacher=str(tiny_teacher), project=str(project)))
     return project / "bench", summary, before, snapshot(labels)
 
 
@@ -225,3 +228,19 @@ def test_only_runs_of_the_same_student_teacher_and_arguments_join_the_report(tmp
     assert joins(full) and joins(full, teacher="other.pt")  # a plain student on the full set: no teacher to match
     builtin = {**job, "kd": {}, "train_args": {**job["train_args"], "distill_model": "other.pt", "dis": 6.0}}
     assert not joins(builtin) and joins(builtin, teacher="other.pt")
+
+
+def test_a_bench_folder_refuses_another_teacher_while_it_holds_that_teachers_runs(scarce, tiny_data, tiny_teacher,
+                                                                                 tmp_path):
+    """The module bench's distilled and pseudo-label runs came from tiny_teacher: the same rows with another teacher
+    checkpoint would name the same label files and folders, so they are refused and nothing is relabeled."""
+    out = scarce[0]
+    other = tmp_path / "other.pt"
+    shutil.copy(tiny_teacher, other)
+    labels = snapshot(out / "split" / "pseudo_conf0.01" / "labels")
+    with pytest.raises(KDConfigError, match=r"holds \d+ runs of another teacher .*name="):
+        bench_command(dict(SCARCE, data=str(tiny_data), teacher=str(other), project=str(out.parent), rows="pseudo"))
+    assert snapshot(out / "split" / "pseudo_conf0.01" / "labels") == labels
+    again = bench_command(dict(SCARCE, data=str(tiny_data), teacher=str(tiny_teacher), project=str(out.parent),
+                               rows="pseudo"))  # the folder's own teacher: reused, reported with the folder's runs
+    assert all(r.get("reused") or r.get("earlier") for r in again["runs"]) and len(again["runs"]) == 5

@@ -30,7 +30,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -128,6 +128,20 @@ def pseudo_labeled_yaml(split: Split, teacher: str, conf: float, root: Path) -> 
     path.write_text(yaml.safe_dump({"path": str(root), "train": [str(root / "labeled.txt"), str(images)],
                                     "val": data.get("val"), "names": data["names"]}))
     return path, json.loads((folder / "summary.json").read_text())
+
+
+def check_teacher(out: Path, identity: dict) -> None:
+    """One teacher per bench folder: its distilled and pseudo-labeled runs name the same teacher and label files
+    whoever made them, so the first invocation that needs the teacher records it (`teacher.json`: the teacher's job,
+    and a given checkpoint's mtime) and a later one with another teacher is refused while such runs exist."""
+    marker = out / "teacher.json"
+    if marker.is_file() and json.loads(marker.read_text()) != identity:
+        used = [f.parent.name for f in out.glob("*/result.json")
+                if json.loads(f.read_text()).get("job", {}).get("kind") not in {"teacher", "baseline", "ceiling"}]
+        if used:
+            raise KDConfigError(f"bench folder {out} holds {len(used)} runs of another teacher (e.g. {used[0]}): "
+                                f"give this bench a name= of its own, or keep the teacher and its settings")
+    marker.write_text(json.dumps(identity))
 
 
 def epochs_for(steps: int, images: int, batch: int) -> int:
@@ -361,6 +375,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     rows_wanted = set(opts.get("rows") or ROWS)
     teacher_result = None
     if rows_wanted & TEACHER_ROWS:
+        check_teacher(out, {**asdict(teacher_job), "mtime": None if train_teacher else Path(teacher).stat().st_mtime})
         doing = "training the teacher on the labeled subset" if train_teacher else "scoring the given teacher"
         LOGGER.info(f"yolo-kd bench: {split.n_labeled} labeled images, {split.n_pool} unlabeled; {doing}")
         teacher_result = launch(teacher_job)
