@@ -11,7 +11,8 @@ import pytest
 from yolo_kd import KDConfigError
 from yolo_kd.bench import bench_command
 from yolo_kd.bench.machine import describe
-from yolo_kd.bench.scarce import epochs_for, summarize
+from yolo_kd.bench.scarce import epochs_for
+from yolo_kd.bench.scarce_report import summarize
 
 
 def snapshot(folder):
@@ -141,7 +142,8 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
 def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline():
     """A bench run in pieces (`rows=labeled,variants` alone, or seeds whose baseline has not run) still reports
     each row's mAP and its paired difference from the recipe without the pool; gains only where a baseline exists."""
-    from yolo_kd.bench.scarce import LABELED_ROW, Split, markdown
+    from yolo_kd.bench.scarce import Split
+    from yolo_kd.bench.scarce_report import LABELED_ROW, markdown
 
     def run(label, kind, seed, m):
         return {"label": label, "kind": kind, "seed": seed, "mAP50-95": m, "mAP50": m, "peak_mem_mb": 1.0}
@@ -209,7 +211,7 @@ def test_a_bench_run_in_parts_reports_every_part_at_its_budget(tiny_data, tmp_pa
 
 
 def test_only_runs_of_the_same_student_teacher_and_arguments_join_the_report(tmp_path):
-    from yolo_kd.bench.scarce import same_bench
+    from yolo_kd.bench.scarce_report import same_bench
 
     labeled = tmp_path / "data_labeled.yaml"
     args = {"imgsz": 64, "batch": 4, "project": str(tmp_path), "val": False}
