@@ -7,7 +7,6 @@ refused before anything is written; resume keeps the pool."""
 import copy
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -37,6 +37,11 @@ class Job:
     def folder(self) -> Path:
         return Path(self.train_args["project"]) / self.train_args["name"]
 
+    @property
+    def checkpoint(self) -> Path:
+        """The weights the job scores: its best.pt when it trains, else the model as given."""
+        return self.folder / "weights" / "best.pt" if self.train else Path(self.model)
+
 
 class EpochTimer:
     """Callbacks recording each epoch's training-loop seconds (from epoch start to epoch end, no validation)."""
@@ -71,7 +76,6 @@ def run_job(job: Job) -> dict:
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
     timer = EpochTimer()
-    checkpoint = Path(job.model)
     if job.train:
         model = YOLO(job.model)
         model.add_callback("on_train_epoch_start", timer.start)
@@ -81,7 +85,7 @@ def run_job(job: Job) -> dict:
         else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
             model.add_callback("on_train_epoch_start", reseed)
         model.train(**job.train_args)
-        checkpoint = job.folder / "weights" / "best.pt"
+    checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
     evaluation = evaluate_checkpoint(checkpoint, load_eval_set(data), job.folder / "eval", imgsz=job.eval_imgsz,
                                      device=device)

@@ -40,7 +40,7 @@ from ..files import list_image_files
 from ..recipe import DEFAULT_UNLABELED_BN, DEFAULT_UNLABELED_BOXES
 from .gap_plot import plot_gap
 from .runs import run_jobs, slug
-from .scarce_report import (DEFAULT_RECIPE, LABELED_ROW, markdown, same_bench, summarize,
+from .scarce_report import (DEFAULT_RECIPE, LABELED_ROW, markdown, same_bench, saved_runs, summarize,
                             with_earlier_runs)
 
 ROWS = ("baseline", "builtin", "labeled", "pool", "variants", "pseudo", "ceiling")  # `rows=` picks (default: all)
@@ -135,8 +135,8 @@ def check_teacher(out: Path, identity: dict) -> None:
     and a given checkpoint's mtime) and a later one with another teacher is refused while such runs exist."""
     marker = out / "teacher.json"
     if marker.is_file() and json.loads(marker.read_text()) != identity:
-        used = [f.parent.name for f in out.glob("*/result.json")
-                if json.loads(f.read_text()).get("job", {}).get("kind") not in {"teacher", "baseline", "ceiling"}]
+        used = [folder.name for folder, saved in saved_runs(out)
+                if saved.get("job", {}).get("kind") not in {"teacher", "baseline", "ceiling"}]
         if used:
             raise KDConfigError(f"bench folder {out} holds {len(used)} runs of another teacher (e.g. {used[0]}): "
                                 f"give this bench a name= of its own, or keep the teacher and its settings")
@@ -247,9 +247,9 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     pseudo = {conf: summary for conf, (_, summary) in labelled.items()}
     jobs = plan(opts, train_args, split, teacher, {conf: path for conf, (path, _) in labelled.items()})
     results = [{**r, "epochs": job.train_args["epochs"]} for job, r in zip(jobs, run_jobs(jobs))]
-    checkpoint = str(teacher_job.folder / "weights" / "best.pt") if train_teacher else teacher
     results = with_earlier_runs(results, jobs, out, lambda job: same_bench(
-        job, train_args, opts["model"], opts["imgsz"], checkpoint, split.labeled_yaml, sub_epochs, full_epochs))
+        job, train_args, opts["model"], opts["imgsz"], str(teacher_job.checkpoint), split.labeled_yaml, sub_epochs,
+        full_epochs))
     earlier = sum(bool(r.get("earlier")) for r in results)
     if teacher_result is None and teacher_job.folder.joinpath("result.json").is_file() and any(
             r["kind"] not in {"baseline", "ceiling"} for r in results):  # earlier distilled or pseudo-label runs

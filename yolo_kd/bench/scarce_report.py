@@ -95,15 +95,19 @@ def same_bench(job: dict, train_args: dict, model: str, imgsz: int, teacher: str
             and teachers <= {teacher})
 
 
+def saved_runs(out: Path) -> list[tuple[Path, dict]]:
+    """(folder, its result.json: the saved job and result) of every finished run in the bench folder `out`."""
+    return [(f.parent, json.loads(f.read_text())) for f in sorted(out.glob("*/result.json"))]
+
+
 def with_earlier_runs(results: list[dict], jobs: list, out: Path, matches) -> list[dict]:
     """This invocation's results (with 'epochs') and every other finished run in `out` whose saved job `matches`,
     ordered by row (`KIND_ORDER`, then label) and seed; each earlier run is marked `earlier: True`."""
     done = {job.folder.resolve() for job in jobs}
     earlier = []
-    for result_file in sorted(out.glob("*/result.json")):
-        saved = json.loads(result_file.read_text())
+    for folder, saved in saved_runs(out):
         job = saved.get("job", {})
-        if result_file.parent.resolve() in done or job.get("kind") not in KIND_ORDER or not matches(job):
+        if folder.resolve() in done or job.get("kind") not in KIND_ORDER or not matches(job):
             continue
         earlier.append({**saved["result"], "epochs": job["train_args"]["epochs"], "earlier": True})
     return sorted(results + earlier, key=lambda r: (KIND_ORDER.get(r["kind"], len(KIND_ORDER)),
