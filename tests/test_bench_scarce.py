@@ -4,7 +4,6 @@ beside (never over) the real labels, every row at the same optimizer steps, gain
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -142,7 +141,6 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
 def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline():
     """A bench run in pieces (`rows=labeled,variants` alone, or seeds whose baseline has not run) still reports
     each row's mAP and its paired difference from the recipe without the pool; gains only where a baseline exists."""
-    from yolo_kd.bench.scarce import Split
     from yolo_kd.bench.scarce_report import LABELED_ROW, markdown
 
     def run(label, kind, seed, m):
@@ -157,8 +155,7 @@ def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline(
     rows = summarize(results + [run("base", "baseline", 2, 0.25)])  # seed 2 only has a baseline
     assert rows["boxes"]["gain_seeds"] == [2] and rows["boxes"]["gains"] == pytest.approx([4.0])
     assert rows["boxes"]["maps"] == pytest.approx([0.23, 0.29])
-    split = Split(labeled_yaml=Path("l.yaml"), pool=Path("pool"), full_yaml="full.yaml", n_labeled=2, n_pool=6)
-    text = markdown(rows, None, {"data": "d.yaml", "labeled_fraction": 0.25, "teacher": "t.pt"}, split, 10, None)
+    text = markdown(rows, None, {"data": "d.yaml", "labeled_fraction": 0.25, "teacher": "t.pt"}, 2, 6, 10, None)
     assert "| boxes |  | 0.2600 | (0.2300) | +4.00 | +4.00 ± inf (inside the noise) |" in text  # mAP where no baseline
 
 

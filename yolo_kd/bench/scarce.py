@@ -259,7 +259,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                 "imgsz": opts["imgsz"], "batch": batch, "seeds": sorted({r["seed"] for r in results}),
                 "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
                 "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
-    text = markdown(rows, teacher_result, settings, split, steps, pseudo, earlier) + machine_note(results)
+    text = (markdown(rows, teacher_result, settings, split.n_labeled, split.n_pool, steps, pseudo, earlier)
+            + machine_note(results))
     summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,
                "runs": results}
     (out / "scarce.md").write_text(text)

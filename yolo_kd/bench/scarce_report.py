@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .report import mean_ci95, verdict
-
-if TYPE_CHECKING:
-    from .scarce import Split
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
 LABELED_ROW = f"yolo-kd {DEFAULT_RECIPE}"  # the recipe on the labeled images alone: what the pool rows add images to
@@ -121,15 +117,15 @@ def _ci(ci) -> str:
     return f"{mean:+.2f} ± {half:.2f} ({verdict(mean, half)})"
 
 
-def markdown(rows: dict, teacher: dict | None, settings: dict, split: Split, steps: int,
+def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n_pool: int, steps: int,
              pseudo: dict[float, dict] | None, earlier: int = 0) -> str:
-    """The report: settings, the split and budget, the per-seed table and the targets as measured; `earlier`: how many
-    of the runs came from earlier invocations."""
+    """The report: settings, the split (labeled and pool images) and budget, the per-seed table and the targets as
+    measured; `earlier`: how many of the runs came from earlier invocations."""
     seeds = sorted({s for r in rows.values() for s in r["seeds"]})
     lines = [f"# yolo-kd label-scarce bench: {settings['data']}", "",
              ", ".join(f"{k}={v}" for k, v in settings.items() if k != "data"), "",
-             f"{split.n_labeled} labeled training images ({100 * settings['labeled_fraction']:g}%), "
-             f"{split.n_pool} in the unlabeled pool; every run makes {steps} optimizer steps. "
+             f"{n_labeled} labeled training images ({100 * settings['labeled_fraction']:g}%), "
+             f"{n_pool} in the unlabeled pool; every run makes {steps} optimizer steps. "
              + (("Teacher " + ("(trained here on the labeled subset only)"
                                if settings["teacher"].endswith((".yaml", ".yml"))
                                else f"({settings['teacher']}, as given)") + f": mAP50-95 {teacher['mAP50-95']:.4f}.")
