@@ -258,16 +258,21 @@ class WorkersTrainer(CountingTrainer):
         return super().get_dataloader(dataset_path, batch_size, rank, mode)
 
 
-def test_resume_continues_the_run_with_loader_workers(tiny_data, tiny_teacher, tmp_path):
-    """With workers each epoch restarts them from the generator seeded for it, so their augmentation continues too."""
+@pytest.mark.parametrize("pool", [False, True])
+def test_resume_continues_the_run_with_loader_workers(tiny_data, tiny_teacher, tiny_pool, tmp_path, pool):
+    """With workers each epoch restarts them from the generator seeded for it, so their augmentation continues too;
+    with a pool, the uninterrupted run's epoch 2 draws from the stream restarted at epoch 1's end and the resumed
+    run's from one restarted at its start: the same images (the mse term reads them)."""
     args = dict(data=str(tiny_data), project=str(tmp_path), epochs=2, trainer=WorkersTrainer, optimizer="SGD",
                 close_mosaic=0, **{**TINY_TRAIN, "mosaic": 1.0})
-    yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), method="mse").train(name="whole", **args)
-    model = yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), teacher=str(tiny_teacher), method="mse")
+    kd = dict(teacher=str(tiny_teacher), method="mse", **({"unlabeled": str(tiny_pool)} if pool else {}))
+    yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), **kd).train(name="whole", **args)
+    model = yolo_kd.add_callbacks(YOLO("yolov8n.yaml"), **kd)
     model.add_callback("on_model_save", interrupt_after_first_save)
     with pytest.raises(Interrupted):
         model.train(name="cut", **args)
     assert model.trainer.train_loader.num_workers == 2
+    assert not pool or model.trainer.yolo_kd.unlabeled_loader.loader.num_workers == 2
     yolo_kd.add_callbacks(YOLO(str(tmp_path / "cut" / "weights" / "last.pt"))).train(resume=True,
                                                                                       trainer=WorkersTrainer)
     whole, resumed = read_results(tmp_path / "whole"), read_results(tmp_path / "cut")

@@ -121,9 +121,9 @@ def mosaic_probability(transforms) -> float:
     return 0.0
 
 
-def pool_loader(files, batch, **args):
-    return UnlabeledLoader(files, train_args(imgsz=64, workers=0, **args), {"names": NAMES, "channels": 3}, imgsz=64,
-                           batch=batch, stride=32, workers=0)
+def pool_loader(files, batch, workers=0, **args):
+    return UnlabeledLoader(files, train_args(imgsz=64, workers=workers, **args), {"names": NAMES, "channels": 3},
+                           imgsz=64, batch=batch, stride=32, workers=workers)
 
 
 def test_close_mosaic_reaches_the_pool(pool):
@@ -164,6 +164,24 @@ def test_the_pool_draws_from_its_own_random_state(pool):
     assert all(torch.equal(a, loader.next()["img"]) for a in first)
     loader.restart(4)
     assert not torch.equal(first[0], loader.next()["img"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_start_keeps_a_stream_at_its_start_and_restarts_one_drawn_from(pool, workers):
+    """`start(seed)` after `restart(seed)` (the engine's restart at an epoch's end, for the next one) draws what the
+    restart alone draws; once a batch is drawn, `start(seed)` restarts: the first batch comes again, and another
+    seed's stream differs."""
+    loader = pool_loader(resolve_images(pool), batch=4, workers=workers, mosaic=1.0, degrees=10.0)
+    loader.restart(5)
+    first = [loader.next()["img"] for _ in range(2)]
+    loader.restart(5)
+    loader.start(5)
+    assert all(torch.equal(a, loader.next()["img"]) for a in first)
+    loader.start(5)
+    assert torch.equal(first[0], loader.next()["img"])
+    loader.start(6)
+    assert not torch.equal(first[1], loader.next()["img"])
+    loader.close()
 
 
 class RecordingTrainer(DetectionTrainer):

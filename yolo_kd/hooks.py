@@ -21,7 +21,8 @@ wrappers around the trainer's own bound methods (the user's subclass overrides i
 Per epoch, `reseed` re-derives the random state from (seed, epoch), `restart_unlabeled` restarts the pool's stream
 from it, `restore_grads` puts a resumed run's accumulated gradients back, `count_batches` restarts the step
 counter's batch index and `select_stage` activates the stage; at its end `log_stage` writes the `kd_stage` /
-`kd_nan_skips` columns and `log_kd_share` the KD share of the loss (a log line and the `kd_share` column); after the
+`kd_nan_skips` columns, `log_kd_share` the KD share of the loss (a log line and the `kd_share` column) and
+`prime_unlabeled` restarts the pool's stream for the next epoch (its workers start during validation); after the
 run, `drop_continuation` takes the resume-only tensors out of last.pt, `draw_kd_results` draws `kd_results.png`
 beside results.png and `close_unlabeled` shuts the pool's loader down.
 Every hook is a module-level function or a plain object (picklable for DDP).
@@ -119,7 +120,7 @@ def callbacks(recipe: Recipe, options: dict | None = None) -> dict[str, list]:
     return {"on_pretrain_routine_start": [Attach(recipe, options)],
             "on_train_epoch_start": [reseed, restart_unlabeled, restore_grads, count_batches, select_stage],
             "on_train_start": [announce_guard],
-            "on_train_epoch_end": [log_stage, log_kd_share],
+            "on_train_epoch_end": [log_stage, log_kd_share, prime_unlabeled],
             "on_train_end": [drop_continuation, draw_kd_results, close_unlabeled]}
 
 
@@ -145,9 +146,10 @@ def select_stage(trainer) -> None:
         LOGGER.info(message)
 
 
-def epoch_seed(trainer) -> int:
-    """The random seed of this epoch on this rank: a function of (seed, epoch, rank) alone."""
-    return (int(trainer.args.seed) * 1_000_003 + int(trainer.epoch) * 7919 + max(RANK, 0)) % 2**31
+def epoch_seed(trainer, epoch: int | None = None) -> int:
+    """The random seed of `epoch` (default: the trainer's) on this rank: a function of (seed, epoch, rank) alone."""
+    epoch = trainer.epoch if epoch is None else epoch
+    return (int(trainer.args.seed) * 1_000_003 + int(epoch) * 7919 + max(RANK, 0)) % 2**31
 
 
 def reseed(trainer) -> None:
@@ -169,11 +171,23 @@ def reseed(trainer) -> None:
         loader.reset()  # a new iterator draws its worker seeds from the generator just seeded
 
 
+def pool_seed(trainer, epoch: int | None = None) -> int:
+    """The seed the unlabeled pool's stream starts from in `epoch` (default: the trainer's)."""
+    return epoch_seed(trainer, epoch) + 1
+
+
 def restart_unlabeled(trainer) -> None:
-    """on_train_epoch_start: the unlabeled pool's stream restarts from the epoch's seed, every epoch (the first
+    """on_train_epoch_start: the unlabeled pool's stream starts from the epoch's seed, every epoch (the first
     included: it draws from random states of its own), so a resumed run draws what the uninterrupted one drew."""
     if trainer.yolo_kd.unlabeled_loader is not None:
-        trainer.yolo_kd.unlabeled_loader.restart(epoch_seed(trainer) + 1)
+        trainer.yolo_kd.unlabeled_loader.start(pool_seed(trainer))
+
+
+def prime_unlabeled(trainer) -> None:
+    """on_train_epoch_end: restart the pool's stream for the next epoch now, so its workers start and prefetch while
+    the trainer validates and saves (`restart_unlabeled` then finds it at that start and leaves it)."""
+    if trainer.yolo_kd.unlabeled_loader is not None and trainer.epoch + 1 < trainer.epochs:
+        trainer.yolo_kd.unlabeled_loader.restart(pool_seed(trainer, trainer.epoch + 1))
 
 
 def count_batches(trainer) -> None:

@@ -10,7 +10,9 @@ Contract:
   state (with `workers=0`; with workers, the workers' seeds come from the pool's generator);
 - `restart(seed)` puts the whole stream (order, augmentation, an empty mosaic buffer) in a state that depends on
   `seed` alone: the engine restarts it from (seed, epoch) at every epoch, so a resumed run draws what the
-  uninterrupted one drew, with nothing to save in last.pt.
+  uninterrupted one drew, with nothing to save in last.pt; `start(seed)` is that restart unless the stream already
+  stands at the start of `seed` (the engine restarts it for the next epoch at the end of each one, so its workers
+  start and prefetch while the trainer validates and saves).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class UnlabeledLoader:
         self.seed = 0
         self.mosaic_closed = False
         self._iter = None
+        self._at_start = False  # nothing drawn since the last restart
 
     @property
     def has_boxes(self) -> bool:
@@ -100,6 +103,13 @@ class UnlabeledLoader:
         empty_mosaic_buffer(self.dataset)
         with self.random:
             self._iter = iter(self.loader)
+        self._at_start = True
+
+    def start(self, seed: int) -> None:
+        """`restart(seed)`, unless the stream already stands at the start of `seed` (restarted from it, nothing drawn
+        since): what is drawn next is the same either way."""
+        if not (self._at_start and self.seed == seed):
+            self.restart(seed)
 
     def close_mosaic(self) -> None:
         """The labeled loader's final no-mosaic epochs apply here too (the run's arguments are not changed); the
@@ -117,6 +127,7 @@ class UnlabeledLoader:
             self.restart(self.seed)
         with self.random:
             batch = next(self._iter)
+        self._at_start = False
         if "img_strong" in batch:
             batch["img_strong"] = torch.stack(list(batch["img_strong"]))
         n = len(batch["img"]) if n is None else n
@@ -126,4 +137,4 @@ class UnlabeledLoader:
 
     def close(self) -> None:
         """Shut the workers down; `next` would restart the stream from the last seed."""
-        self._iter = None
+        self._iter, self._at_start = None, False
