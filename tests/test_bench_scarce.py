@@ -10,6 +10,7 @@ import pytest
 from yolo_kd import KDConfigError
 from yolo_kd.bench import bench_command
 from yolo_kd.bench.machine import describe
+from yolo_kd.bench.provenance import code_version
 from yolo_kd.bench.scarce import epochs_for
 from yolo_kd.bench.scarce_report import summarize
 
@@ -68,6 +69,8 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
     machines = [json.loads(f.read_text())["result"]["machine"] for f in out.glob("*_s1/result.json")]
     assert len(machines) == 5 and all(m == machines[0] for m in machines)  # one machine ran every row
     assert f"Machine: {describe(machines[0])}." in text
+    codes = {json.loads(f.read_text())["result"]["code"] for f in out.glob("*_s1/result.json")}
+    assert codes == {code_version()} and f"Code: {code_version()}." in text  # the code that ran every row
 
 
 def test_epochs_for_equal_steps():

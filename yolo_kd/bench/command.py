@@ -15,6 +15,7 @@ from ..options import (as_bool, as_count, as_float, as_int, as_list, as_nonnegat
                        read_options)
 from ..recipe import DEFAULT_METHOD
 from .machine import machine_note
+from .provenance import code_note
 from .runs import run_jobs, slug
 
 BENCH_SPEC = {
@@ -199,7 +200,7 @@ def bench_command(overrides: dict) -> dict:
         summary.update(teacher=teacher_result, rows=rows, plot=str(report.plot(rows, teacher_result,
                                                                                 out / "bench.png")))
     text = report.markdown(rows, summary.get("teacher"), step, settings) + machine_note(
-        results, step["machine"] if step else None)
+        results, step["machine"] if step else None) + code_note(results)
     (out / "bench.md").write_text(text)
     (out / "bench.json").write_text(json.dumps(summary, indent=2, default=str))
     print(text)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .machine import fingerprint, on_cuda
+from .provenance import code_version
 
 
 @dataclass
@@ -96,6 +97,7 @@ def run_job(job: Job) -> dict:
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
         "machine": fingerprint(device),
+        "code": code_version(),
     }
 
 

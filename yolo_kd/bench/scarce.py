@@ -220,6 +220,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     from ultralytics.utils import LOGGER
 
     from .machine import machine_note
+    from .provenance import code_note
     from .runs import Job, launch
 
     split = make_split(data, opts["labeled_fraction"], out / "split", opts["split_seed"])
@@ -260,7 +261,7 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
                 "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
                 "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
     text = (markdown(rows, teacher_result, settings, split.n_labeled, split.n_pool, steps, pseudo, earlier)
-            + machine_note(results))
+            + machine_note(results) + code_note(results))
     summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,
                "runs": results}
     (out / "scarce.md").write_text(text)
