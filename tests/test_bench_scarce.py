@@ -93,7 +93,10 @@ def test_scarce_summary_pairs_each_seed():
     assert pool["vs_builtin"]["values"] == pytest.approx([3.0, 3.0])
     assert pool["vs_pseudo"]["values"] == pytest.approx([2.0, -1.0])
     assert pool["gap_closed"] == pytest.approx(9.0 / 20.0)
+    assert pool["vs_target"]["values"] == pytest.approx([5.0 - 0.7 * 10.0, 4.0 - 0.7 * 10.0])  # ceiling +10, +10
+    assert rows["builtin"]["vs_target"]["values"] == pytest.approx([2.0 - 7.0, 1.0 - 7.0])
     assert rows["builtin"]["vs_builtin"] is None and rows["pseudo"]["vs_pseudo"] is None
+    assert rows["ceiling"]["vs_target"] is None and rows["base"]["vs_target"] is None
 
 
 def test_rows_and_batchnorm_variants_pick_the_planned_runs(tmp_path):

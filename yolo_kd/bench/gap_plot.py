@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .scarce_report import TARGET_SHARE
+
 
 def plot_gap(rows: dict, path: Path, title: str) -> Path | None:
     """One line per row that has gains (top to bottom in report order): a dot per seed, the mean with its 95%
     interval; vertical lines at 0 (the baseline on the labeled subset), at the ceiling's mean gain (100% of the gap)
-    and at 70% of it. None (nothing drawn) when no row has a gain."""
+    and at the target share of it (`TARGET_SHARE`). None (nothing drawn) when no row has a gain."""
     shown = [(label, r) for label, r in rows.items() if r["kind"] != "baseline" and r["gains"]]
     if not shown:
         return None
@@ -32,7 +34,7 @@ def plot_gap(rows: dict, path: Path, title: str) -> Path | None:
     if ceiling and ceiling["gain_ci95"][0] > 0:
         gap = ceiling["gain_ci95"][0]
         ax.axvline(gap, color="tab:green", ls="--", label=f"100% of the labels ({gap:+.2f})")
-        ax.axvline(0.7 * gap, color="tab:green", ls=":", alpha=0.6, label="70% of that gap")
+        ax.axvline(TARGET_SHARE * gap, color="tab:green", ls=":", alpha=0.6, label=f"{TARGET_SHARE:.0%} of that gap")
     ax.set_xlabel("mAP50-95 gain over the same seed's baseline (points)")
     ax.set_title(f"{title}\ndots: seeds; diamond: mean with its 95% interval", fontsize=10)
     ax.legend(fontsize=8, loc="best")

@@ -1,6 +1,7 @@
 """The label-scarce bench's report (`scarce.md`, `scarce.json`): per row its mAP, its gain over the same seed's
 baseline, paired differences from the built-in, the pseudo-label route and the recipe without the pool, the share of
-the baseline-to-ceiling gap it closes; and which finished runs of a bench folder belong in it (`same_bench`)."""
+the baseline-to-ceiling gap it closes and, seed by seed, its gain against `TARGET_SHARE` of the ceiling's; and which
+finished runs of a bench folder belong in it (`same_bench`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from .report import mean_ci95, verdict
 
 DEFAULT_RECIPE = "sl2+pred"  # the rows' yolo-kd method: the default recipe (recipe.DEFAULT_METHOD)
 LABELED_ROW = f"yolo-kd {DEFAULT_RECIPE}"  # the recipe on the labeled images alone: what the pool rows add images to
+TARGET_SHARE = 0.7  # issue 32's target: the pool closes at least this share of the gap to 100% of the labels
 
 
 def summarize(results: list[dict]) -> dict[str, dict]:
     """Per row: mAP; gain over the same seed's baseline (seeds without a finished baseline run get none); paired
     differences, seed by seed, from the built-in, from the pseudo-label route (its best threshold: the pseudo row with
     the highest mean mAP) and, for the pool rows, from the same recipe on the labeled images alone; share of the
-    baseline-to-ceiling gap closed. A paired difference is 100 * (mAP - the reference row's mAP) of the same seed."""
+    baseline-to-ceiling gap closed, and against the target share of it (`vs_target`: per seed, gain - TARGET_SHARE x
+    the ceiling's gain). A paired difference is 100 * (mAP - the reference row's mAP) of the same seed."""
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(r["label"], []).append(r)
@@ -49,6 +52,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
             diffs = [points(r, ref[r["seed"]]) for r in runs if r["seed"] in ref]
             return {"values": diffs, "ci95": mean_ci95(diffs)} if diffs and applies else None
 
+        to_target = [g - TARGET_SHARE * ceiling[r["seed"]] for g, r in zip(gains, paired_runs) if r["seed"] in ceiling]
         seconds = [sum(r["epoch_seconds"]) for r in runs if r.get("epoch_seconds")]
         rows[label] = {
             "kind": kind, "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
@@ -58,6 +62,8 @@ def summarize(results: list[dict]) -> dict[str, dict]:
             "vs_pseudo": paired("pseudo", kind not in {"pseudo", "baseline"}),
             "vs_labeled": paired("labeled", kind == "yolo-kd" and label != LABELED_ROW),
             "gap_closed": gap_closed(gains, [r["seed"] for r in paired_runs], ceiling),
+            "vs_target": ({"values": to_target, "ci95": mean_ci95(to_target)}
+                          if to_target and kind not in {"baseline", "ceiling"} else None),
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
             "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
         }
@@ -142,6 +148,8 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
         by_seed, maps = dict(zip(r["gain_seeds"], r["gains"])), dict(zip(r["seeds"], r["maps"]))
         cells = [f"{by_seed[s]:+.2f}" if s in by_seed else f"({maps[s]:.4f})" if s in maps else "" for s in seeds]
         closed = "" if r["gap_closed"] is None or r["kind"] == "baseline" else f"{100 * r['gap_closed']:.0f}%"
+        if closed and r["vs_target"]:
+            closed += f"; vs {TARGET_SHARE:.0%}: {_ci(r['vs_target'])}"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         gain = "" if r["kind"] == "baseline" else _ci(r["gain_ci95"])
         lines.append(f"| {label} | {r['epochs'] or ''} | {sum(r['maps']) / len(r['maps']):.4f} | " + " | ".join(cells)
@@ -149,6 +157,8 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
                      f"| {closed} | {secs} |")
     lines += ["", "Gains in mAP50-95 points over the same seed's baseline on the labeled subset; 'vs' columns are "
               "paired differences in mAP50-95 points, seed by seed (vs labeled-only: a pool row against the same "
-              "recipe without the pool); gap closed = mean gain / mean gain of the 100%-labels ceiling. A verdict "
-              "holds only when the 95% interval excludes 0. In parentheses: the mAP50-95 of a seed with no baseline run."]
+              "recipe without the pool); gap closed = mean gain / mean gain of the 100%-labels ceiling, and vs "
+              f"{TARGET_SHARE:.0%}: seed by seed, the gain minus {TARGET_SHARE:.0%} of the ceiling's gain (above 0: "
+              f"the row closes {TARGET_SHARE:.0%} of the gap on the interval). A verdict holds only when the 95% "
+              "interval excludes 0. In parentheses: the mAP50-95 of a seed with no baseline run."]
     return "\n".join(lines) + "\n"
