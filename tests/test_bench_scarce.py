@@ -69,6 +69,9 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
     machines = [json.loads(f.read_text())["result"]["machine"] for f in out.glob("*_s1/result.json")]
     assert len(machines) == 5 and all(m == machines[0] for m in machines)  # one machine ran every row
     assert f"Machine: {describe(machines[0])}." in text
+    for f in out.glob("*_s1/result.json"):  # the training call's wall time holds its epochs and more
+        result = json.loads(f.read_text())["result"]
+        assert result["train_wall_seconds"] > sum(result["epoch_seconds"]) > 0
     codes = {json.loads(f.read_text())["result"]["code"] for f in out.glob("*_s1/result.json")}
     assert codes == {code_version()} and f"Code: {code_version()}." in text  # the code that ran every row
 

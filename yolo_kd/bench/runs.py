@@ -76,7 +76,7 @@ def run_job(job: Job) -> dict:
     from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
-    timer = EpochTimer()
+    timer, wall = EpochTimer(), None
     if job.train:
         model = YOLO(job.model)
         model.add_callback("on_train_epoch_start", timer.start)
@@ -85,7 +85,9 @@ def run_job(job: Job) -> dict:
             distill(model, **job.kd)
         else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
             model.add_callback("on_train_epoch_start", reseed)
+        started = time.perf_counter()
         model.train(**job.train_args)
+        wall = time.perf_counter() - started
     checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
     evaluation = evaluate_checkpoint(checkpoint, load_eval_set(data), job.folder / "eval", imgsz=job.eval_imgsz,
@@ -94,6 +96,7 @@ def run_job(job: Job) -> dict:
         "label": job.label, "kind": job.kind, "seed": job.seed, "checkpoint": str(checkpoint),
         "mAP50-95": evaluation["coco"]["mAP50-95"], "mAP50": evaluation["coco"]["mAP50"],
         "epoch_seconds": timer.seconds,
+        "train_wall_seconds": wall,  # model.train from call to return: the epochs and all between and around them
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
         "machine": fingerprint(device),

@@ -54,6 +54,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
         to_target = [g - TARGET_SHARE * ceiling[r["seed"]] for g, r in zip(gains, paired_runs) if r["seed"] in ceiling]
         seconds = [sum(r["epoch_seconds"]) for r in runs if r.get("epoch_seconds")]
+        walls = [r["train_wall_seconds"] for r in runs if r.get("train_wall_seconds")]
         rows[label] = {
             "kind": kind, "seeds": [r["seed"] for r in runs], "maps": [r["mAP50-95"] for r in runs],
             "map50s": [r["mAP50"] for r in runs], "gain_seeds": [r["seed"] for r in paired_runs], "gains": gains,
@@ -65,6 +66,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
             "vs_target": ({"values": to_target, "ci95": mean_ci95(to_target)}
                           if to_target and kind not in {"baseline", "ceiling"} else None),
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
+            "wall_seconds": sum(walls) / len(walls) if walls else None,
             "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
         }
     return rows
@@ -142,7 +144,7 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
                 "read from their result.json." if earlier else ""), "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
              + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | vs labeled-only (95% CI) "
-             "| gap closed | train s |",
+             "| gap closed | train s (wall) |",
              "|---|---|---|" + "---|" * len(seeds) + "---|---|---|---|---|---|"]
     for label, r in rows.items():
         by_seed, maps = dict(zip(r["gain_seeds"], r["gains"])), dict(zip(r["seeds"], r["maps"]))
@@ -151,6 +153,7 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
         if closed and r["vs_target"]:
             closed += f"; vs {TARGET_SHARE:.0%}: {_ci(r['vs_target'])}"
         secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+        secs += "" if r["wall_seconds"] is None else f" ({r['wall_seconds']:.0f})"
         gain = "" if r["kind"] == "baseline" else _ci(r["gain_ci95"])
         lines.append(f"| {label} | {r['epochs'] or ''} | {sum(r['maps']) / len(r['maps']):.4f} | " + " | ".join(cells)
                      + f" | {gain} | {_ci(r['vs_builtin'])} | {_ci(r['vs_pseudo'])} | {_ci(r['vs_labeled'])} "
@@ -160,5 +163,7 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
               "recipe without the pool); gap closed = mean gain / mean gain of the 100%-labels ceiling, and vs "
               f"{TARGET_SHARE:.0%}: seed by seed, the gain minus {TARGET_SHARE:.0%} of the ceiling's gain (above 0: "
               f"the row closes {TARGET_SHARE:.0%} of the gap on the interval). A verdict holds only when the 95% "
-              "interval excludes 0. In parentheses: the mAP50-95 of a seed with no baseline run."]
+              "interval excludes 0. In parentheses: the mAP50-95 of a seed with no baseline run. Train s: the epochs' "
+              "seconds (mean over seeds); in parentheses, the training call's wall time (the epochs, and what runs "
+              "between and around them: building, the pool's labeling, checkpoints)."]
     return "\n".join(lines) + "\n"
