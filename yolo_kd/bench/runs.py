@@ -76,7 +76,7 @@ def run_job(job: Job) -> dict:
     from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
-    timer, wall = EpochTimer(), None
+    timer, wall, code = EpochTimer(), None, code_version()  # the code as this process imported it, before training
     if job.train:
         model = YOLO(job.model)
         model.add_callback("on_train_epoch_start", timer.start)
@@ -100,7 +100,7 @@ def run_job(job: Job) -> dict:
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
         "machine": fingerprint(device),
-        "code": code_version(),
+        "code": code,
     }
 
 
