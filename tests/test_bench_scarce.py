@@ -66,13 +66,13 @@ def test_every_row_makes_the_same_optimizer_steps(scarce):
     text = (out / "scarce.md").read_text()
     assert "| yolo-kd sl2+pred + unlabeled pool |" in text and "gap closed" in text
     assert summary["rows"]["baseline (labeled subset)"]["vs_pseudo"] is None
-    machines = [json.loads(f.read_text())["result"]["machine"] for f in out.glob("*_s1/result.json")]
+    results = [json.loads(f.read_text())["result"] for f in out.glob("*_s1/result.json")]
+    machines = [r["machine"] for r in results]
     assert len(machines) == 5 and all(m == machines[0] for m in machines)  # one machine ran every row
     assert f"Machine: {describe(machines[0])}." in text
-    for f in out.glob("*_s1/result.json"):  # the training call's wall time holds its epochs and more
-        result = json.loads(f.read_text())["result"]
+    for result in results:  # the training call's wall time holds its epochs and more
         assert result["train_wall_seconds"] > sum(result["epoch_seconds"]) > 0
-    codes = {json.loads(f.read_text())["result"]["code"] for f in out.glob("*_s1/result.json")}
+    codes = {r["code"] for r in results}
     assert codes == {code_version()} and f"Code: {code_version()}." in text  # the code that ran every row
 
 

@@ -49,8 +49,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
         def paired(ref_name, applies):
             ref = refs[ref_name]
-            diffs = [points(r, ref[r["seed"]]) for r in runs if r["seed"] in ref]
-            return {"values": diffs, "ci95": mean_ci95(diffs)} if diffs and applies else None
+            return with_ci([points(r, ref[r["seed"]]) for r in runs if r["seed"] in ref], applies)
 
         to_target = [g - TARGET_SHARE * ceiling[r["seed"]] for g, r in zip(gains, paired_runs) if r["seed"] in ceiling]
         seconds = [sum(r["epoch_seconds"]) for r in runs if r.get("epoch_seconds")]
@@ -63,13 +62,17 @@ def summarize(results: list[dict]) -> dict[str, dict]:
             "vs_pseudo": paired("pseudo", kind not in {"pseudo", "baseline"}),
             "vs_labeled": paired("labeled", kind == "yolo-kd" and label != LABELED_ROW),
             "gap_closed": gap_closed(gains, [r["seed"] for r in paired_runs], ceiling),
-            "vs_target": ({"values": to_target, "ci95": mean_ci95(to_target)}
-                          if to_target and kind not in {"baseline", "ceiling"} else None),
+            "vs_target": with_ci(to_target, kind not in {"baseline", "ceiling"}),
             "train_seconds": sum(seconds) / len(seconds) if seconds else None,
             "wall_seconds": sum(walls) / len(walls) if walls else None,
             "epochs": runs[0].get("epochs"), "peak_mem_mb": max((r["peak_mem_mb"] or 0) for r in runs),
         }
     return rows
+
+
+def with_ci(values: list[float], applies: bool = True) -> dict | None:
+    """{'values', 'ci95': (mean, half-width)} of per-seed values; None when there are none or the row does not apply."""
+    return {"values": values, "ci95": mean_ci95(values)} if values and applies else None
 
 
 def gap_closed(gains: list[float], seeds: list[int], ceiling: dict[int, float]) -> float | None:
