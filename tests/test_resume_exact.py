@@ -1,9 +1,10 @@
 """Issue 31: a run killed at any moment (a real SIGKILL) and resumed ends with the uninterrupted run's last
 results.csv row, with gradient accumulation (`nbs` > batch, epochs that end mid-accumulation), mosaic on in the redone
 epoch: killed between an epoch's results row and its last.pt without a pool, and mid-epoch with one, with online
-pseudo-boxes (the default) and with the teacher's boxes made once at the start (`unlabeled_boxes=label+0.001`, made
-again on resume) (both kills resume from the same last.pt of the epoch before, so the pairs cover both kills and
-every pool)."""
+pseudo-boxes (the default), with the teacher's boxes made once at the start (`unlabeled_boxes=label+0.001`, made
+again on resume) and with the student's EMA relabeling the pool once the guard fires (`teacher_guard=relabel`: the
+teacher known to score 0, so every validation fires and relabels; the boxes come back from last.pt) (both kills resume
+from the same last.pt of the epoch before, so the pairs cover both kills and every pool)."""
 
 import json
 import os
@@ -27,7 +28,7 @@ from ultralytics import YOLO
 from ultralytics.models.yolo.detect import DetectionTrainer
 import yolo_kd
 
-data, teacher, project, kill, pool, train, boxes = sys.argv[1:6] + [json.loads(sys.argv[6]), sys.argv[7]]
+data, teacher, project, kill, pool, train, options = sys.argv[1:6] + [json.loads(sys.argv[6]), json.loads(sys.argv[7])]
 
 
 class KilledBeforeLast(DetectionTrainer):
@@ -42,18 +43,30 @@ def killed_mid_epoch(trainer):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def known_score(trainer):
+    trainer.model.teacher_scores["teacher"] = 0.0
+
+
 model = YOLO("yolov8n.yaml")
 model.add_callback("on_train_batch_end", killed_mid_epoch)
-yolo_kd.distill(model, teacher=teacher, **({"unlabeled": pool, "unlabeled_boxes": boxes} if pool != "-" else {}))
+model.add_callback("on_train_start", known_score)
+yolo_kd.distill(model, teacher=teacher, **({"unlabeled": pool, **options} if pool != "-" else {}))
 model.train(data=data, epochs={epochs}, project=project, name="run", trainer=KilledBeforeLast, **train)
 """.replace("{epochs}", str(EPOCHS))
 
 
-POOLS = {None: {}, "match": {"unlabeled_boxes": "match"}, "label": {"unlabeled_boxes": "label+0.001"}}
+POOLS = {None: {}, "match": {"unlabeled_boxes": "match"}, "label": {"unlabeled_boxes": "label+0.001"},
+         "relabel": {"unlabeled_boxes": "label+0.001", "teacher_guard": "relabel"}}
+
+
+def known_score(trainer):
+    """The teacher's validation score, known to be 0 (the tiny set's): a guarded run's guard fires at once."""
+    trainer.model.teacher_scores["teacher"] = 0.0
 
 
 def train(tmp_path, data, teacher, pool, boxes):
     model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_start", known_score)
     yolo_kd.distill(model, teacher=str(teacher), **({"unlabeled": str(pool), **POOLS[boxes]} if pool else {}))
     model.train(data=str(data), epochs=EPOCHS, project=str(tmp_path), name="run", **TRAIN)
     return read_results(tmp_path / "run")
@@ -71,14 +84,15 @@ def same_row(a: dict, b: dict) -> list[str]:
     return [k for k in a if k != "time" and round(float(a[k]), 4) != round(float(b[k]), 4)]
 
 
-@pytest.mark.parametrize("kill, boxes", [("before_last", None), ("mid_epoch", "match"), ("mid_epoch", "label")])
+@pytest.mark.parametrize("kill, boxes", [("before_last", None), ("mid_epoch", "match"), ("mid_epoch", "label"),
+                                         ("mid_epoch", "relabel")])
 def test_a_killed_run_resumes_to_the_uninterrupted_row(kill, boxes, tiny_data, tiny_teacher, tiny_pool,
                                                         uninterrupted, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(KILL_SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(tiny_data), str(tiny_teacher), str(tmp_path), kill,
-                          str(tiny_pool) if boxes else "-", json.dumps(TRAIN),
-                          POOLS[boxes].get("unlabeled_boxes", "-")], capture_output=True, text=True,
+                          str(tiny_pool) if boxes else "-", json.dumps(TRAIN), json.dumps(POOLS[boxes])],
+                         capture_output=True, text=True,
                          timeout=600, env={**os.environ, "YOLO_OFFLINE": "1"})
     assert out.returncode == -9, out.stderr[-3000:]  # really killed
     run = tmp_path / "run"

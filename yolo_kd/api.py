@@ -40,7 +40,8 @@ KD_OPTIONS = {
     "unlabeled_weight": "multiplies the unlabeled images' own terms, unlabeled_boxes' and unlabeled_topk's (default 1)",
     "unlabeled_views": "'weak-strong': the teacher sees pool images without the photometric augmentation, the student "
                        "with it (default 'same')",
-    "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's (default false)",
+    "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
+                     "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }
 KD_KEYS = tuple(KD_OPTIONS)
 

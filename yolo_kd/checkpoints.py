@@ -68,7 +68,8 @@ def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer:
     starts from the EMA), the EMA at full precision (saved in float16), each optimizer tensor it saved at a lower
     precision than the live one (SGD's momentum; Adam's moments are kept in float32), by parameter index, the train
     set's mosaic buffer (the images recently loaded, which mosaic draws its partners from), and the gradients
-    accumulated since the last optimizer step with the step counter (`accumulation`)."""
+    accumulated since the last optimizer step with the step counter (`accumulation`); under `teacher_guard:
+    relabel`, the pool's boxes once the student's EMA has made them (a resumed run cannot make them again)."""
     def plain(state: dict) -> dict:
         return {k: v.detach().cpu().clone() for k, v in state.items()}
 
@@ -83,7 +84,8 @@ def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer:
              if p.grad is not None}
     buffer = list(getattr(trainer.train_loader.dataset, "buffer", None) or [])  # empty with loader workers
     return {"model": plain(distiller.state_dict()), "ema": plain(ema.state_dict()), "optimizer": optimizer,
-            "buffer": buffer, "grads": grads, "last_opt_step": trainer.yolo_kd.accumulation.last_opt_step}
+            "buffer": buffer, "grads": grads, "last_opt_step": trainer.yolo_kd.accumulation.last_opt_step,
+            "pool_boxes": trainer.yolo_kd.pool_boxes if distiller.boxes_score is not None else None}
 
 
 def _load_checkpoint_state(trainer, base, ckpt) -> None:

@@ -21,7 +21,7 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import Recipe, box_selection
+from .recipe import GUARD_RELABEL, Recipe, box_selection
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
@@ -63,6 +63,7 @@ class Distiller(StudentSurface, nn.Module):
         self.balance: dict[str, float] = {}  # auto-balance multipliers, fixed at the first KD step
         self.teacher_scores: dict[str, float] = {}  # teacher_guard: each teacher's validation mAP50-95, once
         self.kd_stopped = False  # teacher_guard: the student has caught up with its teacher, KD is off for good
+        self.boxes_score = None  # teacher_guard: relabel: the EMA's mAP50-95 when it last labeled the pool
 
         device = next(student.parameters()).device
         ch = student.yaml.get("channels", 3)
@@ -153,7 +154,7 @@ class Distiller(StudentSurface, nn.Module):
         """(detection loss vector ++ [KD total * batch size], items with one entry per KD term)."""
         zero = torch.zeros((), device=batch["img"].device)
         stage = self.recipe.stages[self.stage] if self.stage is not None else None
-        if not self.training or stage is None or not stage.methods or self.kd_stopped:
+        if not self.training or stage is None or not stage.methods or (self.kd_stopped and not self.self_training):
             if preds is None:
                 preds = self.student(batch["img"])
             det_loss, items = self.student.loss(batch, preds)
@@ -170,7 +171,7 @@ class Distiller(StudentSurface, nn.Module):
             img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
             if source is not None:
                 source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
-        target = self._teacher_target(stage, img, source, s_taps)
+        target = [] if self.kd_stopped else self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
         factor = self.recipe.schedule.factor(self.progress, *self.spans[self.stage])
@@ -184,10 +185,10 @@ class Distiller(StudentSurface, nn.Module):
                 for term, v in terms.items():
                     balance = self._balance(f"{teacher}/{term}", v, det_loss, labeled)
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
-        pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1]
+        pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1] if target else None
         if pool_preds is not None and POOL_DETECTION_TERM in values:
             values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, batch) * pool_factor
-        if pool_preds is not None and POOL_DENSE_TERM in values:
+        if pool_preds is not None and POOL_DENSE_TERM in values and target:
             values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, labeled) * pool_factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
         if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
@@ -197,13 +198,24 @@ class Distiller(StudentSurface, nn.Module):
         return torch.cat([det_loss, (kd.sum() * labeled).view(1).to(det_loss.dtype)]), items
 
     @property
+    def self_training(self) -> bool:
+        """`teacher_guard: relabel` after the guard has stopped KD: no teacher term, no teacher forward; the pool's
+        detection term goes on, on boxes the student's EMA made (`pool_labels.relabel_pool`) or, until it has, the
+        teacher's."""
+        return self.kd_stopped and self.recipe.teacher_guard == GUARD_RELABEL
+
+    @property
     def reads_unlabeled(self) -> bool:
         """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
-        ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away)."""
+        ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away), or the
+        run self-trains on the pool's boxes."""
         si = self.stage
-        return self.training and si is not None and not self.kd_stopped and any(
-            not self.methods[f"{t}__{m.name}"].reads_gt
-            for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
+        if not self.training or si is None:
+            return False
+        if self.kd_stopped:
+            return self.self_training
+        return any(not self.methods[f"{t}__{m.name}"].reads_gt
+                   for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 
     def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
         """(the student's taps, its raw predictions) for a batch of images."""
@@ -313,6 +325,7 @@ class Distiller(StudentSurface, nn.Module):
             "nan_skips": self.nan_skips,
             "teacher_scores": dict(self.teacher_scores),
             "kd_stopped": self.kd_stopped,
+            "boxes_score": self.boxes_score,
         }
 
     def load_kd_state(self, state: dict) -> None:
@@ -324,6 +337,7 @@ class Distiller(StudentSurface, nn.Module):
         self.nan_skips = int(state.get("nan_skips", 0))
         self.teacher_scores = dict(state.get("teacher_scores") or {})
         self.kd_stopped = bool(state.get("kd_stopped", False))
+        self.boxes_score = state.get("boxes_score")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A student-only state dict (as Ultralytics' NaN recovery passes) loads into the student."""

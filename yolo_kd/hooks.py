@@ -50,15 +50,14 @@ from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
 from .preflight import MIN_GRID, check_imgsz, check_train_labels, image_size
-from .recipe import DEFAULT_UNLABELED_WEIGHT, Recipe, box_selection, labels_pool_once
+from .recipe import DEFAULT_UNLABELED_WEIGHT, GUARD_RELABEL, Recipe, box_selection, labels_pool_once
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
-from .pool_labels import teacher_labels
-from .pseudo_boxes import matched_count
+from .pool_labels import label_pool, resumed_pool_boxes
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
-from .unlabeled_loader import RandomStreams, UnlabeledLoader
+from .unlabeled_loader import UnlabeledLoader
 
 
 class KDRun:
@@ -237,10 +236,15 @@ def close_unlabeled(trainer) -> None:
 # ---------------------------------------------------------------------- method wrappers: (trainer, base, *args)
 def get_dataset(trainer, base):
     """The trainer's dataset check, then ours: a train split without a single label cannot be distilled; the
-    unlabeled pool (`unlabeled=`, or `unlabeled:` in data.yaml) must hold images."""
+    unlabeled pool (`unlabeled=`, or `unlabeled:` in data.yaml) must hold images, and be there for `teacher_guard:
+    relabel`."""
     data = base()
     check_train_labels(data)
-    trainer.yolo_kd.unlabeled = unlabeled_files(trainer.yolo_kd.recipe, data)
+    recipe = trainer.yolo_kd.recipe
+    trainer.yolo_kd.unlabeled = unlabeled_files(recipe, data)
+    if recipe.teacher_guard == GUARD_RELABEL and not trainer.yolo_kd.unlabeled:
+        raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the unlabeled pool and the run has none: give "
+                            "unlabeled=folder (or unlabeled: in data.yaml), or use teacher_guard=True")
     return data
 
 
@@ -312,33 +316,10 @@ def build_unlabeled_loader(trainer, batch_size: int, labeled=None) -> UnlabeledL
     size = run.recipe.source_size(args.imgsz) or image_size(args.imgsz)
     files = rank_share(run.unlabeled)
     if labels_pool_once(run.recipe.unlabeled_boxes) and run.pool_boxes is None:
-        run.pool_boxes = label_pool(trainer, files, labeled)
+        run.pool_boxes = resumed_pool_boxes(run.resume_state) or label_pool(trainer, files, labeled)
     return UnlabeledLoader(files, args, trainer.data, size,
                            images_per_step(run.recipe.unlabeled_ratio, batch_size), int(trainer.stride), args.workers,
                            two_views=run.recipe.unlabeled_views == "weak-strong", boxes=run.pool_boxes)
-
-
-def label_pool(trainer, files: list[str], labeled) -> dict:
-    """`unlabeled_boxes: label[+conf]`: the first teacher's boxes on this rank's pool `files` (`pool_labels`): as many
-    over the pool as the `labeled` train set (an Ultralytics dataset) holds per image (`matched_count`, the online
-    `match` rule's count), and every box at the threshold; at the teacher's own size (else the run's), on the run's
-    device, with a random state of its own (the labeled stream is the same with and without it); one log line counts
-    them."""
-    recipe = trainer.yolo_kd.recipe
-    name = (recipe.stages[0].teachers or list(recipe.teachers))[0]
-    teacher, (conf, _) = recipe.teachers[name], box_selection(recipe.unlabeled_boxes)
-    to_dataset = {t: d for d, t in recipe.class_map.items()} if recipe.class_map else None  # it maps dataset -> teacher
-    labeled_boxes, labeled_images = sum(len(label["cls"]) for label in labeled.labels), max(1, len(labeled.labels))
-    count, per_image = matched_count(labeled_boxes, labeled_images, len(files)), labeled_boxes / labeled_images
-    with RandomStreams():
-        boxes = teacher_labels(teacher.model, files, conf, teacher.imgsz or image_size(trainer.args.imgsz),
-                               str(trainer.device), max(1, int(trainer.args.batch)), to_dataset, count)
-    if RANK in {-1, 0}:
-        kept = sum(len(b) for b in boxes.values())
-        LOGGER.info(f"yolo-kd: the teacher labeled {len(boxes):,} pool images once: {kept:,} boxes "
-                    f"({kept / max(1, len(boxes)):.2f} per image; the labeled images hold {per_image:.2f}), "
-                    f"{sum(not len(b) for b in boxes.values()):,} images without one (unlabeled_boxes)")
-    return boxes
 
 
 def preprocess_batch(trainer, base, batch: dict) -> dict:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .errors import KDConfigError
 from .files import list_image_files
 from .options import as_bool, as_float, as_int, as_str, optional, read_options
-from .ultra import image_formats, label_paths, progress
+from .ultra import image_formats, label_paths, predict_stream, progress
 
 #: Pseudo-label threshold (Ultralytics' predict default too). In a label file a false box is trained as an object and
 #: a dropped one as background; on the label-scarce bench 0.25 scored above 0.5 on agriculture (+3.76 against +2.63
@@ -133,11 +133,13 @@ def label_lines(result, class_map: dict[int, int] | None) -> list[str]:
 
 def predictions(model, images: list[str], predict: dict):
     """The model's Results for `images`, streamed from disk the way Ultralytics reads a .txt source (its loader and
-    cv2 decoding, as in training); a Python list would make Ultralytics open every image in memory first."""
+    cv2 decoding, as in training); a Python list would make Ultralytics open every image in memory first. `model`: a
+    YOLO object, or a detection nn.Module in memory (a student's EMA), run by Ultralytics' predictor on a copy (the
+    predictor fuses what it runs)."""
     with tempfile.TemporaryDirectory() as folder:
         listing = Path(folder) / "images.txt"
         listing.write_text("".join(f"{p}\n" for p in images))
-        yield from model.predict(str(listing), stream=True, verbose=False, save=False, **predict)
+        yield from predict_stream(model, str(listing), predict)
 
 
 def label_images(teacher, source, **options) -> dict:

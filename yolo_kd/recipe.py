@@ -43,6 +43,7 @@ UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistic
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
 DEFAULT_UNLABELED_BOXES = f"{BOXES_LABEL}+0.25"  # the pool labeled once by count and 0.25: docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
+GUARD_RELABEL = "relabel"  # `teacher_guard: relabel`: once KD stops, the student's EMA relabels the pool (`guard`)
 STAGE_KEYS = {"epochs", "fraction", "teachers", "methods", "combine", "teacher_weights", "name"}
 TEACHER_KEYS = {"model", "imgsz", "levels"}
 LEVEL_PAIRINGS = ("index", "area")
@@ -133,7 +134,8 @@ class Recipe:
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
-    teacher_guard: bool = False  # stop KD once the student's validation mAP50-95 reaches the teacher's (`guard`)
+    teacher_guard: bool | str = False  # stop KD once the student's validation mAP50-95 reaches the teacher's
+    #           (`guard`); "relabel": stop the teacher's terms, and the pool's boxes follow the student's EMA
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -199,9 +201,11 @@ class Recipe:
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
                                              else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
-            teacher_guard=_parse_bool(False if data.get("teacher_guard") is None else data["teacher_guard"],
-                                      "teacher_guard"),
+            teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
+        if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
+            raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the pool's boxes made once: use "
+                                f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or teacher_guard=True")
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
@@ -351,6 +355,17 @@ def _parse_positive(value, where: str, allow_none=False, allow_zero=True):
 def _parse_bool(value, where: str) -> bool:
     if not isinstance(value, bool):
         raise KDConfigError(f"'{where}' must be true or false, got {value!r}")
+    return value
+
+
+def _parse_guard(value) -> bool | str:
+    """`teacher_guard`: not given or false: off; true: KD stops when the student reaches its teacher; `relabel`."""
+    if value is None:
+        return False
+    if isinstance(value, str) and value.strip().lower() == GUARD_RELABEL:
+        return GUARD_RELABEL
+    if not isinstance(value, bool):
+        raise KDConfigError(f"'teacher_guard' must be true, false or {GUARD_RELABEL}, got {value!r}")
     return value
 
 

@@ -241,6 +241,20 @@ def next_run_dir(path: Path, exist_ok: bool = False) -> Path:
     return increment_path(path, exist_ok=exist_ok)
 
 
+def predict_stream(model, source: str, predict: dict):
+    """Ultralytics' Results on `source`, streamed, quiet, nothing saved: `model` a YOLO object, or a detection model in
+    memory, run by the predictor on a copy (it fuses what it runs)."""
+    from ultralytics.engine.model import Model
+
+    if isinstance(model, Model):
+        yield from model.predict(source, stream=True, verbose=False, save=False, **predict)
+        return
+    from ultralytics.models.yolo.detect import DetectionPredictor
+
+    predictor = DetectionPredictor(overrides={"mode": "predict", "verbose": False, "save": False, **predict})
+    yield from predictor(source=source, model=copy.deepcopy(model), stream=True)
+
+
 def progress(iterable, total: int, desc: str):
     """Ultralytics' progress bar (TQDM) over `iterable`."""
     from ultralytics.utils import TQDM

@@ -93,6 +93,12 @@ class UnlabeledLoader:
         """Whether the pool's images carry the teacher's boxes (`boxes` given)."""
         return self.dataset.pool_boxes is not None
 
+    def set_boxes(self, boxes: dict) -> None:
+        """Carry `boxes` ({path: (n, 5) rows}) as the pool's labels from the next restart on; the stream in flight
+        is closed (its workers hold the old ones), so the next `start` restarts it."""
+        self.dataset.pool_boxes = self.dataset.labels.boxes = boxes
+        self.close()
+
     def restart(self, seed: int) -> None:
         """Start the stream afresh from `seed`: the sampler's order, the augmentation's random state and an empty
         mosaic buffer all follow from `seed` alone."""
