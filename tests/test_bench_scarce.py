@@ -4,6 +4,7 @@ beside (never over) the real labels, every row at the same optimizer steps, gain
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -147,6 +148,40 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
          str(tmp_path / "a.yaml"))]
 
 
+def test_a_guarded_variant_validates_on_pool_images_and_is_scored_like_every_row(scarce, tmp_path):
+    """A pool variant with `teacher_guard` trains on the labeled subset with `val=True` on `guard_val` pool images
+    (their original files, labels beside them, still in the pool), and is scored on the data set's val split from its
+    last.pt; the other rows keep val=False and best.pt; without guard_val the bench refuses it in one line."""
+    from yolo_kd.bench.scarce import Split, guard_split, plan
+
+    out, _, _, _ = scarce
+    split = Split(labeled_yaml=out / "split" / "data_labeled.yaml", pool=out / "split" / "pool" / "images",
+                  full_yaml="full.yaml", n_labeled=2, n_pool=6)
+    guarded = guard_split(split, 2, tmp_path)
+    chosen = (tmp_path / "guard_val2.txt").read_text().split()
+    guard_split(split, 2, tmp_path / "again")
+    assert (tmp_path / "again" / "guard_val2.txt").read_text().split() == chosen  # the same images for the same seed
+    originals = {str(p.resolve()) for p in split.pool.iterdir()}
+    assert len(chosen) == 2 and set(chosen) <= originals
+    assert all((Path(c).parents[2] / "labels" / Path(c).parent.name / f"{Path(c).stem}.txt").is_file() for c in chosen)
+    opts = dict(batch=4, close_mosaic_share=0.1, epochs=1, seeds=[1], builtin=False, dis=6.0, pseudo_builtin=False,
+                model="yolov8n.yaml", imgsz=64, rows=["pool", "variants"],
+                pool_variants=["teacher_guard:relabel", "unlabeled_ratio:2"])
+    jobs = {j.label: j for j in plan(opts, {"val": False, "project": str(tmp_path)}, guarded, "t.pt", {})}
+    guard = jobs["yolo-kd sl2+pred + unlabeled pool (teacher_guard=relabel)"]
+    assert (guard.train_args["data"], guard.train_args["val"], guard.eval_data, guard.checkpoint.name) == (
+        str(guarded.guard_yaml), True, str(split.labeled_yaml), "last.pt")
+    assert guard.kd["unlabeled"] == str(split.pool) and guard.kd["teacher_guard"] == "relabel"
+    for label in ("yolo-kd sl2+pred + unlabeled pool", "yolo-kd sl2+pred + unlabeled pool (unlabeled_ratio=2)"):
+        job = jobs[label]
+        assert (job.train_args["data"], job.train_args["val"], job.eval_data, job.checkpoint.name) == (
+            str(split.labeled_yaml), False, None, "best.pt")
+    with pytest.raises(KDConfigError, match="a row with teacher_guard validates every epoch: give guard_val=N") as err:
+        bench_command(dict(SCARCE, data="x.yaml", teacher="t.yaml", project=str(tmp_path), rows="variants",
+                           pool_variants="teacher_guard:relabel"))
+    assert "\n" not in str(err.value)
+
+
 def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline():
     """A bench run in pieces (`rows=labeled,variants` alone, or seeds whose baseline has not run) still reports
     each row's mAP and its paired difference from the recipe without the pool; gains only where a baseline exists."""
@@ -225,7 +260,7 @@ def test_only_runs_of_the_same_student_teacher_and_arguments_join_the_report(tmp
            "train_args": {**args, "data": str(labeled), "epochs": 4, "seed": 2, "name": "x_s2", "close_mosaic": 1}}
 
     def joins(job, teacher="t.pt"):
-        return same_bench(job, args, "yolov8n.yaml", 64, teacher, labeled, sub_epochs=4, full_epochs=1)
+        return same_bench(job, args, "yolov8n.yaml", 64, teacher, {str(labeled)}, sub_epochs=4, full_epochs=1)
 
     assert joins(job)
     assert not joins(job, teacher="other.pt")  # distilled by another teacher

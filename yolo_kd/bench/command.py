@@ -42,6 +42,9 @@ BENCH_SPEC = {
     "pseudo_builtin": (as_bool, False, "label-scarce bench: also the built-in on labeled + pseudo-labeled images"),
     "pseudo_kd": (as_bool, False, "label-scarce bench: also yolo-kd's default recipe on labeled + pseudo-labeled "
                   "images (the pseudo-label route plus the dense terms)"),
+    "guard_val": (as_count, 0, "label-scarce bench: pool rows with teacher_guard validate every epoch on this many "
+                  "pool images with their labels (they stay in the pool; the rows are scored on the data set's val "
+                  "split, last.pt)"),
     "close_mosaic_share": (as_float, 0.1, "label-scarce bench: no-mosaic share of each run's epochs"),
     "rows": (as_list(), None, "label-scarce bench: only these rows (baseline, builtin, labeled, pool, variants, "
              "pseudo, ceiling; default all), e.g. rows=baseline,ceiling to choose a budget"),
@@ -82,7 +85,7 @@ def bench_options(overrides: dict) -> tuple[dict, dict]:
         bad = sorted(set(opts[key] or ()) - set(allowed))
         if bad:
             raise KDConfigError(f"{key}={','.join(bad)} is not one of {', '.join(allowed)}")
-    check_pool_variants(opts["pool_variants"] or [])
+    check_pool_variants(opts["pool_variants"] or [], opts["guard_val"])
     if opts["step"] and not opts["train"] and str(opts["teacher"]).endswith((".yaml", ".yml")):
         raise KDConfigError("step=True with train=False needs a trained teacher: pass teacher=<.pt>")
     if opts["recipe"] and not Path(opts["recipe"]).is_file():
@@ -90,8 +93,9 @@ def bench_options(overrides: dict) -> tuple[dict, dict]:
     return opts, extra
 
 
-def check_pool_variants(variants: list[str]) -> None:
-    """Each `pool_variants` entry must build a recipe (its keys yolo-kd options, its values valid), in one line."""
+def check_pool_variants(variants: list[str], guard_val: int = 0) -> None:
+    """Each `pool_variants` entry must build a recipe (its keys yolo-kd options, its values valid), and one with
+    `teacher_guard` needs `guard_val` images to validate on; in one line."""
     from ..api import KD_KEYS
     from ..recipe import Recipe
     from .scarce import parse_variant
@@ -105,6 +109,10 @@ def check_pool_variants(variants: list[str]) -> None:
             Recipe.from_kwargs(teacher="teacher.pt", unlabeled=["pool"], **keys)
         except KDConfigError as e:
             raise KDConfigError(f"pool_variants={text}: {e}") from None
+        if keys.get("teacher_guard") and not guard_val:
+            raise KDConfigError(f"pool_variants={text}: a row with teacher_guard validates every epoch: give "
+                                "guard_val=N (N pool images with their labels as its validation set; the rows are "
+                                "still scored on the data set's val split)")
 
 
 def resolve_data(data: str, root: Path) -> str:

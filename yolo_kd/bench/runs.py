@@ -33,6 +33,8 @@ class Job:
     kd: dict = field(default_factory=dict)
     eval_imgsz: int = 640
     train: bool = True
+    eval_data: str | None = None  # the data.yaml whose val split scores the run (default: the one it trains on)
+    scored: str = "best"  # which of its checkpoints a trained run scores: best (= last without val) or last
 
     @property
     def folder(self) -> Path:
@@ -40,8 +42,8 @@ class Job:
 
     @property
     def checkpoint(self) -> Path:
-        """The weights the job scores: its best.pt when it trains, else the model as given."""
-        return self.folder / "weights" / "best.pt" if self.train else Path(self.model)
+        """The weights the job scores: its best.pt (or last.pt) when it trains, else the model as given."""
+        return self.folder / "weights" / f"{self.scored}.pt" if self.train else Path(self.model)
 
 
 class EpochTimer:
@@ -90,7 +92,8 @@ def run_job(job: Job) -> dict:
         wall = time.perf_counter() - started
     checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
-    evaluation = evaluate_checkpoint(checkpoint, load_eval_set(data), job.folder / "eval", imgsz=job.eval_imgsz,
+    evaluation = evaluate_checkpoint(checkpoint, load_eval_set(job.eval_data or data), job.folder / "eval",
+                                     imgsz=job.eval_imgsz,
                                      device=device)
     return {
         "label": job.label, "kind": job.kind, "seed": job.seed, "checkpoint": str(checkpoint),

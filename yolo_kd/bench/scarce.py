@@ -7,7 +7,11 @@ unlabeled pool. The teacher is trained on the labeled subset only (a bigger mode
 - baseline: the student on the labeled subset;
 - the built-in (`distill_model=`) and yolo-kd's default recipe on the labeled subset;
 - yolo-kd's default recipe with `unlabeled=` the pool;
-- variants of the pool row (`pool_variants=`: other recipe keys, e.g. online pseudo-boxes or another ratio);
+- variants of the pool row (`pool_variants=`: other recipe keys, e.g. online pseudo-boxes or another ratio); a
+  variant with `teacher_guard` validates every epoch (the guard reads validation) on `guard_val=` pool images with
+  their labels (`guard_split`: they stay in the pool, as in every other pool row, so the rows differ in the guard
+  alone), and is scored like every row on the data set's val split, from its last.pt (no choice of epoch by that
+  validation);
 - the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`) at each `pseudo_conf`, then the plain
   student (and, with `pseudo_builtin=True`, the built-in; with `pseudo_kd=True`, yolo-kd's default recipe) on
   labeled + pseudo-labeled images;
@@ -30,7 +34,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -49,13 +53,15 @@ TEACHER_ROWS = {"builtin", "labeled", "pool", "variants", "pseudo"}  # rows that
 
 @dataclass
 class Split:
-    """A label-scarce split of a data set: the labeled subset's data.yaml, the pool folder, the full data.yaml."""
+    """A label-scarce split of a data set: the labeled subset's data.yaml, the pool folder, the full data.yaml; with
+    `guard_val`, the labeled subset's data.yaml whose val split is that many pool images with their labels."""
 
     labeled_yaml: Path
     pool: Path
     full_yaml: str
     n_labeled: int
     n_pool: int
+    guard_yaml: Path | None = None
 
     @property
     def n_full(self) -> int:
@@ -101,6 +107,21 @@ def make_split(data_yaml: str, fraction: float, root: Path, split_seed: int = 0)
     labeled_yaml.write_text(yaml.safe_dump({"path": str(root), "train": str(root / "labeled.txt"), "val": val,
                                             "names": data["names"]}))
     return Split(labeled_yaml, pool_dir, str(data_yaml), len(labeled), len(pool))
+
+
+def guard_split(split: Split, n: int, root: Path, split_seed: int = 0) -> Split:
+    """`split` with `guard_yaml`: the labeled subset's data.yaml validating on `n` pool images chosen by `split_seed`
+    (their original files, whose labels lie beside them), written as `guard_val<n>.txt` / `data_guard<n>.yaml`."""
+    links = sorted(split.pool.iterdir())
+    if not 0 < n <= len(links):
+        raise KDConfigError(f"guard_val={n} must be between 1 and the pool's {len(links)} images")
+    chosen = sorted(random.Random(split_seed).sample(links, n))
+    listing, guard_yaml = root / f"guard_val{n}.txt", root / f"data_guard{n}.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    listing.write_text("".join(f"{p.resolve()}\n" for p in chosen))
+    data = yaml.safe_load(split.labeled_yaml.read_text())
+    guard_yaml.write_text(yaml.safe_dump({**data, "val": str(listing)}))
+    return replace(split, guard_yaml=guard_yaml)
 
 
 def pseudo_labeled_yaml(split: Split, teacher: str, conf: float, root: Path) -> tuple[Path, dict]:
@@ -177,11 +198,11 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
     kd = {"teacher": teacher, "method": DEFAULT_RECIPE}
     jobs = []
     for seed in opts["seeds"]:
-        def job(label, kind, data, epochs, kd=None, extra=None):
+        def job(label, kind, data, epochs, kd=None, extra=None, **scoring):
             args = {**train_args, **(extra or {}), "data": str(data), "epochs": epochs, "seed": seed,
                     "close_mosaic": max(1, round(share * epochs)), "name": f"{slug(label)}_s{seed}"}
             return Job(label=label, kind=kind, model=opts["model"], seed=seed, train_args=args, kd=kd or {},
-                       eval_imgsz=opts["imgsz"])
+                       eval_imgsz=opts["imgsz"], **scoring)
 
         labeled, want = split.labeled_yaml, set(opts.get("rows") or ROWS)
         candidates = [("baseline", job("baseline (labeled subset)", "baseline", labeled, sub_epochs))]
@@ -195,9 +216,11 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
                                            sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn,
                                                          "unlabeled_boxes": DEFAULT_UNLABELED_BOXES})))
         for keys in map(parse_variant, opts.get("pool_variants") or []):
+            guarded = {"extra": {"val": True}, "eval_data": str(labeled), "scored": "last"} if keys.get(
+                "teacher_guard") else {}
             candidates.append(("variants", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
-                                           "yolo-kd", labeled, sub_epochs,
-                                           kd={**kd, "unlabeled": str(split.pool), **keys})))
+                                           "yolo-kd", split.guard_yaml if guarded else labeled, sub_epochs,
+                                           kd={**kd, "unlabeled": str(split.pool), **keys}, **guarded)))
         for conf, pseudo_yaml in pseudo_yamls.items():
             candidates.append(("pseudo", job(f"pseudo-labels (yolo-kd label conf={conf:g}) + plain student", "pseudo",
                                              pseudo_yaml, full_epochs)))
@@ -224,6 +247,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     from .runs import Job, launch
 
     split = make_split(data, opts["labeled_fraction"], out / "split", opts["split_seed"])
+    if any(parse_variant(v).get("teacher_guard") for v in opts.get("pool_variants") or []):  # guard_val checked
+        split = guard_split(split, opts["guard_val"], out / "split", opts["split_seed"])
     batch = opts["batch"]
     steps, sub_epochs, full_epochs = budget(opts, split)
     teacher = str(opts["teacher"])
@@ -249,8 +274,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     jobs = plan(opts, train_args, split, teacher, {conf: path for conf, (path, _) in labelled.items()})
     results = [{**r, "epochs": job.train_args["epochs"]} for job, r in zip(jobs, run_jobs(jobs))]
     results = with_earlier_runs(results, jobs, out, lambda job: same_bench(
-        job, train_args, opts["model"], opts["imgsz"], str(teacher_job.checkpoint), split.labeled_yaml, sub_epochs,
-        full_epochs))
+        job, train_args, opts["model"], opts["imgsz"], str(teacher_job.checkpoint),
+        {str(split.labeled_yaml), *map(str, out.joinpath("split").glob("data_guard*.yaml"))}, sub_epochs, full_epochs))
     earlier = sum(bool(r.get("earlier")) for r in results)
     if teacher_result is None and teacher_job.folder.joinpath("result.json").is_file() and any(
             r["kind"] not in {"baseline", "ceiling"} for r in results):  # earlier distilled or pseudo-label runs

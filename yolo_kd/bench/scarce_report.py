@@ -85,18 +85,18 @@ def gap_closed(gains: list[float], seeds: list[int], ceiling: dict[int, float]) 
 
 #: the order of the report's rows: by kind, the recipe on the labeled images before the pool rows
 KIND_ORDER = {"baseline": 0, "builtin": 1, "yolo-kd": 2, "pseudo": 3, "pseudo-builtin": 4, "pseudo-kd": 5, "ceiling": 6}
-PER_RUN_ARGS = {"data", "epochs", "seed", "close_mosaic", "name", "distill_model", "dis"}  # set by `plan` per row
+PER_RUN_ARGS = {"data", "epochs", "seed", "close_mosaic", "name", "distill_model", "dis", "val"}  # `plan`'s per row
 
 
-def same_bench(job: dict, train_args: dict, model: str, imgsz: int, teacher: str, labeled_yaml: Path,
+def same_bench(job: dict, train_args: dict, model: str, imgsz: int, teacher: str, labeled_yamls: set[str],
                sub_epochs: int, full_epochs: int) -> bool:
     """Whether a saved job is a row of this bench: the same student, evaluation size and training arguments (all but
-    those `plan` sets per row), the same optimizer steps (`sub_epochs` on the labeled subset, `full_epochs` on any
-    other data) and, for a distilled run, the same teacher checkpoint."""
+    those `plan` sets per row), the same optimizer steps (`sub_epochs` on the labeled subset, whichever of
+    `labeled_yamls` names it, `full_epochs` on any other data) and, for a distilled run, the same teacher checkpoint."""
     args = job["train_args"]
     common = ({k: v for k, v in args.items() if k not in PER_RUN_ARGS}
               == {k: v for k, v in train_args.items() if k not in PER_RUN_ARGS})
-    epochs = sub_epochs if args["data"] == str(labeled_yaml) else full_epochs
+    epochs = sub_epochs if args["data"] in labeled_yamls else full_epochs
     teachers = {t for t in (job["kd"].get("teacher"), args.get("distill_model")) if t is not None}
     return (common and job["model"] == model and job["eval_imgsz"] == imgsz and args["epochs"] == epochs
             and teachers <= {teacher})
