@@ -154,3 +154,20 @@ def test_pooled_seeds_pair_each_seed_with_its_own_builtin():
     assert "| yolo-kd sl2+pred | +1.00 | +1.50 | +1.50 |" in text  # per seed, minus the built-in
     with pytest.raises(ValueError, match=r"seeds \[1, 2\] are in two reports"):
         pool([part1, part1])
+
+
+def test_a_run_saved_before_a_job_field_existed_is_reused(tmp_path):
+    """A result.json whose job lacks the fields added since (the code that saved it ran them at their defaults) names
+    the same run: `launch` returns it and starts nothing; a job that differs in such a field is run again (here with
+    `false` as the interpreter, so the launch fails at once instead of training)."""
+    from dataclasses import asdict, replace
+
+    from yolo_kd.bench.runs import Job, launch
+
+    job = Job(label="x", kind="baseline", model="m.yaml", seed=1, train_args={"project": str(tmp_path), "name": "x"})
+    saved = {k: v for k, v in asdict(job).items() if k not in ("eval_data", "scored")}
+    job.folder.mkdir(parents=True)
+    (job.folder / "result.json").write_text(json.dumps({"job": saved, "result": {"mAP50-95": 0.5}}))
+    assert launch(job, python="false") == {"mAP50-95": 0.5, "reused": True}
+    with pytest.raises(RuntimeError, match="bench run 'x' seed 1 failed"):
+        launch(replace(job, scored="last"), python="false")

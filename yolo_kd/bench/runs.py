@@ -12,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from .machine import fingerprint, on_cuda
@@ -107,13 +107,20 @@ def run_job(job: Job) -> dict:
     }
 
 
+def with_defaults(saved: dict) -> dict:
+    """A saved job (or teacher record) with the Job fields added since it was saved at their defaults: the code that
+    saved it ran them that way, so it still names the same run."""
+    defaults = {f.name: f.default for f in fields(Job) if f.default is not MISSING}
+    return {**defaults, **saved}
+
+
 def launch(job: Job, python: str = sys.executable) -> dict:
     """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one."""
     folder = job.folder
     result_file = folder / "result.json"
     if result_file.is_file():
         saved = json.loads(result_file.read_text())
-        if saved.get("job") == asdict(job):
+        if with_defaults(saved.get("job") or {}) == asdict(job):
             return {**saved["result"], "reused": True}
     folder.mkdir(parents=True, exist_ok=True)
     job_file = folder / "job.json"

@@ -43,7 +43,7 @@ from ..errors import KDConfigError
 from ..files import list_image_files
 from ..recipe import DEFAULT_UNLABELED_BN, DEFAULT_UNLABELED_BOXES
 from .gap_plot import plot_gap
-from .runs import run_jobs, slug
+from .runs import run_jobs, slug, with_defaults
 from .scarce_report import (DEFAULT_RECIPE, LABELED_ROW, markdown, same_bench, saved_runs, summarize,
                             with_earlier_runs)
 
@@ -155,7 +155,7 @@ def check_teacher(out: Path, identity: dict) -> None:
     whoever made them, so the first invocation that needs the teacher records it (`teacher.json`: the teacher's job,
     and a given checkpoint's mtime) and a later one with another teacher is refused while such runs exist."""
     marker = out / "teacher.json"
-    if marker.is_file() and json.loads(marker.read_text()) != identity:
+    if marker.is_file() and with_defaults(json.loads(marker.read_text())) != identity:
         used = [folder.name for folder, saved in saved_runs(out)
                 if saved.get("job", {}).get("kind") not in {"teacher", "baseline", "ceiling"}]
         if used:
