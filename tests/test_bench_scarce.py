@@ -201,6 +201,10 @@ def test_pool_rows_are_paired_with_the_labeled_only_row_even_without_a_baseline(
     assert rows["boxes"]["maps"] == pytest.approx([0.23, 0.29])
     text = markdown(rows, None, {"data": "d.yaml", "labeled_fraction": 0.25, "teacher": "t.pt"}, 2, 6, 10, None)
     assert "| boxes |  | 0.2600 | (0.2300) | +4.00 | +4.00 ± inf (inside the noise) |" in text  # mAP where no baseline
+    assert "teacher_guard" not in text
+    guarded = markdown(rows, None, {"data": "d.yaml", "labeled_fraction": 0.25, "teacher": "t.pt", "guard_val": 16},
+                       2, 6, 10, None)
+    assert "guard_val=16" in guarded and "teacher_guard validate every epoch on 16 pool images" in guarded
 
 
 def test_rows_are_paired_with_the_better_pseudo_label_threshold():

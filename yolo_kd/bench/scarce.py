@@ -284,7 +284,8 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
     settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],
                 "imgsz": opts["imgsz"], "batch": batch, "seeds": sorted({r["seed"] for r in results}),
                 "labeled_fraction": opts["labeled_fraction"], "split_seed": opts["split_seed"],
-                "pseudo_conf": opts["pseudo_conf"], "device": opts["device"]}
+                "pseudo_conf": opts["pseudo_conf"], "device": opts["device"],
+                **({"guard_val": opts["guard_val"]} if opts.get("guard_val") else {})}
     text = (markdown(rows, teacher_result, settings, split.n_labeled, split.n_pool, steps, pseudo, earlier)
             + machine_note(results) + code_note(results))
     summary = {"settings": settings, "steps": steps, "teacher": teacher_result, "pseudo": pseudo, "rows": rows,

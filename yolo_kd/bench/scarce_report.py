@@ -144,7 +144,10 @@ def markdown(rows: dict, teacher: dict | None, settings: dict, n_labeled: int, n
              + "".join(f" Pseudo-labels at conf {conf:g}: {p['boxes']} boxes on {p['images']} pool images, "
                        f"{p['empty']} without a box." for conf, p in (pseudo or {}).items())
              + (f" {earlier} of the runs below are earlier runs of this bench (same budget, teacher and arguments), "
-                "read from their result.json." if earlier else ""), "",
+                "read from their result.json." if earlier else "")
+             + (f" Rows with teacher_guard validate every epoch on {settings['guard_val']} pool images with their "
+                "labels (still in the pool) and are scored here from last.pt." if settings.get("guard_val") else ""),
+             "",
              "| model | epochs | mAP50-95 (mean) | " + " | ".join(f"seed {s}" for s in seeds)
              + " | gain (95% CI) | vs built-in (95% CI) | vs pseudo-labels (95% CI) | vs labeled-only (95% CI) "
              "| gap closed | train s (wall) |",
