@@ -93,8 +93,7 @@ def run_job(job: Job) -> dict:
     checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
     evaluation = evaluate_checkpoint(checkpoint, load_eval_set(job.eval_data or data), job.folder / "eval",
-                                     imgsz=job.eval_imgsz,
-                                     device=device)
+                                     imgsz=job.eval_imgsz, device=device)
     return {
         "label": job.label, "kind": job.kind, "seed": job.seed, "checkpoint": str(checkpoint),
         "mAP50-95": evaluation["coco"]["mAP50-95"], "mAP50": evaluation["coco"]["mAP50"],
