@@ -150,8 +150,9 @@ def test_pool_variants_add_one_pool_row_each_and_pseudo_rows_one_per_threshold(t
 
 def test_a_guarded_variant_validates_on_pool_images_and_is_scored_like_every_row(scarce, tmp_path):
     """A pool variant with `teacher_guard` trains on the labeled subset with `val=True` on `guard_val` pool images
-    (their original files, labels beside them, still in the pool), and is scored on the data set's val split from its
-    last.pt; the other rows keep val=False and best.pt; without guard_val the bench refuses it in one line."""
+    (their original files, labels beside them, still in the pool), without early stopping, and is scored on the data
+    set's val split from its last.pt; the other rows keep val=False and best.pt; without guard_val the bench refuses it
+    in one line."""
     from yolo_kd.bench.scarce import Split, guard_split, plan
 
     out, _, _, _ = scarce
@@ -171,6 +172,7 @@ def test_a_guarded_variant_validates_on_pool_images_and_is_scored_like_every_row
     guard = jobs["yolo-kd sl2+pred + unlabeled pool (teacher_guard=relabel)"]
     assert (guard.train_args["data"], guard.train_args["val"], guard.eval_data, guard.checkpoint.name) == (
         str(guarded.guard_yaml), True, str(split.labeled_yaml), "last.pt")
+    assert guard.train_args["patience"] == 0  # runs every epoch, as the rows without validation do
     assert guard.kd["unlabeled"] == str(split.pool) and guard.kd["teacher_guard"] == "relabel"
     for label in ("yolo-kd sl2+pred + unlabeled pool", "yolo-kd sl2+pred + unlabeled pool (unlabeled_ratio=2)"):
         job = jobs[label]

@@ -205,7 +205,8 @@ class Recipe:
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
             raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the pool's boxes made once: use "
-                                f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or teacher_guard=True")
+                                f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or "
+                                "teacher_guard=True")
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "

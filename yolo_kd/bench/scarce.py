@@ -10,8 +10,9 @@ unlabeled pool. The teacher is trained on the labeled subset only (a bigger mode
 - variants of the pool row (`pool_variants=`: other recipe keys, e.g. online pseudo-boxes or another ratio); a
   variant with `teacher_guard` validates every epoch (the guard reads validation) on `guard_val=` pool images with
   their labels (`guard_split`: they stay in the pool, as in every other pool row, so the rows differ in the guard
-  alone), and is scored like every row on the data set's val split, from its last.pt (no choice of epoch by that
-  validation);
+  alone), runs all its epochs (`patience=0`: Ultralytics' early stop would end it on that validation, where the other
+  rows never validate) and is scored like every row on the data set's val split, from its last.pt (no choice of epoch
+  by that validation);
 - the pseudo-label route: the pool labeled by the teacher (`yolo-kd label`) at each `pseudo_conf`, then the plain
   student (and, with `pseudo_builtin=True`, the built-in; with `pseudo_kd=True`, yolo-kd's default recipe) on
   labeled + pseudo-labeled images;
@@ -216,8 +217,8 @@ def plan(opts: dict, train_args: dict, split: Split, teacher: str, pseudo_yamls:
                                            sub_epochs, kd={**kd, "unlabeled": str(split.pool), "unlabeled_bn": bn,
                                                          "unlabeled_boxes": DEFAULT_UNLABELED_BOXES})))
         for keys in map(parse_variant, opts.get("pool_variants") or []):
-            guarded = {"extra": {"val": True}, "eval_data": str(labeled), "scored": "last"} if keys.get(
-                "teacher_guard") else {}
+            guarded = ({"extra": {"val": True, "patience": 0}, "eval_data": str(labeled), "scored": "last"}
+                       if keys.get("teacher_guard") else {})  # no early stop: the rows without validation never stop
             candidates.append(("variants", job(f"yolo-kd {DEFAULT_RECIPE} + unlabeled pool ({variant_label(keys)})",
                                            "yolo-kd", split.guard_yaml if guarded else labeled, sub_epochs,
                                            kd={**kd, "unlabeled": str(split.pool), **keys}, **guarded)))

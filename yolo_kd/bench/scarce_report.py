@@ -85,7 +85,8 @@ def gap_closed(gains: list[float], seeds: list[int], ceiling: dict[int, float]) 
 
 #: the order of the report's rows: by kind, the recipe on the labeled images before the pool rows
 KIND_ORDER = {"baseline": 0, "builtin": 1, "yolo-kd": 2, "pseudo": 3, "pseudo-builtin": 4, "pseudo-kd": 5, "ceiling": 6}
-PER_RUN_ARGS = {"data", "epochs", "seed", "close_mosaic", "name", "distill_model", "dis", "val"}  # `plan`'s per row
+PER_RUN_ARGS = {"data", "epochs", "seed", "close_mosaic", "name", "distill_model", "dis", "val",
+                "patience"}  # set by `plan` per row
 
 
 def same_bench(job: dict, train_args: dict, model: str, imgsz: int, teacher: str, labeled_yamls: set[str],
