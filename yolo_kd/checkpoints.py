@@ -88,6 +88,11 @@ def continuation(trainer, distiller: Distiller, ema: Distiller, saved_optimizer:
             "pool_boxes": trainer.yolo_kd.pool_boxes if distiller.boxes_score is not None else None}
 
 
+def resumed_pool_boxes(state: dict | None) -> dict | None:
+    """The pool's boxes a relabeled run kept in last.pt's continuation (`teacher_guard: relabel`), or None."""
+    return ((state or {}).get("continue") or {}).get("pool_boxes")
+
+
 def _load_checkpoint_state(trainer, base, ckpt) -> None:
     """The trainer's optimizer/scaler/stopper restore; the EMA and adapters are rebuilt around the distiller."""
     base({**ckpt, "ema": None})

@@ -45,7 +45,8 @@ import torch
 from ultralytics.utils import LOGGER
 
 from .accumulation import Accumulation, StepEveryBatch
-from .checkpoints import (_load_checkpoint_state, drop_continuation, restore_grads, resume_training, save_model)
+from .checkpoints import (_load_checkpoint_state, drop_continuation, restore_grads, resume_training, resumed_pool_boxes,
+                          save_model)
 from .compat import check_before_run
 from .distiller import KD_STATE_KEY, Distiller
 from .errors import KDConfigError
@@ -54,7 +55,7 @@ from .recipe import DEFAULT_UNLABELED_WEIGHT, GUARD_RELABEL, Recipe, box_selecti
 from .resolution import resample
 from .resume_options import resume_recipe
 from .guard import announce_guard, validate
-from .pool_labels import label_pool, resumed_pool_boxes
+from .pool_labels import label_pool
 from .ultra import RANK, unwrap_model
 from .unlabeled import images_per_step, rank_share, unlabeled_files
 from .unlabeled_loader import UnlabeledLoader

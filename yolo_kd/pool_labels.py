@@ -19,7 +19,7 @@ the pool again with the same frozen teacher (the same boxes: prediction is deter
 
 Under `teacher_guard: relabel` the student's EMA takes over the labeling once it has passed its teacher (`guard`):
 `relabel_pool` runs the same rule with the EMA at the run's size; those boxes are kept in last.pt's continuation
-(`resumed_pool_boxes`), as the EMA that made them is gone by the time a run resumes.
+(`checkpoints.resumed_pool_boxes`), as the EMA that made them is gone by the time a run resumes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .preflight import image_size
 from .pseudo_boxes import matched_count
 from .recipe import box_selection
 from .ultra import RANK, progress
+from .unlabeled import rank_share
 from .unlabeled_loader import RandomStreams
 
 FLOOR = 0.01  # the lowest teacher score a pool box may have: the predictor's threshold for the count rule
@@ -123,8 +124,6 @@ def relabel_pool(trainer) -> dict:
     from its next restart (the next epoch's start)."""
     import torch.distributed as dist
 
-    from .unlabeled import rank_share
-
     run = trainer.yolo_kd
     boxes = label_pool(trainer, rank_share(run.unlabeled), trainer.train_loader.dataset,
                        model=trainer.ema.ema.student)
@@ -135,8 +134,3 @@ def relabel_pool(trainer) -> dict:
     run.pool_boxes = boxes
     run.unlabeled_loader.set_boxes(boxes)
     return boxes
-
-
-def resumed_pool_boxes(state: dict | None) -> dict | None:
-    """The pool's boxes a relabeled run kept in last.pt's continuation (`teacher_guard: relabel`), or None."""
-    return ((state or {}).get("continue") or {}).get("pool_boxes")
