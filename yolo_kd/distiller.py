@@ -167,10 +167,11 @@ class Distiller(StudentSurface, nn.Module):
         pool_preds = None
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
             pool_taps, pool_preds = self._unlabeled_forward(extra)
-            s_taps = cat_rows(s_taps, pool_taps)
-            img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
-            if source is not None:
-                source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
+            if not self.kd_stopped:  # the teacher reads the pool too (self-training has no teacher forward)
+                s_taps = cat_rows(s_taps, pool_taps)
+                img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
+                if source is not None:
+                    source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
         target = [] if self.kd_stopped else self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
