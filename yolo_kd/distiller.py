@@ -163,10 +163,11 @@ class Distiller(StudentSurface, nn.Module):
 
         img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
-        s_taps, preds = self._student_taps(img)
+        forward = self._student_preds if self.kd_stopped else self._student_taps  # self-training reads no taps
+        s_taps, preds = forward(img)
         pool_preds = None
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
-            pool_taps, pool_preds = self._unlabeled_forward(extra)
+            pool_taps, pool_preds = self._unlabeled_forward(extra, forward)
             if not self.kd_stopped:  # the teacher reads the pool too (self-training has no teacher forward)
                 s_taps = cat_rows(s_taps, pool_taps)
                 img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
@@ -224,14 +225,18 @@ class Distiller(StudentSurface, nn.Module):
             preds = self.student(img)
         return head_taps(preds, layer_feats), preds
 
-    def _unlabeled_forward(self, extra: torch.Tensor) -> tuple[Taps, object]:
-        """The student's (taps, raw predictions) on the pool's images, normalised by BatchNorm with their own batch
-        statistics; its running statistics are updated by this forward too (`unlabeled_bn: all`) or come from
-        labeled batches alone (`labeled`)."""
+    def _student_preds(self, img: torch.Tensor) -> tuple[None, object]:
+        """(no taps, the student's raw predictions): the self-training step's forward, where no term reads a tap."""
+        return None, self.student(img)
+
+    def _unlabeled_forward(self, extra: torch.Tensor, forward) -> tuple[Taps | None, object]:
+        """`forward(extra)` on the pool's images (`_student_taps` or `_student_preds`), normalised by BatchNorm with
+        their own batch statistics; its running statistics are updated by this forward too (`unlabeled_bn: all`) or
+        come from labeled batches alone (`labeled`)."""
         if self.recipe.unlabeled_bn == "all":
-            return self._student_taps(extra)
+            return forward(extra)
         with running_stats_frozen(self.student):
-            return self._student_taps(extra)
+            return forward(extra)
 
     def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, batch: dict) -> torch.Tensor:
         """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
