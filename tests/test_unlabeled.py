@@ -215,12 +215,13 @@ def record_forwards(trainer):
 
 
 def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabeled_views=None, unlabeled_boxes=None,
-                 **train):
+                 unlabeled_kd=None, **train):
     RecordingTrainer.seen = {}
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", record_forwards)
     yolo_kd.distill(model, teacher=str(teacher), teacher_imgsz=teacher_imgsz, unlabeled_views=unlabeled_views,
-                    unlabeled_boxes=unlabeled_boxes, **({"unlabeled": str(pool)} if pool else {}))
+                    unlabeled_boxes=unlabeled_boxes, unlabeled_kd=unlabeled_kd,
+                    **({"unlabeled": str(pool)} if pool else {}))
     model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
                 **{**TINY_TRAIN, "epochs": 2, **train})
     return RecordingTrainer.seen

@@ -40,6 +40,9 @@ KD_OPTIONS = {
     "unlabeled_weight": "multiplies the unlabeled images' own terms, unlabeled_boxes' and unlabeled_topk's (default 1)",
     "unlabeled_views": "'weak-strong': the teacher sees pool images without the photometric augmentation, the student "
                        "with it (default 'same')",
+    "unlabeled_kd": "false: the KD terms read the labeled images only and the teacher's forward skips the pool, which "
+                    "trains the detection loss on the teacher's boxes made once (unlabeled_boxes label+conf); about "
+                    "the compute of a plain student's step less per step (default true)",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
                      "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }
@@ -109,8 +112,8 @@ def distill(model, teacher=None, method: str | None = None, **options):
 
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
-    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_topk, unlabeled_weight, unlabeled_views and
-    teacher_guard.
+    labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_topk, unlabeled_weight, unlabeled_views,
+    unlabeled_kd and teacher_guard.
     Every Ultralytics train argument keeps working, `trainer=MyTrainer` included (the engine composes with it:
     `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the run folder exists and DDP works. With
     ``model.train(resume=...)`` the run continues last.pt's recipe: a key given here that differs from it is refused

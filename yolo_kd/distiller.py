@@ -163,16 +163,17 @@ class Distiller(StudentSurface, nn.Module):
 
         img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
-        forward = self._student_preds if self.kd_stopped else self._student_taps  # self-training reads no taps
-        s_taps, preds = forward(img)
+        s_taps, preds = (self._student_preds if self.kd_stopped else self._student_taps)(img)  # self-training: no taps
         pool_preds = None
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
-            pool_taps, pool_preds = self._unlabeled_forward(extra, forward)
-            if not self.kd_stopped:  # the teacher reads the pool too (self-training has no teacher forward)
+            if self.teacher_reads_pool:
+                pool_taps, pool_preds = self._unlabeled_forward(extra, self._student_taps)
                 s_taps = cat_rows(s_taps, pool_taps)
                 img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
                 if source is not None:
                     source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
+            else:  # only the pool's detection term reads it
+                _, pool_preds = self._unlabeled_forward(extra, self._student_preds)
         target = [] if self.kd_stopped else self._teacher_target(stage, img, source, s_taps)
         det_loss, items = self.student.loss(batch, preds)  # the labeled images only
         targets = Targets.from_batch(batch)
@@ -207,15 +208,23 @@ class Distiller(StudentSurface, nn.Module):
         return self.kd_stopped and self.recipe.teacher_guard == GUARD_RELABEL
 
     @property
+    def teacher_reads_pool(self) -> bool:
+        """Whether the teacher's forward and the KD terms read the pool's rows: not while self-training, not with
+        `unlabeled_kd: false` (there the pool's detection term alone reads the pool)."""
+        return not self.kd_stopped and self.recipe.unlabeled_kd
+
+    @property
     def reads_unlabeled(self) -> bool:
         """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
         ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away), or the
-        run self-trains on the pool's boxes."""
+        pool's detection term reads it alone (`unlabeled_kd: false`, or the run self-trains on the pool's boxes)."""
         si = self.stage
-        if not self.training or si is None:
+        if not self.training or si is None or not self.recipe.stages[si].methods:  # a stage without KD
             return False
         if self.kd_stopped:
             return self.self_training
+        if not self.recipe.unlabeled_kd:
+            return True
         return any(not self.methods[f"{t}__{m.name}"].reads_gt
                    for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 

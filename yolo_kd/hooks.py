@@ -292,7 +292,9 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         + ("; the teacher sees each pool image without the photometric augmentation, the student "
                            "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
                            else "")
-                        + (f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
+                        + ("; the KD terms read the labeled images only and the teacher's forward skips the pool "
+                           "(unlabeled_kd: false)" if not run.recipe.unlabeled_kd
+                           else f"; {', '.join(gt)} read ground truth and see the labeled images only" if gt else ""))
     return loader
 
 

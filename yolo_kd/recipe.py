@@ -34,7 +34,7 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
                "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
-               "teacher_guard"}
+               "unlabeled_kd", "teacher_guard"}
 BOXES_MATCH = "match"  # `unlabeled_boxes: match`: per pool image as many teacher boxes as per labeled image
 BOXES_LABEL = "label"  # `unlabeled_boxes: label[+conf]`: the teacher labels the clean pool images once, at the start
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
@@ -134,6 +134,8 @@ class Recipe:
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
+    unlabeled_kd: bool = True  # the stage's KD terms read the pool too; False: the pool trains pool_det alone and the
+    #           teacher's forward reads the labeled images only (its boxes on the pool are made once, at the start)
     teacher_guard: bool | str = False  # stop KD once the student's validation mAP50-95 reaches the teacher's
     #           (`guard`); "relabel": stop the teacher's terms, and the pool's boxes follow the student's EMA
 
@@ -142,7 +144,7 @@ class Recipe:
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
                     unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, unlabeled_topk=None,
-                    unlabeled_weight=None, unlabeled_views=None, teacher_guard=None) -> Recipe:
+                    unlabeled_weight=None, unlabeled_views=None, unlabeled_kd=None, teacher_guard=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -153,7 +155,7 @@ class Recipe:
                                ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
                                ("unlabeled_boxes", unlabeled_boxes), ("unlabeled_topk", unlabeled_topk),
                                ("unlabeled_weight", unlabeled_weight), ("unlabeled_views", unlabeled_views),
-                               ("teacher_guard", teacher_guard)):
+                               ("unlabeled_kd", unlabeled_kd), ("teacher_guard", teacher_guard)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -166,7 +168,7 @@ class Recipe:
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
             "unlabeled_boxes": unlabeled_boxes, "unlabeled_topk": unlabeled_topk, "unlabeled_weight": unlabeled_weight,
-            "unlabeled_views": unlabeled_views, "teacher_guard": teacher_guard,
+            "unlabeled_views": unlabeled_views, "unlabeled_kd": unlabeled_kd, "teacher_guard": teacher_guard,
         }
         return cls.from_dict(data)
 
@@ -201,12 +203,16 @@ class Recipe:
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
                                              else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
+            unlabeled_kd=_parse_bool(True if data.get("unlabeled_kd") is None else data["unlabeled_kd"],
+                                     "unlabeled_kd"),
             teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
             raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the pool's boxes made once: use "
                                 f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or "
                                 "teacher_guard=True")
+        if not recipe.unlabeled_kd:
+            check_pool_without_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
@@ -245,6 +251,7 @@ class Recipe:
             "unlabeled_topk": self.unlabeled_topk,
             "unlabeled_weight": self.unlabeled_weight,
             "unlabeled_views": self.unlabeled_views,
+            "unlabeled_kd": self.unlabeled_kd,
             "teacher_guard": self.teacher_guard,
         }
 
@@ -357,6 +364,19 @@ def _parse_bool(value, where: str) -> bool:
     if not isinstance(value, bool):
         raise KDConfigError(f"'{where}' must be true or false, got {value!r}")
     return value
+
+
+def check_pool_without_kd(recipe: Recipe) -> None:
+    """`unlabeled_kd: false` leaves the pool its detection term on boxes made once (`label[+conf]`); the options that
+    read the teacher's forward on pool images have nothing to read."""
+    if not labels_pool_once(recipe.unlabeled_boxes):
+        raise KDConfigError(f"unlabeled_kd=false trains the pool on the teacher's boxes made once, at the start: use "
+                            f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or drop unlabeled_kd")
+    for key, on in (("unlabeled_topk", recipe.unlabeled_topk is not None),
+                    ("unlabeled_views", recipe.unlabeled_views != "same")):
+        if on:
+            raise KDConfigError(f"{key} reads the teacher's forward on the pool images, which unlabeled_kd=false "
+                                f"skips: drop one of them")
 
 
 def _parse_guard(value) -> bool | str:

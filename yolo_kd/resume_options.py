@@ -16,7 +16,8 @@ from .unlabeled import absolute_pool
 
 #: keys that are fields of the recipe itself; the others (teacher, teacher_imgsz, method, weights) are shorthand
 RECIPE_FIELDS = ("layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio", "unlabeled_bn",
-                 "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views", "teacher_guard")
+                 "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views", "unlabeled_kd",
+                 "teacher_guard")
 
 
 def saved_recipe(checkpoint) -> Recipe | None:

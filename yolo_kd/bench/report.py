@@ -161,9 +161,9 @@ def step_targets(step: dict | None) -> list[str]:
         return []
     lines = [f"- {label} step-time ratio {v['ratio']:.2f}x <= built-in {builtin['ratio']:.2f}x + 10% "
              f"({1.1 * builtin['ratio']:.2f}x): {'met' if v['ratio'] <= 1.1 * builtin['ratio'] else 'NOT met'}"
-             for label, v in rows.items() if label.startswith("yolo-kd") and not label.endswith(POOL_SUFFIX)]
+             for label, v in rows.items() if label.startswith("yolo-kd") and POOL_SUFFIX not in label]
     for label, v in rows.items():
-        labeled = rows.get(label[: -len(POOL_SUFFIX)].rstrip()) if label.endswith(POOL_SUFFIX) else None
+        labeled = rows.get(label.split(POOL_SUFFIX)[0].rstrip()) if POOL_SUFFIX in label else None
         if labeled:
             ratio = v["ms"] / labeled["ms"]
             lines.append(f"- {label}: {ratio:.2f}x the labeled-only step <= {POOL_STEP_TARGET}x: "

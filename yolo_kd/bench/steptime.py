@@ -59,7 +59,7 @@ class Candidate:
         if self.teacher_imgsz:
             batch = {**batch, "teacher_img": batch["sources"][self.teacher_imgsz]}
         if self.pool:
-            batch = {**batch, "unlabeled_img": batch["pool_img"]}
+            batch = {**batch, "unlabeled_img": batch["pool_img"], "unlabeled_boxes": batch["pool_boxes"]}
         with torch.autocast("cuda") if amp else nullcontext():
             loss, _ = self.module.loss(batch)
         loss.sum().backward()
@@ -90,12 +90,14 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
         distiller.set_epoch(0)
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
         out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
-    method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images in the batch)
-    recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"])
-    distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
-    distiller.set_epoch(0)
-    out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}", distiller, "yolo-kd + pool", pool=True))
-    teacher_forwards["yolo-kd + pool"] = ours  # its forward reads the labeled and the pool images at once
+    method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images and boxes in the
+    for unlabeled_kd, suffix, forward in ((True, "", "yolo-kd + pool"),  # batch), the teacher reading both at once
+                                          (False, ", unlabeled_kd=False", "yolo-kd")):  # or the labeled images only
+        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"], unlabeled_kd=unlabeled_kd)
+        distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
+        distiller.set_epoch(0)
+        out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool=True))
+    teacher_forwards["yolo-kd + pool"] = ours
     return out, teacher_forwards, len(names)
 
 
@@ -109,7 +111,8 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     amp = dev.type == "cuda"
     cands, teachers, nc = candidates(opts, dev)
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
-    data["pool_img"] = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)["img"]
+    pool = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)  # the pool's boxes, as `label+conf` carries them
+    data["pool_img"], data["pool_boxes"] = pool["img"], {k: pool[k] for k in ("batch_idx", "cls", "bboxes")}
     t_size = opts.get("teacher_imgsz")
     t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
                 "yolo-kd + pool": torch.cat([data["img"], data["pool_img"]])}
