@@ -235,7 +235,8 @@ class Distiller(StudentSurface, nn.Module):
         return head_taps(preds, layer_feats), preds
 
     def _student_preds(self, img: torch.Tensor) -> tuple[None, object]:
-        """(no taps, the student's raw predictions): the self-training step's forward, where no term reads a tap."""
+        """(no taps, the student's raw predictions): the forward where no term reads a tap (the labeled images while
+        self-training, the pool's images when the teacher does not read them)."""
         return None, self.student(img)
 
     def _unlabeled_forward(self, extra: torch.Tensor, forward) -> tuple[Taps | None, object]:

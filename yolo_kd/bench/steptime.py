@@ -93,7 +93,8 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
     method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images and boxes in the
     for unlabeled_kd, suffix, forward in ((True, "", "yolo-kd + pool"),  # batch), the teacher reading both at once
                                           (False, ", unlabeled_kd=False", "yolo-kd")):  # or the labeled images only
-        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"], unlabeled_kd=unlabeled_kd)
+        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"],
+                                    unlabeled_kd=unlabeled_kd)
         distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
         distiller.set_epoch(0)
         out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool=True))
