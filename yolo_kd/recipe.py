@@ -376,7 +376,7 @@ def check_pool_without_kd(recipe: Recipe) -> None:
                     ("unlabeled_views", recipe.unlabeled_views != "same")):
         if on:
             raise KDConfigError(f"{key} reads the teacher's forward on the pool images, which unlabeled_kd=false "
-                                f"skips: drop one of them")
+                                "skips: drop one of them")
 
 
 def _parse_guard(value) -> bool | str:
