@@ -11,13 +11,11 @@ import torch
 
 from .errors import KDConfigError
 from .methods import method_weight
-from .recipe import Recipe
+from .recipe import RECIPE_KEYS, Recipe
 from .unlabeled import absolute_pool
 
-#: keys that are fields of the recipe itself; the others (teacher, teacher_imgsz, method, weights) are shorthand
-RECIPE_FIELDS = ("layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio", "unlabeled_bn",
-                 "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views", "unlabeled_kd",
-                 "teacher_guard")
+#: options that are fields of the recipe itself; the others (teacher, teacher_imgsz, method, weights) are shorthand
+RECIPE_FIELDS = RECIPE_KEYS - {"teachers", "stages"}
 
 
 def saved_recipe(checkpoint) -> Recipe | None:
