@@ -10,10 +10,14 @@ from conftest import read_results
 
 from yolo_kd import KDConfigError
 from yolo_kd.distiller import POOL_DETECTION_TERM
+from yolo_kd.hooks import add_unlabeled
 from yolo_kd.recipe import Recipe
+from yolo_kd.ultra import train_args
+from yolo_kd.unlabeled import resolve_images
+from yolo_kd.unlabeled_loader import UnlabeledLoader
 
 from test_pool_labels import LOW
-from test_unlabeled import distiller, labeled_batch, recorded_run, student_with_args
+from test_unlabeled import NAMES, distiller, labeled_batch, recorded_run, student_with_args
 
 DENSE = ("sl2", "pred_cls", "pred_ld")  # the default recipe's KD terms
 
@@ -54,6 +58,22 @@ def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tin
         assert len(student_pool) == len(student_labeled) and not torch.equal(student_pool, student_labeled)
     for row in read_results(tmp_path / "run"):
         assert all(float(row[f"train/{term}"]) > 0 for term in (*DENSE, POOL_DETECTION_TERM)), row
+
+
+def test_the_pool_gets_no_teacher_views_when_the_teacher_does_not_read_it(tiny_pool):
+    """With two views and a teacher at its own size: the step's batch gets the student's pool view always, and the
+    teacher's (the weak view; its view at the teacher's size) only when the teacher reads the pool."""
+    loader = UnlabeledLoader(resolve_images(tiny_pool), train_args(imgsz=64, workers=0), {"names": NAMES, "channels": 3},
+                             64, 2, 32, 0, two_views=True)
+    teacher_keys = {"unlabeled_weak_img", "unlabeled_teacher_img"}
+    for teacher_views in (True, False):
+        batch = {"img": torch.zeros(2, 3, 64, 64), "teacher_img": torch.zeros(2, 3, 128, 128)}
+        add_unlabeled(batch, loader, 1.0, teacher_views=teacher_views)
+        assert batch["unlabeled_img"].shape == (2, 3, 64, 64)
+        assert (teacher_keys <= batch.keys()) if teacher_views else not (teacher_keys & batch.keys())
+        if teacher_views:
+            assert batch["unlabeled_teacher_img"].shape == (2, 3, 128, 128)
+    loader.close()
 
 
 @pytest.mark.parametrize("kd, needs", [

@@ -337,8 +337,9 @@ def preprocess_batch(trainer, base, batch: dict) -> dict:
         batch = teacher_size_batch(trainer, base, batch)
     else:
         batch = base(batch)
-    if run.unlabeled_loader is not None and unwrap_model(trainer.model).reads_unlabeled:
-        add_unlabeled(batch, run.unlabeled_loader, run.recipe.unlabeled_ratio)
+    model = unwrap_model(trainer.model)
+    if run.unlabeled_loader is not None and model.reads_unlabeled:
+        add_unlabeled(batch, run.unlabeled_loader, run.recipe.unlabeled_ratio, teacher_views=model.teacher_reads_pool)
     return batch
 
 
@@ -357,10 +358,11 @@ def teacher_size_batch(trainer, base, batch: dict) -> dict:
     return batch
 
 
-def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
+def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float, teacher_views: bool = True) -> None:
     """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`, for
-    the student; with two views it is the strong view and `unlabeled_weak_img` the weak one, for the teacher;
-    `unlabeled_teacher_img`: the teacher's view at the size of `teacher_img`, when the batch has one."""
+    the student; with two views it is the strong view. With `teacher_views` (the teacher reads the pool), also the
+    teacher's: `unlabeled_weak_img`, the weak view, with two views; `unlabeled_teacher_img`, its view at the size of
+    `teacher_img`, when the batch has one."""
     img, source = batch["img"], batch.get("teacher_img")
     drawn = loader.next(images_per_step(ratio, len(img)))
 
@@ -371,9 +373,9 @@ def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float) -> None:
     batch["unlabeled_img"] = scaled(drawn.get("img_strong", weak), img)
     if loader.has_boxes:
         batch["unlabeled_boxes"] = {k: drawn[k].to(img.device) for k in ("batch_idx", "cls", "bboxes")}
-    if "img_strong" in drawn:
+    if teacher_views and "img_strong" in drawn:
         batch["unlabeled_weak_img"] = scaled(weak, img)
-    if source is not None:
+    if teacher_views and source is not None:
         batch["unlabeled_teacher_img"] = scaled(weak, source)
 
 
