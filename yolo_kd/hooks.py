@@ -358,7 +358,7 @@ def teacher_size_batch(trainer, base, batch: dict) -> dict:
     return batch
 
 
-def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float, teacher_views: bool = True) -> None:
+def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float, *, teacher_views: bool) -> None:
     """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`, for
     the student; with two views it is the strong view. With `teacher_views` (the teacher reads the pool), also the
     teacher's: `unlabeled_weak_img`, the weak view, with two views; `unlabeled_teacher_img`, its view at the size of
