@@ -25,7 +25,7 @@ setup(
     extras_require={
         "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxslim>=0.1.71"],
         "ddp": ["cloudpickle>=3.1.1"],
-        "test": ["pytest>=7", "pytest-xdist>=3", "cloudpickle>=3.1.1"],  # -n: the suite on every core; DDP launch-file test
+        "test": ["pytest>=7", "pytest-xdist>=3", "cloudpickle>=3.1.1"],  # -n: every core; the DDP launch-file test
     },
     entry_points={"console_scripts": ["yolo-kd=yolo_kd.cli:main"]},
 )

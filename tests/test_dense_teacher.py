@@ -94,7 +94,8 @@ def test_pool_dense_reads_the_pool_rows_only(tiny_teacher):
     """`pool_dense` is positive with pool images, leaves the labeled detection terms bit-identical, does not change
     when the labeled images change, and sends a gradient into the student."""
     student = student_with_args()
-    plain, _ = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=True).loss(labeled_batch(pool_images=2))
+    plain, _ = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=True).loss(
+        labeled_batch(pool_images=2))
     d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_topk=0.05)
     loss, items = d.loss(labeled_batch(pool_images=2))
     assert torch.equal(loss[:3], plain[:3]) and items[POOL_DENSE_TERM] > 0

@@ -204,7 +204,8 @@ class Recipe:
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
                                              else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
-            unlabeled_kd=False if data.get("unlabeled_kd") is None else _parse_bool(data["unlabeled_kd"], "unlabeled_kd"),
+            unlabeled_kd=_parse_bool(data["unlabeled_kd"], "unlabeled_kd") if data.get("unlabeled_kd") is not None
+            else False,  # not given: resolved below, once the pool's other options are parsed
             teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
