@@ -94,8 +94,7 @@ def test_pool_dense_reads_the_pool_rows_only(tiny_teacher):
     """`pool_dense` is positive with pool images, leaves the labeled detection terms bit-identical, does not change
     when the labeled images change, and sends a gradient into the student."""
     student = student_with_args()
-    plain, _ = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=True).loss(
-        labeled_batch(pool_images=2))
+    plain, _ = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch(pool_images=2))
     d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_topk=0.05)
     loss, items = d.loss(labeled_batch(pool_images=2))
     assert torch.equal(loss[:3], plain[:3]) and items[POOL_DENSE_TERM] > 0
@@ -108,7 +107,7 @@ def test_pool_dense_reads_the_pool_rows_only(tiny_teacher):
     assert no_pool[POOL_DENSE_TERM] == 0
     grads = []
     for topk in (None, 0.05):  # the KD part's gradient into the student changes with the dense term
-        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_topk=topk, unlabeled_kd=True)
+        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_topk=topk)
         d.loss(labeled_batch(pool_images=2))[0][3].backward()
         grads.append(torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None]))
     assert not torch.allclose(grads[0], grads[1])

@@ -1,6 +1,6 @@
-"""`unlabeled_kd: false` (the default): the pool trains the student's detection loss on the teacher's boxes made once,
-and nothing else; the KD terms read the labeled images only and the teacher's forward skips the pool (one teacher
-forward on the labeled batch per step instead of on twice as many images). `true` has the KD terms read it too."""
+"""`unlabeled_kd: false`: the pool trains the student's detection loss on the teacher's boxes made once, and nothing
+else; the KD terms read the labeled images only and the teacher's forward skips the pool (one teacher forward on
+the labeled batch per step instead of on twice as many images)."""
 
 import copy
 
@@ -30,19 +30,19 @@ def with_pool_boxes(batch: dict) -> dict:
 
 
 def test_the_kd_terms_read_the_labeled_images_only_and_the_pool_trains_its_boxes(tiny_teacher):
-    """On one batch from the same weights: by default (`unlabeled_kd=false`) the KD terms are bit for bit those of the
-    same batch without its pool images, where `unlabeled_kd=true`'s change with them; `pool_det` is the student's loss
-    on the pool's boxes in both."""
+    """On one batch from the same weights: with `unlabeled_kd=false` the KD terms are bit for bit those of the same
+    batch without its pool images, where the default's change with them; `pool_det` is the student's loss on the
+    pool's boxes in both."""
     student = student_with_args()
     pool_batch = with_pool_boxes(labeled_batch(pool_images=3))
-    _, alone = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch())
-    _, skipped = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(pool_batch)
-    _, reading = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=True).loss(copy.deepcopy(pool_batch))
+    _, alone = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=False).loss(labeled_batch())
+    _, skipped = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=False).loss(pool_batch)
+    _, default = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(copy.deepcopy(pool_batch))
     for term in DENSE:
         assert skipped[term] > 0 and torch.equal(skipped[term], alone[term]), term
-        assert not torch.isclose(reading[term], skipped[term]), term
+        assert not torch.isclose(default[term], skipped[term]), term
     assert alone[POOL_DETECTION_TERM] == 0  # no pool images in that batch
-    assert skipped[POOL_DETECTION_TERM] > 0 and torch.equal(skipped[POOL_DETECTION_TERM], reading[POOL_DETECTION_TERM])
+    assert skipped[POOL_DETECTION_TERM] > 0 and torch.equal(skipped[POOL_DETECTION_TERM], default[POOL_DETECTION_TERM])
 
 
 def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tiny_data, tiny_teacher, tiny_pool,
@@ -88,22 +88,9 @@ def test_options_that_need_the_teachers_pool_forward_are_refused_in_one_line(kd,
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kd, reads", [
-    ({}, False), ({"unlabeled_boxes": "label"}, False), ({"unlabeled_boxes": False}, True),
-    ({"unlabeled_boxes": "match"}, True), ({"unlabeled_boxes": 0.5}, True), ({"unlabeled_topk": 0.03}, True),
-    ({"unlabeled_views": "weak-strong"}, True), ({"unlabeled_kd": True}, True),
-])
-def test_the_kd_terms_read_the_pool_only_where_an_option_needs_the_teachers_pool_forward(kd, reads):
-    """Not given, `unlabeled_kd` is false unless the pool's terms need the teacher's forward on the pool (no boxes made
-    once, online boxes, dense pseudo-labels, weak-strong views); given, it is kept."""
-    assert Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], **kd).unlabeled_kd is reads
-
-
 def test_the_option_is_kept_for_resume_and_checked():
-    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"])
+    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=False)
     assert recipe.unlabeled_kd is False and Recipe.from_saved(recipe.to_dict()).unlabeled_kd is False
-    assert Recipe.from_saved(Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=True).to_dict()
-                             ).unlabeled_kd is True
     saved = recipe.to_dict()
     del saved["unlabeled_kd"]  # a checkpoint from before the option: the pool read by the KD terms, as it ran
     assert Recipe.from_saved(saved).unlabeled_kd is True

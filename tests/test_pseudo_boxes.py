@@ -22,7 +22,6 @@ from yolo_kd.taps import Taps, head_taps
 from yolo_kd.teacher_target import TeacherView, encode
 from yolo_kd.teachers import load_teacher
 
-from test_pool_without_kd import with_pool_boxes
 from test_unlabeled import distiller, labeled_batch, student_with_args
 
 
@@ -186,18 +185,15 @@ def test_the_threshold_is_kept_in_the_recipe_for_resume(given, kept):
 
 
 def test_a_checkpoint_from_before_the_default_resumes_as_it_ran():
-    older = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"]).to_dict()
-    older["unlabeled_boxes"] = None
-    del older["unlabeled_kd"]  # newer than the boxes' default
+    older = {**Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"]).to_dict(), "unlabeled_boxes": None}
     assert Recipe.from_saved(older).unlabeled_boxes is None
 
 
 def test_a_pool_trains_on_pseudo_boxes_by_default_and_false_turns_them_off(tiny_teacher):
-    """By default on the boxes the pool's loader carries (made once, `label+0.25`); off, the pool has no such term."""
     student = student_with_args()
-    _, items = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(with_pool_boxes(labeled_batch(pool_images=3)))
+    _, items = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(labeled_batch(pool_images=2))
     _, off = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_boxes=False).loss(
-        labeled_batch(pool_images=3))
+        labeled_batch(pool_images=2))
     assert items[POOL_DETECTION_TERM] > 0 and POOL_DETECTION_TERM not in off
 
 

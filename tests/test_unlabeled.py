@@ -64,10 +64,9 @@ def distiller(tiny_teacher, student, **recipe):
 
 
 def test_detection_terms_unchanged_by_unlabeled_images_and_kd_reads_them(tiny_teacher):
-    """`unlabeled_kd=true`: the KD terms read the pool images; the labeled detection terms never do."""
     student = student_with_args()
-    plain, plain_items = distiller(tiny_teacher, student, unlabeled_kd=True).loss(labeled_batch())
-    mixed, mixed_items = distiller(tiny_teacher, student, unlabeled_kd=True).loss(labeled_batch(pool_images=3))
+    plain, plain_items = distiller(tiny_teacher, student).loss(labeled_batch())
+    mixed, mixed_items = distiller(tiny_teacher, student).loss(labeled_batch(pool_images=3))
     for key in ("box_loss", "cls_loss", "dfl_loss"):
         assert torch.equal(plain_items[key], mixed_items[key]), key  # bit-identical: unlabeled images add nothing
     assert torch.equal(plain[:3], mixed[:3])
@@ -76,12 +75,12 @@ def test_detection_terms_unchanged_by_unlabeled_images_and_kd_reads_them(tiny_te
 
 
 def test_unlabeled_images_reach_the_student_through_kd(tiny_teacher):
-    """`unlabeled_kd=true`: the KD part of the loss sends a gradient through the unlabeled forward: the student's KD
-    gradient with the pool differs from the one without it, for the same labeled batch, weights and adapters."""
+    """The KD part of the loss sends a gradient through the unlabeled forward: the student's KD gradient with the pool
+    differs from the one without it, for the same labeled batch, weights and adapters."""
     student = student_with_args()
     grads = {}
     for name, n in (("plain", 0), ("pool", 2)):
-        d = distiller(tiny_teacher, student, method="pred", unlabeled_kd=True)
+        d = distiller(tiny_teacher, student, method="pred")
         loss, _ = d.loss(labeled_batch(n))
         loss[3].backward()  # the KD part alone
         grads[name] = torch.cat([p.grad.flatten() for p in d.student.parameters() if p.grad is not None])
@@ -100,7 +99,7 @@ def test_batchnorm_running_statistics_follow_the_chosen_images(tiny_teacher, bn)
     student = student_with_args()
     plain = distiller(tiny_teacher, student)
     plain.loss(labeled_batch())
-    mixed = distiller(tiny_teacher, student, unlabeled_kd=True, **({"unlabeled_bn": bn} if bn else {}))
+    mixed = distiller(tiny_teacher, student, **({"unlabeled_bn": bn} if bn else {}))
     mixed.loss(labeled_batch(pool_images=2))
     plain_mean, plain_count = batchnorm_state(plain.student)
     mixed_mean, mixed_count = batchnorm_state(mixed.student)
@@ -250,10 +249,9 @@ def test_the_labeled_stream_is_the_same_with_and_without_a_pool(tiny_data, tiny_
 
 @pytest.mark.parametrize("teacher_imgsz", [None, 128])
 def test_the_teacher_sees_the_students_pool_images(tiny_data, tiny_teacher, pool, tmp_path, teacher_imgsz):
-    """`unlabeled_kd=true`: the teacher's rows after the labeled ones are the student's pool input: the same tensor at
-    the student's size; at its own size, the images the student's pool input is the area downsample of."""
-    seen = recorded_run(tmp_path, tiny_data, tiny_teacher, pool, epochs=1, teacher_imgsz=teacher_imgsz,
-                        unlabeled_kd=True)
+    """The teacher's rows after the labeled ones are the student's pool input: the same tensor at the student's size;
+    at its own size, the images the student's pool input is the area downsample of."""
+    seen = recorded_run(tmp_path, tiny_data, tiny_teacher, pool, epochs=1, teacher_imgsz=teacher_imgsz)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
     assert len(seen["teacher"]) == len(pooled) == 2
     for n, student_pool, teacher in zip((len(x) for x in labeled), pooled, seen["teacher"]):

@@ -40,10 +40,9 @@ KD_OPTIONS = {
     "unlabeled_weight": "multiplies the unlabeled images' own terms, unlabeled_boxes' and unlabeled_topk's (default 1)",
     "unlabeled_views": "'weak-strong': the teacher sees pool images without the photometric augmentation, the student "
                        "with it (default 'same')",
-    "unlabeled_kd": "true: the KD terms read the pool images too, through a teacher forward on them each step; "
-                    "default false (the pool trains the detection loss on the teacher's boxes made once, and the "
-                    "teacher reads the labeled images only), true when unlabeled_boxes is off or online, "
-                    "unlabeled_topk or unlabeled_views=weak-strong is given",
+    "unlabeled_kd": "false: the KD terms read the labeled images only and the teacher's forward skips the pool, which "
+                    "trains the detection loss on the teacher's boxes made once (unlabeled_boxes label+conf); about "
+                    "the compute of a plain student's step less per step (default true)",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
                      "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }

@@ -134,9 +134,8 @@ class Recipe:
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
-    unlabeled_kd: bool = False  # False: the pool trains pool_det alone on the teacher's boxes made once, at the start,
-    #           and the teacher's forward reads the labeled images only; True: the stage's KD terms read the pool too
-    #           (not given: True where an option reads the teacher's forward on the pool, `pool_reads_teacher`)
+    unlabeled_kd: bool = True  # the stage's KD terms read the pool too; False: the pool trains pool_det alone and the
+    #           teacher's forward reads the labeled images only (its boxes on the pool are made once, at the start)
     teacher_guard: bool | str = False  # stop KD once the student's validation mAP50-95 reaches the teacher's
     #           (`guard`); "relabel": stop the teacher's terms, and the pool's boxes follow the student's EMA
 
@@ -204,16 +203,14 @@ class Recipe:
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
                                              else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
-            unlabeled_kd=_parse_bool(data["unlabeled_kd"], "unlabeled_kd") if data.get("unlabeled_kd") is not None
-            else False,  # not given: resolved below, once the pool's other options are parsed
+            unlabeled_kd=_parse_bool(True if data.get("unlabeled_kd") is None else data["unlabeled_kd"],
+                                     "unlabeled_kd"),
             teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
             raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the pool's boxes made once: use "
                                 f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or "
                                 "teacher_guard=True")
-        if data.get("unlabeled_kd") is None:
-            recipe.unlabeled_kd = pool_reads_teacher(recipe)
         if not recipe.unlabeled_kd:
             check_pool_without_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
@@ -225,9 +222,8 @@ class Recipe:
     @classmethod
     def from_saved(cls, data: dict) -> Recipe:
         """The recipe a checkpoint keeps (`to_dict`). `to_dict` writes `unlabeled_boxes: false` for off, so None there is
-        a checkpoint from before the pseudo-boxes were on by default: it resumes as it ran, off; one without
-        `unlabeled_kd` is from before that option, when the KD terms read the pool: it resumes so."""
-        return cls.from_dict({"unlabeled_kd": True, **data, "unlabeled_boxes": data.get("unlabeled_boxes") or False})
+        a checkpoint from before the pseudo-boxes were on by default: it resumes as it ran, off."""
+        return cls.from_dict({**data, "unlabeled_boxes": data.get("unlabeled_boxes") or False})
 
     def to_dict(self) -> dict:
         """Plain-data form (round-trips through `from_dict`); stored in last.pt so resume needs no recipe file."""
@@ -368,13 +364,6 @@ def _parse_bool(value, where: str) -> bool:
     if not isinstance(value, bool):
         raise KDConfigError(f"'{where}' must be true or false, got {value!r}")
     return value
-
-
-def pool_reads_teacher(recipe: Recipe) -> bool:
-    """Whether the pool's terms need the teacher's forward on the pool images (`unlabeled_kd` then defaults to true):
-    the pool's boxes off (the KD terms are all it trains) or decoded online, `unlabeled_topk`, weak-strong views."""
-    return (not labels_pool_once(recipe.unlabeled_boxes) or recipe.unlabeled_topk is not None
-            or recipe.unlabeled_views != "same")
 
 
 def check_pool_without_kd(recipe: Recipe) -> None:

@@ -91,8 +91,8 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
         out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
     method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images and boxes in the
-    for unlabeled_kd, suffix, forward in ((False, "", "yolo-kd"),  # batch), the teacher reading the labeled images
-                                          (True, ", unlabeled_kd=True", "yolo-kd + pool")):  # or both at once
+    for unlabeled_kd, suffix, forward in ((True, "", "yolo-kd + pool"),  # batch), the teacher reading both at once
+                                          (False, ", unlabeled_kd=False", "yolo-kd")):  # or the labeled images only
         recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"],
                                     unlabeled_kd=unlabeled_kd)
         distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
