@@ -18,7 +18,8 @@ import torch
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: the workers share the cores, and so do their children
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # not macOS
+    _threads = max(1, _cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     os.environ["OMP_NUM_THREADS"] = str(_threads)
     torch.set_num_threads(_threads)
 

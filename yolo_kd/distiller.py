@@ -224,7 +224,7 @@ class Distiller(StudentSurface, nn.Module):
         if self.kd_stopped:
             return self.self_training
         if not self.recipe.unlabeled_kd:
-            return POOL_DETECTION_TERM in self.term_names
+            return True
         return any(not self.methods[f"{t}__{m.name}"].reads_gt
                    for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 
