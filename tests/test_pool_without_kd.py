@@ -1,6 +1,7 @@
 """`unlabeled_kd: false`: the pool trains the student's detection loss on the teacher's boxes made once, and nothing
 else; the KD terms read the labeled images only and the teacher's forward skips the pool (one teacher forward on
-the labeled batch per step instead of on twice as many images)."""
+the labeled batch per step instead of on twice as many images). `unlabeled_kd: 0.25` (a share): the KD terms and the
+teacher's forward read that share of each step's pool images, the detection term all of them."""
 
 import copy
 
@@ -23,10 +24,34 @@ DENSE = ("sl2", "pred_cls", "pred_ld")  # the default recipe's KD terms
 
 
 def with_pool_boxes(batch: dict) -> dict:
-    """`labeled_batch(pool_images=3)` with one box per pool image, as the pool's loader carries them (`label+conf`)."""
-    boxes = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.3], [0.6, 0.4, 0.3, 0.2]])
-    return {**batch, "unlabeled_boxes": {"batch_idx": torch.tensor([0.0, 1.0, 2.0]),
-                                         "cls": torch.tensor([[0.0], [1.0], [0.0]]), "bboxes": boxes}}
+    """`labeled_batch(pool_images=n)` (n <= 4) with one box per pool image, as the pool's loader carries them
+    (`label+conf`)."""
+    n = len(batch["unlabeled_img"])
+    boxes = torch.tensor([[0.5, 0.5, 0.4, 0.4], [0.3, 0.6, 0.2, 0.3], [0.6, 0.4, 0.3, 0.2], [0.4, 0.4, 0.2, 0.4]])
+    return {**batch, "unlabeled_boxes": {"batch_idx": torch.arange(n).float(),
+                                         "cls": torch.tensor([[0.0], [1.0], [0.0], [1.0]])[:n], "bboxes": boxes[:n]}}
+
+
+def first_pool_images(batch: dict, n: int) -> dict:
+    """`batch` with its first `n` pool images and their boxes only."""
+    boxes = batch["unlabeled_boxes"]
+    keep = boxes["batch_idx"] < n
+    return {**batch, "unlabeled_img": batch["unlabeled_img"][:n],
+            "unlabeled_boxes": {k: v[keep] for k, v in boxes.items()}}
+
+
+def with_running_stats(d, images: torch.Tensor):
+    """The distiller with its student's BatchNorm on running statistics, measured on `images`: each image's outputs
+    are its own, whatever else is in the batch (so a forward on the first n pool images compares with one on all)."""
+    norms = [m for m in d.student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # the plain average over the calibration forward
+    with torch.no_grad():
+        d.student(images)
+    for m in norms:
+        m.eval()
+    return d
 
 
 def test_the_kd_terms_read_the_labeled_images_only_and_the_pool_trains_its_boxes(tiny_teacher):
@@ -43,6 +68,43 @@ def test_the_kd_terms_read_the_labeled_images_only_and_the_pool_trains_its_boxes
         assert not torch.isclose(default[term], skipped[term]), term
     assert alone[POOL_DETECTION_TERM] == 0  # no pool images in that batch
     assert skipped[POOL_DETECTION_TERM] > 0 and torch.equal(skipped[POOL_DETECTION_TERM], default[POOL_DETECTION_TERM])
+
+
+def test_a_share_reads_the_first_pool_images_for_kd_and_all_of_them_for_the_boxes(tiny_teacher):
+    """`unlabeled_kd=0.5` on 4 pool images: the KD terms are those of the default on the first 2 pool images alone,
+    unlike the default's on all 4; `pool_det` is that of `unlabeled_kd=false` on all 4 (the student on running
+    statistics, so each image's outputs are its own)."""
+    student = student_with_args()
+    batch = with_pool_boxes(labeled_batch(pool_images=4))
+
+    def items(share, b):
+        d = distiller(tiny_teacher, student, unlabeled=["pool"], unlabeled_kd=share)
+        return with_running_stats(d, torch.cat([batch["img"], batch["unlabeled_img"]])).loss(copy.deepcopy(b))[1]
+
+    share, first_two, every, boxes_only = (items(0.5, batch), items(True, first_pool_images(batch, 2)),
+                                           items(True, batch), items(False, batch))
+    for term in DENSE:
+        assert share[term] > 0 and torch.allclose(share[term], first_two[term], rtol=1e-5, atol=0), term
+        assert not torch.isclose(share[term], every[term]), term
+    assert share[POOL_DETECTION_TERM] > 0
+    assert torch.allclose(share[POOL_DETECTION_TERM], boxes_only[POOL_DETECTION_TERM], rtol=1e-5, atol=0)
+    assert not torch.isclose(share[POOL_DETECTION_TERM], first_two[POOL_DETECTION_TERM])
+
+
+def test_a_run_with_a_share_feeds_the_teacher_the_labeled_images_and_the_first_pool_images(tiny_data, tiny_teacher,
+                                                                                         tiny_pool, tmp_path):
+    """A real run at `unlabeled_kd=0.5`, batches of 3, 3 and 2 labeled images: each step the student reads as many
+    pool images, the teacher the labeled ones and then the first round(0.5 x n) pool images (2, 2, 1), the same
+    tensors the student read; the log holds `pool_det` and the KD terms, all trained."""
+    seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
+                        unlabeled_kd=0.5, batch=3, nbs=3, mosaic=1.0, workers=0)
+    labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert [len(t) for t in seen["teacher"]] == [5, 5, 3] * 2
+    for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
+        assert len(student_pool) == len(student_labeled)
+        assert torch.equal(teacher, torch.cat([student_labeled, student_pool[:len(teacher) - len(student_labeled)]]))
+    for row in read_results(tmp_path / "run"):
+        assert all(float(row[f"train/{term}"]) > 0 for term in (*DENSE, POOL_DETECTION_TERM)), row
 
 
 def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tiny_data, tiny_teacher, tiny_pool,
@@ -76,6 +138,21 @@ def test_the_pool_gets_no_teacher_views_when_the_teacher_does_not_read_it(tiny_p
     loader.close()
 
 
+@pytest.mark.parametrize("share, images, rows", [(True, 8, 8), (False, 8, 0), (0.25, 8, 2), (0.25, 2, 1),
+                                                   (0.1, 3, 1), (0.5, 3, 2)])
+def test_the_share_is_a_count_of_pool_images_at_least_one(share, images, rows):
+    assert Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=share).pool_kd_rows(images) == rows
+
+
+def test_a_share_keeps_the_options_that_read_the_teachers_pool_forward_and_refuses_online_boxes():
+    recipe = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=0.25, unlabeled_topk=0.03,
+                                unlabeled_views="weak-strong")
+    assert (recipe.unlabeled_kd, recipe.unlabeled_topk, recipe.unlabeled_views) == (0.25, 0.03, "weak-strong")
+    with pytest.raises(KDConfigError, match="unlabeled_kd=0.25 trains the pool on the teacher's boxes made once") as e:
+        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=0.25, unlabeled_boxes="match")
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("kd, needs", [
     ({"unlabeled_boxes": "match"}, "unlabeled_boxes=label\\+0.25"),
     ({"unlabeled_boxes": False}, "unlabeled_boxes=label\\+0.25"),
@@ -94,5 +171,10 @@ def test_the_option_is_kept_for_resume_and_checked():
     saved = recipe.to_dict()
     del saved["unlabeled_kd"]  # a checkpoint from before the option: the pool read by the KD terms, as it ran
     assert Recipe.from_saved(saved).unlabeled_kd is True
-    with pytest.raises(KDConfigError, match="'unlabeled_kd' must be true or false"):
-        Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd="no")
+    share = Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=0.25)
+    assert Recipe.from_saved(share.to_dict()).unlabeled_kd == 0.25
+    assert [Recipe.from_kwargs(teacher="t.pt", unlabeled_kd=v).unlabeled_kd for v in (1, 0, 1.0)] == [True, False, True]
+    for bad in ("no", 1.5, -0.25):
+        with pytest.raises(KDConfigError, match="'unlabeled_kd' must be true, false or a share of the pool images "
+                                                "between 0 and 1"):
+            Recipe.from_kwargs(teacher="t.pt", unlabeled=["pool"], unlabeled_kd=bad)

@@ -168,10 +168,12 @@ class Distiller(StudentSurface, nn.Module):
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
             if self.teacher_reads_pool:
                 pool_taps, pool_preds = self._unlabeled_forward(extra, self._student_taps)
-                s_taps = cat_rows(s_taps, pool_taps)
-                img = torch.cat([img, batch.get("unlabeled_weak_img", extra).to(img.dtype)])  # the teacher's view
+                read = self.recipe.pool_kd_rows(len(extra))  # `unlabeled_kd` a share: the KD terms read the first
+                s_taps = cat_rows(s_taps, take_rows(pool_taps, read))  # `read`, the detection term every pool image
+                t_view = batch.get("unlabeled_weak_img", extra)[:read]  # the teacher's view of those
+                img = torch.cat([img, t_view.to(img.dtype)])
                 if source is not None:
-                    source = torch.cat([source, batch["unlabeled_teacher_img"].to(source.dtype)])
+                    source = torch.cat([source, batch["unlabeled_teacher_img"][:read].to(source.dtype)])
             else:  # only the pool's detection term reads it
                 _, pool_preds = self._unlabeled_forward(extra, self._student_preds)
         target = [] if self.kd_stopped else self._teacher_target(stage, img, source, s_taps)
@@ -209,21 +211,22 @@ class Distiller(StudentSurface, nn.Module):
 
     @property
     def teacher_reads_pool(self) -> bool:
-        """Whether the teacher's forward and the KD terms read the pool's rows: not while self-training, not with
-        `unlabeled_kd: false` (there the pool's detection term alone reads the pool)."""
-        return not self.kd_stopped and self.recipe.unlabeled_kd
+        """Whether the teacher's forward and the KD terms read pool rows (all, or `unlabeled_kd`'s share): not while
+        self-training, not with `unlabeled_kd: false` (there the pool's detection term alone reads the pool)."""
+        return not self.kd_stopped and self.recipe.unlabeled_kd is not False
 
     @property
     def reads_unlabeled(self) -> bool:
         """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
         ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away), or the
-        pool's detection term reads it alone (`unlabeled_kd: false`, or the run self-trains on the pool's boxes)."""
+        pool's detection term reads (some of) it alone (`unlabeled_kd` false or a share, or the run self-trains on the
+        pool's boxes)."""
         si = self.stage
         if not self.training or si is None or not self.recipe.stages[si].methods:  # a stage without KD
             return False
         if self.kd_stopped:
             return self.self_training
-        if not self.recipe.unlabeled_kd:
+        if self.recipe.unlabeled_kd is not True:
             return True
         return any(not self.methods[f"{t}__{m.name}"].reads_gt
                    for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)

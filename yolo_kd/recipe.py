@@ -40,6 +40,7 @@ BOXES_LABEL = "label"  # `unlabeled_boxes: label[+conf]`: the teacher labels the
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
+DEFAULT_UNLABELED_KD = True  # the KD terms read every pool image: docs/benchmarks.md (sessions 25-28)
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
 DEFAULT_UNLABELED_BOXES = f"{BOXES_LABEL}+0.25"  # the pool labeled once by count and 0.25: docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
@@ -134,8 +135,10 @@ class Recipe:
     unlabeled_topk: float | None = None  # Dense Teacher: fraction of pool locations taken as foreground (None: off)
     unlabeled_weight: float = DEFAULT_UNLABELED_WEIGHT  # lambda_u of SSOD papers: multiplies pool_det, pool_dense
     unlabeled_views: str = "same"  # weak-strong: the teacher's pool view skips HSV/Albumentations, the student's not
-    unlabeled_kd: bool = True  # the stage's KD terms read the pool too; False: the pool trains pool_det alone and the
-    #           teacher's forward reads the labeled images only (its boxes on the pool are made once, at the start)
+    unlabeled_kd: bool | float = DEFAULT_UNLABELED_KD  # the stage's KD terms read the pool too; False: the pool
+    #           trains pool_det alone and the teacher's forward reads the labeled images only (its boxes on the pool
+    #           are made once, at the start); a share in (0, 1): the KD terms read that share of each step's pool
+    #           images (`pool_kd_rows`), pool_det all of them
     teacher_guard: bool | str = False  # stop KD once the student's validation mAP50-95 reaches the teacher's
     #           (`guard`); "relabel": stop the teacher's terms, and the pool's boxes follow the student's EMA
 
@@ -203,15 +206,15 @@ class Recipe:
             unlabeled_weight=_parse_positive(DEFAULT_UNLABELED_WEIGHT if data.get("unlabeled_weight") is None
                                              else data["unlabeled_weight"], "unlabeled_weight", allow_zero=False),
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
-            unlabeled_kd=_parse_bool(True if data.get("unlabeled_kd") is None else data["unlabeled_kd"],
-                                     "unlabeled_kd"),
+            unlabeled_kd=_parse_kd_share(DEFAULT_UNLABELED_KD if data.get("unlabeled_kd") is None
+                                         else data["unlabeled_kd"]),
             teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
             raise KDConfigError(f"teacher_guard={GUARD_RELABEL} relabels the pool's boxes made once: use "
                                 f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or "
                                 "teacher_guard=True")
-        if not recipe.unlabeled_kd:
+        if recipe.unlabeled_kd is not True:
             check_pool_without_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
@@ -256,6 +259,13 @@ class Recipe:
         }
 
     # ------------------------------------------------------------------ resolving against a run
+    def pool_kd_rows(self, images: int) -> int:
+        """How many of a step's `images` pool images the teacher's forward and the KD terms read (the first ones, in
+        the loader's shuffled order): all (`unlabeled_kd: true`), none (false), or round(share x images), at least 1."""
+        if isinstance(self.unlabeled_kd, bool):
+            return images if self.unlabeled_kd else 0
+        return max(1, round(self.unlabeled_kd * images))
+
     def source_size(self, imgsz) -> int | None:
         """The training loader's size: the largest teacher's own size when it exceeds the student's `imgsz`, else
         None (the loader runs at `imgsz`)."""
@@ -366,12 +376,26 @@ def _parse_bool(value, where: str) -> bool:
     return value
 
 
+def _parse_kd_share(value) -> bool | float:
+    """`unlabeled_kd`: true (1) or false (0), or the share of each step's pool images the KD terms read, in (0, 1)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and 0 <= value <= 1:
+        return bool(value) if value in (0, 1) else float(value)
+    raise KDConfigError(f"'unlabeled_kd' must be true, false or a share of the pool images between 0 and 1 (e.g. "
+                        f"0.25), got {value!r}")
+
+
 def check_pool_without_kd(recipe: Recipe) -> None:
-    """`unlabeled_kd: false` leaves the pool its detection term on boxes made once (`label[+conf]`); the options that
+    """`unlabeled_kd` false or a share leaves (some of) the pool images to its detection term alone, on boxes made once
+    (`label[+conf]`: online boxes would need the teacher's forward on every pool image); with false, the options that
     read the teacher's forward on pool images have nothing to read."""
     if not labels_pool_once(recipe.unlabeled_boxes):
-        raise KDConfigError(f"unlabeled_kd=false trains the pool on the teacher's boxes made once, at the start: use "
-                            f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or drop unlabeled_kd")
+        raise KDConfigError(f"unlabeled_kd={str(recipe.unlabeled_kd).lower()} trains the pool on the teacher's boxes "
+                            f"made once, at the start: use unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or "
+                            "label, or drop unlabeled_kd")
+    if recipe.unlabeled_kd is not False:
+        return
     for key, on in (("unlabeled_topk", recipe.unlabeled_topk is not None),
                     ("unlabeled_views", recipe.unlabeled_views != "same")):
         if on:

@@ -18,6 +18,8 @@ from ..resolution import resample
 from .machine import fingerprint, on_cuda
 from .report import POOL_SUFFIX
 
+POOL_KD_TIMED = (True, 0.25, False)  # `unlabeled_kd` values of the pool rows: all, a quarter, none of the pool images
+
 
 def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes_per_image: int = 4,
                     seed: int = 0) -> dict:
@@ -49,10 +51,12 @@ def build_student(model: str, nc: int, imgsz: int, dis: float, device: torch.dev
 class Candidate:
     """One timed configuration: a module whose `loss(batch)` is run forward and backward."""
 
-    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None, pool=False):
+    def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None,
+                 pool_rows=None):
         self.label, self.module, self.teacher_forward = label, module, teacher_forward
         self.teacher_imgsz = teacher_imgsz  # the batch comes from a loader at this size (`teacher_img`)
-        self.pool = pool  # the step also reads as many unlabeled images as labeled ones (`unlabeled_img`)
+        self.pool = pool_rows is not None  # the step also reads as many unlabeled images as labeled ones
+        self.pool_rows = pool_rows  # (`unlabeled_img`), the teacher this many of them
 
     def step(self, batch: dict, amp: bool) -> None:
         self.module.zero_grad(set_to_none=True)
@@ -65,11 +69,12 @@ class Candidate:
         loss.sum().backward()
 
 
-def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict, int]:
+def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candidate], dict, int]:
     """Plain student, Ultralytics' DistillationModel and one Distiller per method (+ one with the teacher at
-    `teacher_imgsz`), all from the same initial student weights; the teachers (for their forward's share); nc."""
+    `teacher_imgsz`, + the first method with a pool of `batch` images per step at each `POOL_KD_TIMED`), all from the
+    same initial student weights; the teachers (for their forward's share); nc."""
     from ..distiller import Distiller
-    from ..recipe import Recipe
+    from ..recipe import DEFAULT_UNLABELED_KD, Recipe
     from ..teachers import freeze
 
     teacher_ckpt = ultra.load_model(opts["teacher"])
@@ -91,14 +96,16 @@ def candidates(opts: dict, device: torch.device) -> tuple[list[Candidate], dict,
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
         out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
     method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images and boxes in the
-    for unlabeled_kd, suffix, forward in ((True, "", "yolo-kd + pool"),  # batch), the teacher reading both at once
-                                          (False, ", unlabeled_kd=False", "yolo-kd")):  # or the labeled images only
+    for unlabeled_kd in POOL_KD_TIMED:  # batch), the teacher reading all, some or none of the pool images
         recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"],
                                     unlabeled_kd=unlabeled_kd)
         distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
         distiller.set_epoch(0)
-        out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool=True))
-    teacher_forwards["yolo-kd + pool"] = ours
+        rows = recipe.pool_kd_rows(batch)
+        forward = f"yolo-kd + {rows} pool images" if rows else "yolo-kd"
+        teacher_forwards[forward] = ours
+        suffix = "" if unlabeled_kd == DEFAULT_UNLABELED_KD else f", unlabeled_kd={unlabeled_kd}"
+        out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool_rows=rows))
     return out, teacher_forwards, len(names)
 
 
@@ -110,18 +117,19 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     """
     dev = torch.device("cuda:0" if on_cuda(device) else "cpu")
     amp = dev.type == "cuda"
-    cands, teachers, nc = candidates(opts, dev)
+    cands, teachers, nc = candidates(opts, dev, batch)
     data = synthetic_batch(batch, opts["imgsz"], nc, dev)
     pool = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)  # the pool's boxes, as `label+conf` carries them
     data["pool_img"], data["pool_boxes"] = pool["img"], {k: pool[k] for k in ("batch_idx", "cls", "bboxes")}
     t_size = opts.get("teacher_imgsz")
     t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
-                "yolo-kd + pool": torch.cat([data["img"], data["pool_img"]])}
+                **{c.teacher_forward: torch.cat([data["img"], data["pool_img"][:c.pool_rows]])
+                   for c in cands if c.pool_rows}}
     if t_size:  # as the trainer's loader makes it: the batch at the teacher's size, the student's its downsample
         source = synthetic_batch(batch, t_size, nc, dev)["img"]
         data = {**data, "img": resample(source, tuple(data["img"].shape[-2:])), "sources": {t_size: source}}
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
-        t_inputs = {**{k: data["img"] for k in t_inputs}, "yolo-kd + pool": t_inputs["yolo-kd + pool"]}
+        t_inputs = {k: v if " pool images" in k else data["img"] for k, v in t_inputs.items()}
         t_inputs[f"yolo-kd@{t_size}"] = source
 
     def sync():
