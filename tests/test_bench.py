@@ -46,6 +46,7 @@ def test_step_benchmark_ratios(bench):
     rows = step["rows"]
     assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred", "yolo-kd fgd+pred (teacher at 128)",
                           "yolo-kd fgd+pred + unlabeled pool (ratio 1)",
+                          "yolo-kd fgd+pred + unlabeled pool (ratio 1), unlabeled_kd=0.25",
                           "yolo-kd fgd+pred + unlabeled pool (ratio 1), unlabeled_kd=False"]
     assert rows["student"]["ratio"] == pytest.approx(1.0)
     for label, row in rows.items():
@@ -53,9 +54,11 @@ def test_step_benchmark_ratios(bench):
         if label != "student":
             # the teacher's forward and the whole step are timed apart: on a loaded CPU the share can pass 1 a little
             assert 0 < row["teacher_share"] < 1.5
-    assert set(step["teacher_forward_ms"]) == {"Ultralytics built-in", "yolo-kd", "yolo-kd + pool", "yolo-kd@128"}
+    # batches of 2: the teacher reads both pool images (true), one (a quarter, at least one) or none (false)
+    assert set(step["teacher_forward_ms"]) == {"Ultralytics built-in", "yolo-kd", "yolo-kd + 2 pool images",
+                                               "yolo-kd + 1 pool image", "yolo-kd@128"}
     text = (bench[0] / "bench.md").read_text()  # the pool step is judged against the same recipe's labeled-only step
-    for pool in ("", ", unlabeled_kd=False"):
+    for pool in ("", ", unlabeled_kd=0.25", ", unlabeled_kd=False"):
         assert f"yolo-kd fgd+pred + unlabeled pool (ratio 1){pool}: " in text and "x the labeled-only step <= 1.6x" in text
     assert "\nMachine: " in text  # the one machine every run ran on
 

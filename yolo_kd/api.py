@@ -42,7 +42,8 @@ KD_OPTIONS = {
                        "with it (default 'same')",
     "unlabeled_kd": "false: the KD terms read the labeled images only and the teacher's forward skips the pool, which "
                     "trains the detection loss on the teacher's boxes made once (unlabeled_boxes label+conf); about "
-                    "the compute of a plain student's step less per step (default true)",
+                    "the compute of a plain student's step less per step; a share such as 0.25: the KD terms and the "
+                    "teacher's forward read that share of each step's pool images (default true: all of them)",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
                      "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }

@@ -102,7 +102,7 @@ def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candi
         distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
         distiller.set_epoch(0)
         rows = recipe.pool_kd_rows(batch)
-        forward = f"yolo-kd + {rows} pool images" if rows else "yolo-kd"
+        forward = f"yolo-kd + {rows} pool image{'s' * (rows > 1)}" if rows else "yolo-kd"
         teacher_forwards[forward] = ours
         suffix = "" if unlabeled_kd == DEFAULT_UNLABELED_KD else f", unlabeled_kd={unlabeled_kd}"
         out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool_rows=rows))
@@ -129,7 +129,7 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
         source = synthetic_batch(batch, t_size, nc, dev)["img"]
         data = {**data, "img": resample(source, tuple(data["img"].shape[-2:])), "sources": {t_size: source}}
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
-        t_inputs = {k: v if " pool images" in k else data["img"] for k, v in t_inputs.items()}
+        t_inputs = {k: v if " pool image" in k else data["img"] for k, v in t_inputs.items()}
         t_inputs[f"yolo-kd@{t_size}"] = source
 
     def sync():
