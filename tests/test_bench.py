@@ -44,10 +44,11 @@ def test_bench_trains_every_candidate_and_reports(bench):
 def test_step_benchmark_ratios(bench):
     step = bench[2]["step"]
     rows = step["rows"]
-    assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred", "yolo-kd fgd+pred (teacher at 128)",
+    assert list(rows) == ["student", "Ultralytics KD (dis=6)", "yolo-kd fgd+pred",
                           "yolo-kd fgd+pred + unlabeled pool (ratio 1)",
                           "yolo-kd fgd+pred + unlabeled pool (ratio 1), unlabeled_kd=0.25",
-                          "yolo-kd fgd+pred + unlabeled pool (ratio 1), unlabeled_kd=False"]
+                          "yolo-kd fgd+pred + unlabeled pool (ratio 1), unlabeled_kd=False",
+                          "yolo-kd fgd+pred (teacher at 128)"]  # the large row last: it slowed the rows after it
     assert rows["student"]["ratio"] == pytest.approx(1.0)
     for label, row in rows.items():
         assert row["ms"] > 0
