@@ -92,13 +92,15 @@ def test_a_share_reads_the_first_pool_images_for_kd_and_all_of_them_for_the_boxe
 
 
 def test_a_run_with_a_share_feeds_the_teacher_the_labeled_images_and_the_first_pool_images(tiny_data, tiny_teacher,
-                                                                                         tiny_pool, tmp_path):
+                                                                                         tiny_pool, tmp_path, caplog):
     """A real run at `unlabeled_kd=0.5`, batches of 3, 3 and 2 labeled images: each step the student reads as many
     pool images, the teacher the labeled ones and then the first round(0.5 x n) pool images (2, 2, 1), the same
-    tensors the student read; the log holds `pool_det` and the KD terms, all trained."""
+    tensors the student read; the run says so in its log, and results.csv holds `pool_det` and the KD terms, all
+    trained."""
     seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
                         unlabeled_kd=0.5, batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert "the KD terms and the teacher's forward read 50% of each step's pool images" in caplog.text
     assert [len(t) for t in seen["teacher"]] == [5, 5, 3] * 2
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert len(student_pool) == len(student_labeled)
