@@ -124,19 +124,21 @@ def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tin
         assert all(float(row[f"train/{term}"]) > 0 for term in (*DENSE, POOL_DETECTION_TERM)), row
 
 
-def test_the_pool_gets_no_teacher_views_when_the_teacher_does_not_read_it(tiny_pool):
-    """With two views and a teacher at its own size: the step's batch gets the student's pool view always, and the
-    teacher's (the weak view; its view at the teacher's size) only when the teacher reads the pool."""
+def test_the_pool_gets_teacher_views_only_of_the_images_the_teacher_reads(tiny_pool):
+    """With two views and a teacher at its own size: the step's batch gets the student's pool view of every pool image
+    always, and the teacher's (the weak view; its view at the teacher's size) only of the images the teacher reads:
+    all (the default), the first (a share) or none (`unlabeled_kd=false`)."""
     loader = UnlabeledLoader(resolve_images(tiny_pool), train_args(imgsz=64, workers=0), {"names": NAMES, "channels": 3},
                              64, 2, 32, 0, two_views=True)
     teacher_keys = {"unlabeled_weak_img", "unlabeled_teacher_img"}
-    for teacher_views in (True, False):
+    for teacher_rows in (2, 1, 0):
         batch = {"img": torch.zeros(2, 3, 64, 64), "teacher_img": torch.zeros(2, 3, 128, 128)}
-        add_unlabeled(batch, loader, 1.0, teacher_views=teacher_views)
+        add_unlabeled(batch, loader, 2, teacher_rows=teacher_rows)
         assert batch["unlabeled_img"].shape == (2, 3, 64, 64)
-        assert (teacher_keys <= batch.keys()) if teacher_views else not (teacher_keys & batch.keys())
-        if teacher_views:
-            assert batch["unlabeled_teacher_img"].shape == (2, 3, 128, 128)
+        assert (teacher_keys <= batch.keys()) if teacher_rows else not (teacher_keys & batch.keys())
+        if teacher_rows:
+            assert batch["unlabeled_weak_img"].shape == (teacher_rows, 3, 64, 64)
+            assert batch["unlabeled_teacher_img"].shape == (teacher_rows, 3, 128, 128)
     loader.close()
 
 

@@ -347,7 +347,9 @@ def preprocess_batch(trainer, base, batch: dict) -> dict:
         batch = base(batch)
     model = unwrap_model(trainer.model)
     if run.unlabeled_loader is not None and model.reads_unlabeled:
-        add_unlabeled(batch, run.unlabeled_loader, run.recipe.unlabeled_ratio, teacher_views=model.teacher_reads_pool)
+        images = images_per_step(run.recipe.unlabeled_ratio, len(batch["img"]))
+        add_unlabeled(batch, run.unlabeled_loader, images,
+                      teacher_rows=run.recipe.pool_kd_rows(images) if model.teacher_reads_pool else 0)
     return batch
 
 
@@ -366,13 +368,13 @@ def teacher_size_batch(trainer, base, batch: dict) -> dict:
     return batch
 
 
-def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float, *, teacher_views: bool) -> None:
-    """`unlabeled_img`: `round(ratio x labeled)` pool images (at least 1) as float [0, 1] at the size of `img`, for
-    the student; with two views it is the strong view. With `teacher_views` (the teacher reads the pool), also the
-    teacher's: `unlabeled_weak_img`, the weak view, with two views; `unlabeled_teacher_img`, its view at the size of
-    `teacher_img`, when the batch has one."""
+def add_unlabeled(batch: dict, loader: UnlabeledLoader, images: int, *, teacher_rows: int) -> None:
+    """`unlabeled_img`: `images` pool images as float [0, 1] at the size of `img`, for the student; with two views it
+    is the strong view. For the first `teacher_rows` of them (those the teacher reads, `Recipe.pool_kd_rows`; 0: none),
+    also the teacher's views: `unlabeled_weak_img`, the weak view, with two views; `unlabeled_teacher_img`, its view
+    at the size of `teacher_img`, when the batch has one."""
     img, source = batch["img"], batch.get("teacher_img")
-    drawn = loader.next(images_per_step(ratio, len(img)))
+    drawn = loader.next(images)
 
     def scaled(x, like):
         return resample(x.to(img.device, non_blocking=True).float() / 255, tuple(like.shape[-2:])).to(like.dtype)
@@ -381,10 +383,11 @@ def add_unlabeled(batch: dict, loader: UnlabeledLoader, ratio: float, *, teacher
     batch["unlabeled_img"] = scaled(drawn.get("img_strong", weak), img)
     if loader.has_boxes:
         batch["unlabeled_boxes"] = {k: drawn[k].to(img.device) for k in ("batch_idx", "cls", "bboxes")}
-    if teacher_views and "img_strong" in drawn:
-        batch["unlabeled_weak_img"] = scaled(weak, img)
-    if teacher_views and source is not None:
-        batch["unlabeled_teacher_img"] = scaled(weak, source)
+    teacher_view = weak[:teacher_rows]
+    if teacher_rows and "img_strong" in drawn:
+        batch["unlabeled_weak_img"] = scaled(teacher_view, img)
+    if teacher_rows and source is not None:
+        batch["unlabeled_teacher_img"] = scaled(teacher_view, source)
 
 
 def _close_dataloader_mosaic(trainer, base) -> None:
