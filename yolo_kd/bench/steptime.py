@@ -55,14 +55,14 @@ class Candidate:
                  pool_rows=None):
         self.label, self.module, self.teacher_forward = label, module, teacher_forward
         self.teacher_imgsz = teacher_imgsz  # the batch comes from a loader at this size (`teacher_img`)
-        self.pool = pool_rows is not None  # the step also reads as many unlabeled images as labeled ones
-        self.pool_rows = pool_rows  # (`unlabeled_img`), the teacher this many of them
+        self.pool_rows = pool_rows  # None: no pool; else the step also reads as many unlabeled images as labeled
+        #           ones (`unlabeled_img`), the teacher this many of them
 
     def step(self, batch: dict, amp: bool) -> None:
         self.module.zero_grad(set_to_none=True)
         if self.teacher_imgsz:
             batch = {**batch, "teacher_img": batch["sources"][self.teacher_imgsz]}
-        if self.pool:
+        if self.pool_rows is not None:
             batch = {**batch, "unlabeled_img": batch["pool_img"], "unlabeled_boxes": batch["pool_boxes"]}
         with torch.autocast("cuda") if amp else nullcontext():
             loss, _ = self.module.loss(batch)
@@ -123,15 +123,15 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
     pool = synthetic_batch(batch, opts["imgsz"], nc, dev, seed=1)  # the pool's boxes, as `label+conf` carries them
     data["pool_img"], data["pool_boxes"] = pool["img"], {k: pool[k] for k in ("batch_idx", "cls", "bboxes")}
     t_size = opts.get("teacher_imgsz")
-    t_inputs = {"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
-                **{c.teacher_forward: torch.cat([data["img"], data["pool_img"][:c.pool_rows]])
-                   for c in cands if c.pool_rows}}
+    t_inputs = {}
     if t_size:  # as the trainer's loader makes it: the batch at the teacher's size, the student's its downsample
         source = synthetic_batch(batch, t_size, nc, dev)["img"]
         data = {**data, "img": resample(source, tuple(data["img"].shape[-2:])), "sources": {t_size: source}}
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
-        t_inputs = {k: v if " pool image" in k else data["img"] for k, v in t_inputs.items()}
         t_inputs[f"yolo-kd@{t_size}"] = source
+    t_inputs.update({"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
+                     **{c.teacher_forward: torch.cat([data["img"], data["pool_img"][:c.pool_rows]])
+                        for c in cands if c.pool_rows}})
 
     def sync():
         if dev.type == "cuda":
