@@ -124,6 +124,22 @@ def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tin
         assert all(float(row[f"train/{term}"]) > 0 for term in (*DENSE, POOL_DETECTION_TERM)), row
 
 
+@pytest.mark.parametrize("share", [True, 0.5])
+def test_ground_truth_only_methods_train_the_pool_on_its_boxes_without_the_teachers_pool_forward(
+        tiny_data, tiny_teacher, tiny_pool, tmp_path, share):
+    """A real run with FGD alone (it reads ground truth, so its term sees the labeled images only) and the pool labeled
+    once: each step the student reads as many pool images as labeled ones and trains `pool_det` on them, and the
+    teacher's input is the labeled batch alone (no term reads its pool rows), whatever `unlabeled_kd` says."""
+    seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
+                        unlabeled_kd=share, method="fgd", batch=3, nbs=3, mosaic=1.0, workers=0)
+    labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert len(seen["teacher"]) == len(labeled) == len(pooled) == 6  # 2 epochs of 3 steps
+    for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
+        assert torch.equal(teacher, student_labeled) and len(student_pool) == len(student_labeled)
+    for row in read_results(tmp_path / "run"):
+        assert float(row["train/fgd"]) > 0 and float(row[f"train/{POOL_DETECTION_TERM}"]) > 0, row
+
+
 def test_the_pool_gets_teacher_views_only_of_the_images_the_teacher_reads(tiny_pool):
     """With two views and a teacher at its own size: the step's batch gets the student's pool view of every pool image
     always, and the teacher's (the weak view; its view at the teacher's size) only of the images the teacher reads:

@@ -21,7 +21,7 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import GUARD_RELABEL, Recipe, box_selection
+from .recipe import GUARD_RELABEL, Recipe, box_selection, labels_pool_once
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
@@ -211,25 +211,34 @@ class Distiller(StudentSurface, nn.Module):
 
     @property
     def teacher_reads_pool(self) -> bool:
-        """Whether the teacher's forward and the KD terms read pool rows (all, or `unlabeled_kd`'s share): not while
-        self-training, not with `unlabeled_kd: false` (there the pool's detection term alone reads the pool)."""
-        return not self.kd_stopped and self.recipe.unlabeled_kd is not False
+        """Whether the teacher's forward reads pool rows (all, or `unlabeled_kd`'s share): not while self-training,
+        not with `unlabeled_kd: false`, and only where a term reads them: a method of the stage that reads no ground
+        truth, Dense Teacher's pseudo-labels (`unlabeled_topk`), boxes decoded online (`unlabeled_boxes` not made
+        once)."""
+        if self.kd_stopped or self.recipe.unlabeled_kd is False:
+            return False
+        recipe = self.recipe
+        return (self._stage_kd_reads_pool or recipe.unlabeled_topk is not None
+                or (recipe.unlabeled_boxes is not None and not labels_pool_once(recipe.unlabeled_boxes)))
+
+    @property
+    def _stage_kd_reads_pool(self) -> bool:
+        """Whether a method of the current stage reads no ground truth (its KD terms read the pool rows)."""
+        si = self.stage
+        return si is not None and any(not self.methods[f"{t}__{m.name}"].reads_gt
+                                      for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
 
     @property
     def reads_unlabeled(self) -> bool:
-        """Whether this training step's KD reads unlabeled rows: a stage is active and one of its methods reads no
-        ground truth (a stage of ground-truth-only methods skips the pool: its forwards would be thrown away), or the
-        pool's detection term reads (some of) it alone (`unlabeled_kd` false or a share, or the run self-trains on the
-        pool's boxes)."""
+        """Whether this training step reads the pool's images: a stage is active and the teacher's forward reads them
+        (`teacher_reads_pool`), or the pool's detection term does, on boxes made once (with `unlabeled_kd` false or
+        a share, a stage of ground-truth-only methods, or a run that self-trains on the pool's boxes)."""
         si = self.stage
         if not self.training or si is None or not self.recipe.stages[si].methods:  # a stage without KD
             return False
         if self.kd_stopped:
             return self.self_training
-        if self.recipe.unlabeled_kd is not True:
-            return True
-        return any(not self.methods[f"{t}__{m.name}"].reads_gt
-                   for t in self._method_teachers(si) for m in self.recipe.stages[si].methods)
+        return self.teacher_reads_pool or self.recipe.unlabeled_boxes is not None
 
     def _student_taps(self, img: torch.Tensor) -> tuple[Taps, object]:
         """(the student's taps, its raw predictions) for a batch of images."""
