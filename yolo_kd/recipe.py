@@ -215,7 +215,7 @@ class Recipe:
                                 f"unlabeled_boxes={DEFAULT_UNLABELED_BOXES} (the default) or label, or "
                                 "teacher_guard=True")
         if recipe.unlabeled_kd is not True:
-            check_pool_without_kd(recipe)
+            check_unlabeled_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
@@ -386,7 +386,7 @@ def _parse_kd_share(value) -> bool | float:
                         f"0.25), got {value!r}")
 
 
-def check_pool_without_kd(recipe: Recipe) -> None:
+def check_unlabeled_kd(recipe: Recipe) -> None:
     """`unlabeled_kd` false or a share leaves (some of) the pool images to its detection term alone, on boxes made once
     (`label[+conf]`: online boxes would need the teacher's forward on every pool image); with false, the options that
     read the teacher's forward on pool images have nothing to read."""
