@@ -219,8 +219,8 @@ def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabel
     RecordingTrainer.seen = {}
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", record_forwards)
-    yolo_kd.distill(model, teacher=str(teacher), method=method, teacher_imgsz=teacher_imgsz, unlabeled_views=unlabeled_views,
-                    unlabeled_boxes=unlabeled_boxes, unlabeled_kd=unlabeled_kd,
+    yolo_kd.distill(model, teacher=str(teacher), method=method, teacher_imgsz=teacher_imgsz,
+                    unlabeled_views=unlabeled_views, unlabeled_boxes=unlabeled_boxes, unlabeled_kd=unlabeled_kd,
                     **({"unlabeled": str(pool)} if pool else {}))
     model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
                 **{**TINY_TRAIN, "epochs": 2, **train})
