@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, replace
@@ -162,7 +163,9 @@ def check_teacher(out: Path, identity: dict) -> None:
         if used:
             raise KDConfigError(f"bench folder {out} holds {len(used)} runs of another teacher (e.g. {used[0]}): "
                                 f"give this bench a name= of its own, or keep the teacher and its settings")
-    marker.write_text(json.dumps(identity))
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}")  # renamed into place: a bench started beside this one
+    tmp.write_text(json.dumps(identity))  # reads the old marker or the new one, never a half-written file
+    os.replace(tmp, marker)
 
 
 def epochs_for(steps: int, images: int, batch: int) -> int:
