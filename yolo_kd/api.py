@@ -44,6 +44,9 @@ KD_OPTIONS = {
                     "trains the detection loss on the teacher's boxes made once (unlabeled_boxes label+conf); about "
                     "the compute of a plain student's step less per step; a share such as 0.25: the KD terms and the "
                     "teacher's forward read that share of each step's pool images (default true: all of them)",
+    "labeled_kd": "false: with unlabeled images, the teacher's forward and the KD terms read them only, and the "
+                  "labeled images train on their labels alone (the teacher's forward on half the images; default "
+                  "true: the KD terms read the labeled images too)",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
                      "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }
@@ -114,7 +117,7 @@ def distill(model, teacher=None, method: str | None = None, **options):
     Options: cfg (recipe YAML or dict, for stages and several teachers), weights (number or {method: w}), layers
     ({student: [...], teacher: [...]}), teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without
     labels), unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_topk, unlabeled_weight, unlabeled_views,
-    unlabeled_kd and teacher_guard.
+    unlabeled_kd, labeled_kd and teacher_guard.
     Every Ultralytics train argument keeps working, `trainer=MyTrainer` included (the engine composes with it:
     `trainer_for`). Unlike `add_callbacks`, the inputs are checked before the run folder exists and DDP works. With
     ``model.train(resume=...)`` the run continues last.pt's recipe: a key given here that differs from it is refused

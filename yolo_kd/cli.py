@@ -29,7 +29,7 @@ yolo-kd: distil a large YOLO teacher into a small student inside the Ultralytics
 Every Ultralytics train argument passes through. yolo-kd's own keys: teacher, method (e.g. fgd+pred), cfg (recipe
 YAML), weights, layers, teacher_imgsz, schedule, auto_balance, class_map, unlabeled (images without labels),
 unlabeled_ratio, unlabeled_bn, unlabeled_boxes, unlabeled_topk, unlabeled_weight, unlabeled_views, unlabeled_kd,
-teacher_guard.
+labeled_kd, teacher_guard.
 Methods: pred, sl2, pkd, crosskd, fgd, cskd, cwd, mgd, mse.
 `yolo-kd <command> help` lists a command's keys and defaults."""
 

@@ -21,7 +21,7 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import GUARD_RELABEL, Recipe, box_selection, labels_pool_once
+from .recipe import GUARD_RELABEL, Recipe, box_selection, check_pool_only_kd, labels_pool_once
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
@@ -96,6 +96,8 @@ class Distiller(StudentSurface, nn.Module):
         pool_terms = {POOL_DETECTION_TERM: recipe.unlabeled_boxes, POOL_DENSE_TERM: recipe.unlabeled_topk}
         if with_pool:
             self.term_names += [term for term, option in pool_terms.items() if option is not None]
+        if not recipe.labeled_kd:
+            check_pool_only_kd(with_pool, self.gt_only_methods)
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")
@@ -163,17 +165,24 @@ class Distiller(StudentSurface, nn.Module):
 
         img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
-        s_taps, preds = (self._student_preds if self.kd_stopped else self._student_taps)(img)  # self-training: no taps
+        pool_kd = extra is not None and self.reads_unlabeled and self.teacher_reads_pool
+        pool_only = pool_kd and not self.recipe.labeled_kd  # `labeled_kd: false`: the KD terms read the pool rows only
+        start = 0 if pool_only else labeled  # the first pool row of the KD rows
+        labeled_forward = self._student_preds if self.kd_stopped or pool_only else self._student_taps
+        s_taps, preds = labeled_forward(img)  # self-training or pool_only: no taps of the labeled images
         pool_preds = None
         if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
-            if self.teacher_reads_pool:
+            if pool_kd:
                 pool_taps, pool_preds = self._unlabeled_forward(extra, self._student_taps)
                 read = self.recipe.pool_kd_rows(len(extra))  # `unlabeled_kd` a share: the KD terms read the first
-                s_taps = cat_rows(s_taps, take_rows(pool_taps, read))  # `read`, the detection term every pool image
-                t_view = batch.get("unlabeled_weak_img", extra)[:read]  # the teacher's view of those
-                img = torch.cat([img, t_view.to(img.dtype)])
-                if source is not None:
-                    source = torch.cat([source, batch["unlabeled_teacher_img"][:read].to(source.dtype)])
+                pool_rows = take_rows(pool_taps, read)  # `read`, the detection term every pool image
+                t_view = batch.get("unlabeled_weak_img", extra)[:read].to(img.dtype)  # the teacher's view of those
+                t_source = batch["unlabeled_teacher_img"][:read].to(source.dtype) if source is not None else None
+                if pool_only:
+                    s_taps, img, source = pool_rows, t_view, t_source
+                else:
+                    s_taps, img = cat_rows(s_taps, pool_rows), torch.cat([img, t_view])
+                    source = torch.cat([source, t_source]) if source is not None else None
             else:  # only the pool's detection term reads it
                 _, pool_preds = self._unlabeled_forward(extra, self._student_preds)
         target = [] if self.kd_stopped else self._teacher_target(stage, img, source, s_taps)
@@ -192,9 +201,9 @@ class Distiller(StudentSurface, nn.Module):
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
         pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1] if target else None
         if pool_preds is not None and POOL_DETECTION_TERM in values:
-            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, batch) * pool_factor
+            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, batch, start) * pool_factor
         if pool_preds is not None and POOL_DENSE_TERM in values and target:
-            values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, labeled) * pool_factor
+            values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, start) * pool_factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)
         if not bool(torch.isfinite(kd).all()):  # one check (one device sync) per step, on all terms at once
             self.nan_skips += 1  # this step's KD is dropped whole: counted, logged per epoch as kd_nan_skips
@@ -260,31 +269,33 @@ class Distiller(StudentSurface, nn.Module):
         with running_stats_frozen(self.student):
             return forward(extra)
 
-    def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, batch: dict) -> torch.Tensor:
+    def _pool_detection_loss(self, target: Taps, extra: torch.Tensor, pool_preds, batch: dict,
+                             start: int) -> torch.Tensor:
         """`unlabeled_boxes`: the student's detection loss (box + cls + dfl, per image as logged for labeled images) on
         the pool images' pseudo-boxes: those the pool's loader carried (`label+conf`: `batch["unlabeled_boxes"]`,
-        `pool_labels`), else decoded from the (first) teacher target's pool rows (`pseudo_boxes`); `match` reads the
-        labeled `batch`'s boxes per image."""
+        `pool_labels`), else decoded from the (first) teacher target's pool rows, from row `start` on
+        (`pseudo_boxes`); `match` reads the labeled `batch`'s boxes per image."""
         if "unlabeled_boxes" in batch:
             pseudo = {"img": extra, **batch["unlabeled_boxes"]}
         else:
             labeled, (conf, matched) = len(batch["img"]), box_selection(self.recipe.unlabeled_boxes)
-            rows = Taps(feats=[], scores=target.scores[labeled:], boxes=target.boxes[labeled:], grid=target.grid)
+            rows = Taps(feats=[], scores=target.scores[start:], boxes=target.boxes[start:], grid=target.grid)
             count = matched_count(len(batch["cls"]), labeled, len(extra)) if matched else None
             with torch.no_grad():
                 pseudo = pseudo_batch(rows, extra, conf, count)
         loss, _ = self.student.loss(pseudo, pool_preds)
         return loss.float().sum() / len(extra)
 
-    def _pool_dense_loss(self, s_taps: Taps, target: Taps, labeled: int) -> torch.Tensor:
-        """`unlabeled_topk`: Dense Teacher's dense pseudo-labels on the pool rows (`losses.dense`) from the (first)
-        teacher's target, hyp.cls * L_cls + hyp.box * L_box: weighted by the student's own detection gains, the pool
-        counts as its detection loss does on a labeled image (Dense Teacher's unsupervised terms count as FCOS's)."""
-        s_scores, t_scores = s_taps.scores[labeled:], target.scores[labeled:]
+    def _pool_dense_loss(self, s_taps: Taps, target: Taps, start: int) -> torch.Tensor:
+        """`unlabeled_topk`: Dense Teacher's dense pseudo-labels on the pool rows (from row `start` on, `losses.dense`)
+        from the (first) teacher's target, hyp.cls * L_cls + hyp.box * L_box: weighted by the student's own detection
+        gains, the pool counts as its detection loss does on a labeled image (Dense Teacher's unsupervised terms count
+        as FCOS's)."""
+        s_scores, t_scores = s_taps.scores[start:], target.scores[start:]
         mask, foreground = top_fraction(t_scores, self.recipe.unlabeled_topk)
         hyp = self.student.args
         return (hyp.cls * dense_class_loss(s_scores, t_scores, mask, foreground)
-                + hyp.box * dense_box_loss(s_taps.boxes[labeled:], target.boxes[labeled:], mask))
+                + hyp.box * dense_box_loss(s_taps.boxes[start:], target.boxes[start:], mask))
 
     @property
     def progress(self) -> float:

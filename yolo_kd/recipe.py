@@ -34,13 +34,14 @@ from .preflight import MIN_GRID, check_teacher_imgsz, image_size
 DEFAULT_METHOD = "sl2+pred"  # what `method` is when none is named (README, Benchmark: why this one)
 RECIPE_KEYS = {"teachers", "stages", "layers", "schedule", "auto_balance", "class_map", "unlabeled", "unlabeled_ratio",
                "unlabeled_bn", "unlabeled_boxes", "unlabeled_topk", "unlabeled_weight", "unlabeled_views",
-               "unlabeled_kd", "teacher_guard"}
+               "unlabeled_kd", "labeled_kd", "teacher_guard"}
 BOXES_MATCH = "match"  # `unlabeled_boxes: match`: per pool image as many teacher boxes as per labeled image
 BOXES_LABEL = "label"  # `unlabeled_boxes: label[+conf]`: the teacher labels the clean pool images once, at the start
 DEFAULT_UNLABELED_RATIO = 1.0  # unlabeled images per labeled image in a training step
 DEFAULT_UNLABELED_WEIGHT = 1.0  # the pool's own terms (pool_det, pool_dense) as they are
 UNLABELED_BN = ("all", "labeled")  # whose batches BatchNorm's running statistics follow (see `norm`)
 DEFAULT_UNLABELED_KD = True  # the KD terms read every pool image: docs/benchmarks.md (sessions 25-28)
+DEFAULT_LABELED_KD = True  # with a pool, the KD terms read the labeled images too
 DEFAULT_UNLABELED_BN = "all"  # measured: the label-scarce bench, docs/benchmarks.md
 DEFAULT_UNLABELED_BOXES = f"{BOXES_LABEL}+0.25"  # the pool labeled once by count and 0.25: docs/benchmarks.md
 UNLABELED_VIEWS = ("same", "weak-strong")  # the teacher sees the student's pool image, or it without photometric aug.
@@ -139,6 +140,8 @@ class Recipe:
     #           trains pool_det alone and the teacher's forward reads the labeled images only (its boxes on the pool
     #           are made once, at the start); a share in (0, 1): the KD terms read that share of each step's pool
     #           images (`pool_kd_rows`), pool_det all of them
+    labeled_kd: bool = DEFAULT_LABELED_KD  # with a pool, the KD terms read the labeled images too; False: the
+    #           teacher's forward and the KD terms read the pool images only, the labeled ones train on their labels
     teacher_guard: bool | str = False  # stop KD once the student's validation mAP50-95 reaches the teacher's
     #           (`guard`); "relabel": stop the teacher's terms, and the pool's boxes follow the student's EMA
 
@@ -147,7 +150,8 @@ class Recipe:
     def from_kwargs(cls, teacher=None, method=DEFAULT_METHOD, weights=None, cfg=None, layers=None, teacher_imgsz=None,
                     schedule=None, auto_balance=None, class_map=None, unlabeled=None,
                     unlabeled_ratio=None, unlabeled_bn=None, unlabeled_boxes=None, unlabeled_topk=None,
-                    unlabeled_weight=None, unlabeled_views=None, unlabeled_kd=None, teacher_guard=None) -> Recipe:
+                    unlabeled_weight=None, unlabeled_views=None, unlabeled_kd=None, labeled_kd=None,
+                    teacher_guard=None) -> Recipe:
         """Build from the drop-in / command-line shorthand; `cfg` (a YAML path or dict) may hold the full recipe."""
         if cfg is not None:
             data = load_yaml(cfg) if not isinstance(cfg, dict) else dict(cfg)
@@ -158,7 +162,8 @@ class Recipe:
                                ("unlabeled_ratio", unlabeled_ratio), ("unlabeled_bn", unlabeled_bn),
                                ("unlabeled_boxes", unlabeled_boxes), ("unlabeled_topk", unlabeled_topk),
                                ("unlabeled_weight", unlabeled_weight), ("unlabeled_views", unlabeled_views),
-                               ("unlabeled_kd", unlabeled_kd), ("teacher_guard", teacher_guard)):
+                               ("unlabeled_kd", unlabeled_kd), ("labeled_kd", labeled_kd),
+                               ("teacher_guard", teacher_guard)):
                 if value is not None:
                     data[key] = value
             return cls.from_dict(data)
@@ -171,7 +176,8 @@ class Recipe:
             "layers": layers, "schedule": schedule, "auto_balance": auto_balance, "class_map": class_map,
             "unlabeled": unlabeled, "unlabeled_ratio": unlabeled_ratio, "unlabeled_bn": unlabeled_bn,
             "unlabeled_boxes": unlabeled_boxes, "unlabeled_topk": unlabeled_topk, "unlabeled_weight": unlabeled_weight,
-            "unlabeled_views": unlabeled_views, "unlabeled_kd": unlabeled_kd, "teacher_guard": teacher_guard,
+            "unlabeled_views": unlabeled_views, "unlabeled_kd": unlabeled_kd, "labeled_kd": labeled_kd,
+            "teacher_guard": teacher_guard,
         }
         return cls.from_dict(data)
 
@@ -208,6 +214,8 @@ class Recipe:
             unlabeled_views=_parse_choice(data.get("unlabeled_views") or "same", "unlabeled_views", UNLABELED_VIEWS),
             unlabeled_kd=_parse_kd_share(DEFAULT_UNLABELED_KD if data.get("unlabeled_kd") is None
                                          else data["unlabeled_kd"]),
+            labeled_kd=_parse_bool(DEFAULT_LABELED_KD if data.get("labeled_kd") is None else data["labeled_kd"],
+                                   "labeled_kd"),
             teacher_guard=_parse_guard(data.get("teacher_guard")),
         )
         if recipe.teacher_guard == GUARD_RELABEL and not labels_pool_once(recipe.unlabeled_boxes):
@@ -216,6 +224,8 @@ class Recipe:
                                 "teacher_guard=True")
         if recipe.unlabeled_kd is not True:
             check_unlabeled_kd(recipe)
+        if recipe.labeled_kd is not True:
+            check_labeled_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
@@ -255,6 +265,7 @@ class Recipe:
             "unlabeled_weight": self.unlabeled_weight,
             "unlabeled_views": self.unlabeled_views,
             "unlabeled_kd": self.unlabeled_kd,
+            "labeled_kd": self.labeled_kd,
             "teacher_guard": self.teacher_guard,
         }
 
@@ -401,6 +412,23 @@ def check_unlabeled_kd(recipe: Recipe) -> None:
         if on:
             raise KDConfigError(f"{key} reads the teacher's forward on the pool images, which unlabeled_kd=false "
                                 "skips: drop one of them")
+
+
+def check_labeled_kd(recipe: Recipe) -> None:
+    """`labeled_kd: false` leaves the KD terms the pool images alone, so `unlabeled_kd` must leave them some."""
+    if recipe.unlabeled_kd is False:
+        raise KDConfigError("labeled_kd=false and unlabeled_kd=false leave the KD terms no image to read: drop one of "
+                            "them (labeled_kd=false: the teacher teaches on the unlabeled images only)")
+
+
+def check_pool_only_kd(has_pool: bool, gt_methods: list[str]) -> None:
+    """`labeled_kd: false` needs unlabeled images, and no method that reads ground truth (only labeled images have it)."""
+    if not has_pool:
+        raise KDConfigError("labeled_kd=false: the KD terms read the unlabeled images only, and this run has none: give "
+                            "unlabeled=... (or unlabeled: in data.yaml), or drop labeled_kd")
+    if gt_methods:
+        raise KDConfigError(f"labeled_kd=false: {', '.join(gt_methods)} read ground truth, which only the labeled "
+                            "images have: drop labeled_kd, or use methods that read no ground truth (e.g. sl2+pred)")
 
 
 def _parse_guard(value) -> bool | str:

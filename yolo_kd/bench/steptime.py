@@ -14,11 +14,13 @@ import torch
 from ultralytics.utils import LOGGER
 
 from .. import ultra
+from ..errors import KDConfigError
 from ..resolution import resample
 from .machine import fingerprint, on_cuda
 from .report import POOL_SUFFIX
 
-POOL_KD_TIMED = (True, 0.25, False)  # `unlabeled_kd` values of the pool rows: all, a quarter, none of the pool images
+POOL_KD_TIMED = ({}, {"unlabeled_kd": 0.25}, {"unlabeled_kd": False}, {"labeled_kd": False})  # the pool rows' keys:
+#           the KD terms read all, a quarter or none of the pool images beside the labeled ones, or the pool only
 
 
 def synthetic_batch(batch: int, imgsz: int, nc: int, device: torch.device, boxes_per_image: int = 4,
@@ -52,11 +54,12 @@ class Candidate:
     """One timed configuration: a module whose `loss(batch)` is run forward and backward."""
 
     def __init__(self, label: str, module: torch.nn.Module, teacher_forward=None, teacher_imgsz=None,
-                 pool_rows=None):
+                 pool_rows=None, labeled_kd=True):
         self.label, self.module, self.teacher_forward = label, module, teacher_forward
         self.teacher_imgsz = teacher_imgsz  # the batch comes from a loader at this size (`teacher_img`)
         self.pool_rows = pool_rows  # None: no pool; else the step also reads as many unlabeled images as labeled
         #           ones (`unlabeled_img`), the teacher this many of them
+        self.labeled_kd = labeled_kd  # the teacher reads the labeled images too (False: the pool rows only)
 
     def step(self, batch: dict, amp: bool) -> None:
         self.module.zero_grad(set_to_none=True)
@@ -71,10 +74,10 @@ class Candidate:
 
 def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candidate], dict, int]:
     """Plain student, Ultralytics' DistillationModel and one Distiller per method (+ one with the teacher at
-    `teacher_imgsz`, + the first method with a pool of `batch` images per step at each `POOL_KD_TIMED`), all from the
+    `teacher_imgsz`, + the first method with a pool of `batch` images per step with each of `POOL_KD_TIMED`), all from the
     same initial student weights; the teachers (for their forward's share); nc."""
     from ..distiller import Distiller
-    from ..recipe import DEFAULT_UNLABELED_KD, Recipe
+    from ..recipe import Recipe
     from ..teachers import freeze
 
     teacher_ckpt = ultra.load_model(opts["teacher"])
@@ -96,16 +99,22 @@ def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candi
         label = f"yolo-kd {method}" + (f" (teacher at {t_size})" if t_size else "")
         out.append(Candidate(label, distiller, f"yolo-kd@{t_size}" if t_size else "yolo-kd", t_size))
     method = opts["methods"][0]  # the same recipe with an unlabeled pool at ratio 1 (its images and boxes in the
-    for unlabeled_kd in POOL_KD_TIMED:  # batch), the teacher reading all, some or none of the pool images
-        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"],
-                                    unlabeled_kd=unlabeled_kd)
-        distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
+    for keys in POOL_KD_TIMED:  # batch), the teacher reading all, some or none of the pool images, or the pool only
+        recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"], **keys)
+        try:
+            distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
+        except KDConfigError as e:  # labeled_kd=false with a method that reads ground truth
+            LOGGER.info(f"yolo-kd bench: step time of {method} with {keys} skipped: {e}")
+            continue
         distiller.set_epoch(0)
         rows = recipe.pool_kd_rows(batch)
-        forward = f"yolo-kd + {rows} pool image{'s' * (rows > 1)}" if rows else "yolo-kd"
+        plural = "s" * (rows > 1)
+        forward = ("yolo-kd" if not rows else f"yolo-kd + {rows} pool image{plural}" if recipe.labeled_kd
+                   else f"yolo-kd on {rows} pool image{plural}")
         teacher_forwards[forward] = ours
-        suffix = "" if unlabeled_kd == DEFAULT_UNLABELED_KD else f", unlabeled_kd={unlabeled_kd}"
-        out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool_rows=rows))
+        suffix = "".join(f", {k}={v}" for k, v in keys.items())
+        out.append(Candidate(f"yolo-kd {method} {POOL_SUFFIX}{suffix}", distiller, forward, pool_rows=rows,
+                             labeled_kd=recipe.labeled_kd))
     out.sort(key=lambda c: c.teacher_imgsz is not None)  # the teacher at its size last in each round: its large
     return out, teacher_forwards, len(names)  # buffers slowed the pool rows timed after it (1.78x against 1.51x)
 
@@ -130,7 +139,7 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
         t_inputs[f"yolo-kd@{t_size}"] = source
     t_inputs.update({"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
-                     **{c.teacher_forward: torch.cat([data["img"], data["pool_img"][:c.pool_rows]])
+                     **{c.teacher_forward: torch.cat([data["img"]] * c.labeled_kd + [data["pool_img"][:c.pool_rows]])
                         for c in cands if c.pool_rows}})
 
     def sync():
