@@ -215,13 +215,13 @@ def record_forwards(trainer):
 
 
 def recorded_run(tmp_path, data, teacher, pool=None, teacher_imgsz=None, unlabeled_views=None, unlabeled_boxes=None,
-                 unlabeled_kd=None, method="sl2+pred", **train):
+                 unlabeled_kd=None, labeled_kd=None, method="sl2+pred", **train):
     RecordingTrainer.seen = {}
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_start", record_forwards)
     yolo_kd.distill(model, teacher=str(teacher), method=method, teacher_imgsz=teacher_imgsz,
                     unlabeled_views=unlabeled_views, unlabeled_boxes=unlabeled_boxes, unlabeled_kd=unlabeled_kd,
-                    **({"unlabeled": str(pool)} if pool else {}))
+                    labeled_kd=labeled_kd, **({"unlabeled": str(pool)} if pool else {}))
     model.train(data=str(data), project=str(tmp_path), name="run", trainer=RecordingTrainer,
                 **{**TINY_TRAIN, "epochs": 2, **train})
     return RecordingTrainer.seen

@@ -9,7 +9,7 @@ from . import hooks
 from .errors import KDConfigError
 from .methods import check_method
 from .offline import setup_offline
-from .recipe import DEFAULT_METHOD, Recipe
+from .recipe import DEFAULT_METHOD, Recipe, check_labeled_kd
 from .teachers import check_teacher_file
 from .trainer import trainer_for
 from .resume_options import resume_recipe
@@ -63,9 +63,9 @@ def build_recipe(model=None, **kd) -> Recipe:
         if saved:
             return Recipe.from_saved(saved["recipe"])
     recipe = Recipe.from_kwargs(**{k: v for k, v in kd.items() if v is not None})
-    for stage in recipe.stages:
-        for m in stage.methods:
-            check_method(m.name, m.params)
+    gt_methods = [m.name for stage in recipe.stages for m in stage.methods
+                  if check_method(m.name, m.params).reads_ground_truth(m.params)]
+    check_labeled_kd(recipe, gt_methods)
     for name, spec in recipe.teachers.items():
         check_teacher_file(name, spec)
     if recipe.unlabeled:

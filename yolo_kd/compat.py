@@ -19,7 +19,7 @@ from .methods import METHODS
 from .needs import describe, missing, offers
 from .preflight import (MIN_GRID, check_imgsz, check_student_task, check_teacher_imgsz, check_train_labels,
                         locate_data)
-from .recipe import Recipe
+from .recipe import Recipe, check_labeled_kd
 from .taps import TapShapes
 from .teachers import HEAD_TASKS, TeacherPool, check_classes, check_teacher_file, probe, probe_size
 from .ultra import detect_head, detection_model, has_one2one, load_model, online, resolve_dataset
@@ -161,7 +161,8 @@ def check_before_run(recipe: Recipe, args) -> tuple[TeacherPool, dict[str, TapSh
         raise KDConfigError(f"data={data} cannot be read as a detection data set ({first_line(e)}): give a data.yaml "
                             "with path, train, val and names (or a folder holding one)") from None
     check_train_labels(resolved)
-    unlabeled_files(recipe, resolved)  # data.yaml's `unlabeled:` must hold images too
+    check_labeled_kd(recipe, has_pool=bool(unlabeled_files(recipe, resolved)))  # data.yaml's `unlabeled:` must
+    #           hold images too
     ch, names = int(resolved.get("channels", 3)), resolved["names"]
     student = student_from_files(args.model, ch, len(names))
     if student is None:

@@ -21,7 +21,7 @@ from .losses import dense_box_loss, dense_class_loss, top_fraction
 from .compat import check_teachers, first_stage_teachers
 from .methods import build_method, method_weight
 from .preflight import image_size
-from .recipe import GUARD_RELABEL, Recipe, box_selection, check_pool_only_kd, labels_pool_once
+from .recipe import GUARD_RELABEL, Recipe, box_selection, check_labeled_kd, labels_pool_once
 from .resolution import level_pairs, resample
 from .taps import Targets, Taps, TapShapes, cat_rows, head_taps, record_layers, take_rows
 from .teacher_target import TeacherView, teacher_target
@@ -96,8 +96,7 @@ class Distiller(StudentSurface, nn.Module):
         pool_terms = {POOL_DETECTION_TERM: recipe.unlabeled_boxes, POOL_DENSE_TERM: recipe.unlabeled_topk}
         if with_pool:
             self.term_names += [term for term, option in pool_terms.items() if option is not None]
-        if not recipe.labeled_kd:
-            check_pool_only_kd(with_pool, self.gt_only_methods)
+        check_labeled_kd(recipe, self.gt_only_methods, with_pool)  # resumed or remote data: not checked before
         copy_attributes(self, student)
         LOGGER.info(f"yolo-kd: {len(recipe.stages)} stage(s), teachers {list(recipe.teachers)}, "
                     f"terms {self.term_names}, adapters {sum(p.numel() for p in self.methods.parameters()):,} params")

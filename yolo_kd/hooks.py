@@ -292,17 +292,20 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
                         + ("; the teacher sees each pool image without the photometric augmentation, the student "
                            "with it (unlabeled_views: weak-strong)" if run.recipe.unlabeled_views == "weak-strong"
                            else "")
-                        + pool_kd_rule(run.recipe.unlabeled_kd, gt))
+                        + pool_kd_rule(run.recipe.unlabeled_kd, gt, run.recipe.labeled_kd))
     return loader
 
 
-def pool_kd_rule(share: bool | float, gt_only: list[str]) -> str:
-    """Which pool images the KD terms read (`unlabeled_kd`), for the log line."""
+def pool_kd_rule(share: bool | float, gt_only: list[str], labeled_kd: bool = True) -> str:
+    """Which images the KD terms read (`unlabeled_kd`, `labeled_kd`), for the log line."""
     if share is False:
         return ("; the KD terms read the labeled images only and the teacher's forward skips the pool "
                 "(unlabeled_kd: false)")
     rule = (f"; the KD terms and the teacher's forward read {share:.0%} of each step's pool images, the detection term "
             f"all of them (unlabeled_kd: {share:g})" if share is not True else "")
+    if not labeled_kd:
+        rule += ("; the KD terms and the teacher's forward read the pool images only, the labeled images train on "
+                 "their labels (labeled_kd: false)")
     return rule + (f"; {', '.join(gt_only)} read ground truth and see the labeled images only" if gt_only else "")
 
 

@@ -224,8 +224,7 @@ class Recipe:
                                 "teacher_guard=True")
         if recipe.unlabeled_kd is not True:
             check_unlabeled_kd(recipe)
-        if recipe.labeled_kd is not True:
-            check_labeled_kd(recipe)
+        check_labeled_kd(recipe)
         pool_terms_off = recipe.unlabeled_boxes is None and recipe.unlabeled_topk is None
         if recipe.unlabeled_weight != DEFAULT_UNLABELED_WEIGHT and pool_terms_off:
             raise KDConfigError("'unlabeled_weight' multiplies the pool's own terms, and none is on: drop "
@@ -414,20 +413,21 @@ def check_unlabeled_kd(recipe: Recipe) -> None:
                                 "skips: drop one of them")
 
 
-def check_labeled_kd(recipe: Recipe) -> None:
-    """`labeled_kd: false` leaves the KD terms the pool images alone, so `unlabeled_kd` must leave them some."""
+def check_labeled_kd(recipe: Recipe, gt_methods: list[str] = (), has_pool: bool | None = None) -> None:
+    """`labeled_kd: false` leaves the KD terms the pool images alone: `unlabeled_kd` must leave them some, the run must
+    have unlabeled images (`has_pool`; None: not known yet) and no method may read ground truth (only labeled images
+    have it). Each caller checks what it knows: the recipe, its methods, the data set."""
+    if recipe.labeled_kd:
+        return
     if recipe.unlabeled_kd is False:
         raise KDConfigError("labeled_kd=false and unlabeled_kd=false leave the KD terms no image to read: drop one of "
                             "them (labeled_kd=false: the teacher teaches on the unlabeled images only)")
-
-
-def check_pool_only_kd(has_pool: bool, gt_methods: list[str]) -> None:
-    """`labeled_kd: false` needs unlabeled images, and no method that reads ground truth (only labeled images have it)."""
-    if not has_pool:
+    if has_pool is False:
         raise KDConfigError("labeled_kd=false: the KD terms read the unlabeled images only, and this run has none: give "
                             "unlabeled=... (or unlabeled: in data.yaml), or drop labeled_kd")
     if gt_methods:
-        raise KDConfigError(f"labeled_kd=false: {', '.join(gt_methods)} read ground truth, which only the labeled "
+        raise KDConfigError(f"labeled_kd=false: {', '.join(gt_methods)} read{'s' * (len(gt_methods) == 1)} ground "
+                            "truth, which only the labeled "
                             "images have: drop labeled_kd, or use methods that read no ground truth (e.g. sl2+pred)")
 
 

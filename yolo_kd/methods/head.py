@@ -54,6 +54,10 @@ class HeadPrediction(Method):
              "pred_box_o2o": frozenset({SCORES, DECODED_BOXES, ONE2ONE})}
     drops_terms = True
 
+    @classmethod
+    def reads_ground_truth(cls, params: dict) -> bool:
+        return params.get("ld_region") == "gt"
+
     def __init__(self, student, teacher, temperature=1.0, conf_weighted=True, ld_temperature=10.0, ld_weight=1.0,
                  ld_region="all", box_weight=None, box_conf=0.05, quality_beta=None, branches="both"):
         super().__init__(student, teacher)
@@ -62,7 +66,7 @@ class HeadPrediction(Method):
         if branches not in BRANCHES:
             raise ValueError(f"branches={branches!r} is unknown: use one of {list(BRANCHES)}")
         self.ld_region = ld_region
-        self.reads_gt = ld_region == "gt"
+        self.reads_gt = self.reads_ground_truth({"ld_region": ld_region})
         self.cls_loss = class_kd(temperature, conf_weighted, quality_beta)
         auto_box = box_weight is None
         if auto_box:

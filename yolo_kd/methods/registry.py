@@ -38,6 +38,11 @@ class Method(nn.Module):
         super().__init__()
         self.student_shapes, self.teacher_shapes = student, teacher
 
+    @classmethod
+    def reads_ground_truth(cls, params: dict) -> bool:
+        """Whether the method built with recipe `params` reads GT boxes (`reads_gt`), known before it is built."""
+        return cls.reads_gt
+
     def keep_terms(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         """`wanted` less the terms whose needs this pair lacks, logged in one line; sets and returns `self.terms`."""
         gone = missing({t: self.needs.get(t, frozenset()) for t in wanted}, offers(self.student_shapes,
