@@ -48,6 +48,7 @@ def test_a_run_feeds_the_teacher_the_pool_images_only(tiny_data, tiny_teacher, t
                         labeled_kd=False, batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
     assert "the KD terms and the teacher's forward read the pool images only" in caplog.text
+    assert "; the teacher reads all the pool images only" in caplog.text  # the stage's log line
     assert len(seen["teacher"]) == len(labeled) == len(pooled) == 6  # 2 epochs of 3 steps
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert torch.equal(teacher, student_pool) and len(student_pool) == len(student_labeled)

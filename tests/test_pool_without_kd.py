@@ -101,6 +101,7 @@ def test_a_run_with_a_share_feeds_the_teacher_the_labeled_images_and_the_first_p
                         unlabeled_kd=0.5, batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
     assert "the KD terms and the teacher's forward read 50% of each step's pool images" in caplog.text
+    assert "; the teacher reads the labeled images and 50% of the pool images" in caplog.text  # the stage's line
     assert [len(t) for t in seen["teacher"]] == [5, 5, 3] * 2
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert len(student_pool) == len(student_labeled)
@@ -126,13 +127,14 @@ def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tin
 
 @pytest.mark.parametrize("share", [True, 0.5])
 def test_ground_truth_only_methods_train_the_pool_on_its_boxes_without_the_teachers_pool_forward(
-        tiny_data, tiny_teacher, tiny_pool, tmp_path, share):
+        tiny_data, tiny_teacher, tiny_pool, tmp_path, share, caplog):
     """A real run with FGD alone (it reads ground truth, so its term sees the labeled images only) and the pool labeled
     once: each step the student reads as many pool images as labeled ones and trains `pool_det` on them, and the
     teacher's input is the labeled batch alone (no term reads its pool rows), whatever `unlabeled_kd` says."""
     seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
                         unlabeled_kd=share, method="fgd", batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert "methods fgdx1; the teacher reads the labeled images only" in caplog.text  # the stage's log line
     assert len(seen["teacher"]) == len(labeled) == len(pooled) == 6  # 2 epochs of 3 steps
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert torch.equal(teacher, student_labeled) and len(student_pool) == len(student_labeled)

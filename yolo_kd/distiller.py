@@ -93,6 +93,7 @@ class Distiller(StudentSurface, nn.Module):
         self.methods = nn.ModuleDict(methods).to(device)
         self.term_names = list(dict.fromkeys(t for m in self.methods.values() for t in m.terms))
         with_pool = bool(recipe.unlabeled) if has_pool is None else has_pool
+        self.has_pool = with_pool
         pool_terms = {POOL_DETECTION_TERM: recipe.unlabeled_boxes, POOL_DENSE_TERM: recipe.unlabeled_topk}
         if with_pool:
             self.term_names += [term for term, option in pool_terms.items() if option is not None]
@@ -142,7 +143,18 @@ class Distiller(StudentSurface, nn.Module):
         s, (a, b) = self.recipe.stages[stage], self.spans[stage]
         methods = ", ".join(f"{m.name}x{method_weight(m):g}" for m in s.methods) or "none"
         return (f"yolo-kd: stage {stage + 1}/{len(self.spans)} '{s.name}' epochs {a + 1}-{b}: "
-                f"teachers {s.teachers or 'none'}, methods {methods}")
+                f"teachers {s.teachers or 'none'}, methods {methods}" + self._teacher_reads())
+
+    def _teacher_reads(self) -> str:
+        """For the stage's log line, with a pool: which images the teacher's forward reads in this stage."""
+        if not self.has_pool or self.kd_stopped or not self.recipe.stages[self.stage].methods:
+            return ""
+        if not self.teacher_reads_pool:
+            return "; the teacher reads the labeled images only"
+        share = self.recipe.unlabeled_kd
+        pool = "all the pool images" if share is True else f"{share:.0%} of the pool images"
+        return f"; the teacher reads {pool} only" if not self.recipe.labeled_kd else \
+            f"; the teacher reads the labeled images and {pool}"
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x, *args, **kwargs):
