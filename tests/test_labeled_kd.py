@@ -12,7 +12,7 @@ import yolo_kd
 from yolo_kd import KDConfigError
 from yolo_kd.api import build_recipe
 from yolo_kd.bench.steptime import step_benchmark
-from yolo_kd.distiller import POOL_DETECTION_TERM
+from yolo_kd.distiller import POOL_DENSE_TERM, POOL_DETECTION_TERM
 from yolo_kd.recipe import Recipe
 from ultralytics import YOLO
 
@@ -23,21 +23,28 @@ from test_unlabeled import distiller, labeled_batch, recorded_run, student_with_
 DETECTION = ("box_loss", "cls_loss", "dfl_loss")
 
 
-def test_the_kd_terms_are_the_defaults_on_the_pool_images_alone(tiny_teacher):
+@pytest.mark.parametrize("pool_terms", [{}, {"unlabeled_boxes": "match"}, {"unlabeled_topk": 0.03}])
+def test_the_kd_terms_are_the_defaults_on_the_pool_images_alone(tiny_teacher, pool_terms):
     """One batch, the same weights: with `labeled_kd=false` the KD terms equal the default's on a batch of the pool
     images alone (the pool's forward normalises with its own batch statistics, as a forward of those images alone
-    does), unlike the default's on labeled + pool images; the labeled detection loss and `pool_det` are the default's."""
+    does), unlike the default's on labeled + pool images; the labeled detection loss and the pool's own terms are the
+    default's: `pool_det` on the boxes the loader carries or decoded online from the teacher's pool rows (`match`),
+    `pool_dense` on those rows (`unlabeled_topk`)."""
     student = student_with_args()
-    batch = with_pool_boxes(labeled_batch(pool_images=3))
-    _, pool_only = distiller(tiny_teacher, student, unlabeled=["pool"], labeled_kd=False).loss(copy.deepcopy(batch))
-    _, default = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(copy.deepcopy(batch))
-    pool_as_batch = {"img": batch["unlabeled_img"].clone(), **batch["unlabeled_boxes"]}
-    _, alone = distiller(tiny_teacher, student, unlabeled=["pool"]).loss(pool_as_batch)
+    online = pool_terms.get("unlabeled_boxes") == "match"
+    batch = labeled_batch(pool_images=3) if online else with_pool_boxes(labeled_batch(pool_images=3))
+    kd = {"unlabeled": ["pool"], **pool_terms}
+    _, pool_only = distiller(tiny_teacher, student, labeled_kd=False, **kd).loss(copy.deepcopy(batch))
+    _, default = distiller(tiny_teacher, student, **kd).loss(copy.deepcopy(batch))
+    pool_as_batch = {"img": batch["unlabeled_img"].clone(), **with_pool_boxes(labeled_batch(3))["unlabeled_boxes"]}
+    _, alone = distiller(tiny_teacher, student, **kd).loss(pool_as_batch)
     for term in DENSE:
         assert pool_only[term] > 0 and torch.allclose(pool_only[term], alone[term], rtol=1e-5, atol=0), term
         assert not torch.isclose(pool_only[term], default[term]), term
-    for key in (*DETECTION, POOL_DETECTION_TERM):
+    for key in DETECTION:
         assert pool_only[key] > 0 and torch.equal(pool_only[key], default[key]), key
+    for key in (POOL_DETECTION_TERM, *([POOL_DENSE_TERM] if "unlabeled_topk" in pool_terms else [])):
+        assert pool_only[key] > 0 and torch.allclose(pool_only[key], default[key], rtol=1e-5, atol=0), key
 
 
 def test_a_run_feeds_the_teacher_the_pool_images_only(tiny_data, tiny_teacher, tiny_pool, tmp_path, caplog):
@@ -47,8 +54,8 @@ def test_a_run_feeds_the_teacher_the_pool_images_only(tiny_data, tiny_teacher, t
     seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
                         labeled_kd=False, batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
-    assert "the KD terms and the teacher's forward read the pool images only" in caplog.text
-    assert "; the teacher reads all the pool images only" in caplog.text  # the stage's log line
+    assert "the KD terms and the teacher's forward skip the labeled images" in caplog.text
+    assert "; the teacher reads the pool images only" in caplog.text  # the stage's log line
     assert len(seen["teacher"]) == len(labeled) == len(pooled) == 6  # 2 epochs of 3 steps
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert torch.equal(teacher, student_pool) and len(student_pool) == len(student_labeled)
@@ -76,8 +83,9 @@ def test_what_needs_the_labeled_images_is_refused_in_one_line(tiny_teacher, kd, 
 def test_pred_on_ground_truth_cells_is_refused_too(tiny_teacher):
     cfg = {"teachers": {"t": {"model": str(tiny_teacher)}}, "labeled_kd": False,
            "stages": [{"fraction": [0, 1], "teachers": ["t"], "methods": {"pred": {"ld_region": "gt"}}}]}
-    with pytest.raises(KDConfigError, match="labeled_kd=false: pred reads ground truth"):
+    with pytest.raises(KDConfigError, match="labeled_kd=false: pred reads ground truth") as err:
         build_recipe(cfg=cfg)
+    assert "\n" not in str(err.value)
 
 
 def test_a_run_without_unlabeled_images_is_refused_before_its_folder_exists(tiny_data, tiny_teacher, tmp_path):

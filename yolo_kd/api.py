@@ -45,8 +45,8 @@ KD_OPTIONS = {
                     "the compute of a plain student's step less per step; a share such as 0.25: the KD terms and the "
                     "teacher's forward read that share of each step's pool images (default true: all of them)",
     "labeled_kd": "false: with unlabeled images, the teacher's forward and the KD terms read them only, and the "
-                  "labeled images train on their labels alone (the teacher's forward on half the images; default "
-                  "true: the KD terms read the labeled images too)",
+                  "labeled images train on their labels alone (the teacher's forward skips the labeled images; "
+                  "default true: the KD terms read the labeled images too)",
     "teacher_guard": "stop distilling once the student's validation mAP50-95 reaches the teacher's; 'relabel': then "
                      "train on the pool's boxes, relabeled by the student's EMA as it improves (default false)",
 }
@@ -63,9 +63,9 @@ def build_recipe(model=None, **kd) -> Recipe:
         if saved:
             return Recipe.from_saved(saved["recipe"])
     recipe = Recipe.from_kwargs(**{k: v for k, v in kd.items() if v is not None})
-    gt_methods = [m.name for stage in recipe.stages for m in stage.methods
-                  if check_method(m.name, m.params).reads_ground_truth(m.params)]
-    check_labeled_kd(recipe, gt_methods)
+    gt_methods = dict.fromkeys(m.name for stage in recipe.stages for m in stage.methods
+                               if check_method(m.name, m.params).reads_ground_truth(m.params))
+    check_labeled_kd(recipe, list(gt_methods))
     for name, spec in recipe.teachers.items():
         check_teacher_file(name, spec)
     if recipe.unlabeled:

@@ -152,9 +152,9 @@ class Distiller(StudentSurface, nn.Module):
         if not self.teacher_reads_pool:
             return "; the teacher reads the labeled images only"
         share = self.recipe.unlabeled_kd
-        pool = "all the pool images" if share is True else f"{share:.0%} of the pool images"
-        return f"; the teacher reads {pool} only" if not self.recipe.labeled_kd else \
-            f"; the teacher reads the labeled images and {pool}"
+        pool = "the pool images" if share is True else f"{share:.0%} of the pool images"
+        return (f"; the teacher reads {pool} only" if not self.recipe.labeled_kd
+                else f"; the teacher reads the labeled images and {'all ' * (share is True)}{pool}")
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x, *args, **kwargs):
@@ -212,7 +212,8 @@ class Distiller(StudentSurface, nn.Module):
                     values[term] = values[term] + v.float() * (method_weight(m) * teacher_weight * factor * balance)
         pool_factor, first = factor * self.recipe.unlabeled_weight, target[0][1] if target else None
         if pool_preds is not None and POOL_DETECTION_TERM in values:
-            values[POOL_DETECTION_TERM] = self._pool_detection_loss(first, extra, pool_preds, batch, start) * pool_factor
+            pool_det = self._pool_detection_loss(first, extra, pool_preds, batch, start)
+            values[POOL_DETECTION_TERM] = pool_det * pool_factor
         if pool_preds is not None and POOL_DENSE_TERM in values and target:
             values[POOL_DENSE_TERM] = self._pool_dense_loss(s_taps, first, start) * pool_factor
         kd = torch.stack(list(values.values())) if values else zero.view(1)

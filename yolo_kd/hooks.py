@@ -296,7 +296,7 @@ def get_dataloader(trainer, base, dataset_path, batch_size: int = 16, rank: int 
     return loader
 
 
-def pool_kd_rule(share: bool | float, gt_only: list[str], labeled_kd: bool = True) -> str:
+def pool_kd_rule(share: bool | float, gt_only: list[str], labeled_kd: bool) -> str:
     """Which images the KD terms read (`unlabeled_kd`, `labeled_kd`), for the log line."""
     if share is False:
         return ("; the KD terms read the labeled images only and the teacher's forward skips the pool "
@@ -304,8 +304,8 @@ def pool_kd_rule(share: bool | float, gt_only: list[str], labeled_kd: bool = Tru
     rule = (f"; the KD terms and the teacher's forward read {share:.0%} of each step's pool images, the detection term "
             f"all of them (unlabeled_kd: {share:g})" if share is not True else "")
     if not labeled_kd:
-        rule += ("; the KD terms and the teacher's forward read the pool images only, the labeled images train on "
-                 "their labels (labeled_kd: false)")
+        rule += ("; the KD terms and the teacher's forward skip the labeled images, which train on their labels "
+                 "alone (labeled_kd: false)")
     return rule + (f"; {', '.join(gt_only)} read ground truth and see the labeled images only" if gt_only else "")
 
 

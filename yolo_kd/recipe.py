@@ -413,7 +413,7 @@ def check_unlabeled_kd(recipe: Recipe) -> None:
                                 "skips: drop one of them")
 
 
-def check_labeled_kd(recipe: Recipe, gt_methods: list[str] = (), has_pool: bool | None = None) -> None:
+def check_labeled_kd(recipe: Recipe, gt_methods: list[str] | None = None, has_pool: bool | None = None) -> None:
     """`labeled_kd: false` leaves the KD terms the pool images alone: `unlabeled_kd` must leave them some, the run must
     have unlabeled images (`has_pool`; None: not known yet) and no method may read ground truth (only labeled images
     have it). Each caller checks what it knows: the recipe, its methods, the data set."""
@@ -423,12 +423,12 @@ def check_labeled_kd(recipe: Recipe, gt_methods: list[str] = (), has_pool: bool 
         raise KDConfigError("labeled_kd=false and unlabeled_kd=false leave the KD terms no image to read: drop one of "
                             "them (labeled_kd=false: the teacher teaches on the unlabeled images only)")
     if has_pool is False:
-        raise KDConfigError("labeled_kd=false: the KD terms read the unlabeled images only, and this run has none: give "
-                            "unlabeled=... (or unlabeled: in data.yaml), or drop labeled_kd")
+        raise KDConfigError("labeled_kd=false: the KD terms read the unlabeled images only, and this run has none: "
+                            "give unlabeled=... (or unlabeled: in data.yaml), or drop labeled_kd")
     if gt_methods:
         raise KDConfigError(f"labeled_kd=false: {', '.join(gt_methods)} read{'s' * (len(gt_methods) == 1)} ground "
-                            "truth, which only the labeled "
-                            "images have: drop labeled_kd, or use methods that read no ground truth (e.g. sl2+pred)")
+                            "truth, which only the labeled images have: drop labeled_kd, or use methods that read no "
+                            "ground truth (e.g. sl2+pred)")
 
 
 def _parse_guard(value) -> bool | str:

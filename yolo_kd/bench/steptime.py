@@ -74,8 +74,8 @@ class Candidate:
 
 def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candidate], dict, int]:
     """Plain student, Ultralytics' DistillationModel and one Distiller per method (+ one with the teacher at
-    `teacher_imgsz`, + the first method with a pool of `batch` images per step with each of `POOL_KD_TIMED`), all from the
-    same initial student weights; the teachers (for their forward's share); nc."""
+    `teacher_imgsz`, + the first method with a pool of `batch` images per step with each of `POOL_KD_TIMED`), all from
+    the same initial student weights; the teachers (for their forward's share); nc."""
     from ..distiller import Distiller
     from ..recipe import Recipe
     from ..teachers import freeze
@@ -103,8 +103,10 @@ def candidates(opts: dict, device: torch.device, batch: int) -> tuple[list[Candi
         recipe = Recipe.from_kwargs(teacher=opts["teacher"], method=method, unlabeled=["pool"], **keys)
         try:
             distiller = Distiller(copy.deepcopy(student0), recipe, epochs=1, names=names).to(device).train()
-        except KDConfigError as e:  # labeled_kd=false with a method that reads ground truth
-            LOGGER.info(f"yolo-kd bench: step time of {method} with {keys} skipped: {e}")
+        except KDConfigError as e:
+            if keys.get("labeled_kd") is not False:
+                raise
+            LOGGER.info(f"yolo-kd bench: step time of {method} with {keys} skipped: {e}")  # it reads ground truth
             continue
         distiller.set_epoch(0)
         rows = recipe.pool_kd_rows(batch)
@@ -139,7 +141,8 @@ def step_benchmark(opts: dict, device: str = "cpu", steps: int = 3, rounds: int 
         teachers[f"yolo-kd@{t_size}"] = teachers["yolo-kd"]
         t_inputs[f"yolo-kd@{t_size}"] = source
     t_inputs.update({"Ultralytics built-in": data["img"], "yolo-kd": data["img"],
-                     **{c.teacher_forward: torch.cat([data["img"]] * c.labeled_kd + [data["pool_img"][:c.pool_rows]])
+                     **{c.teacher_forward: torch.cat(([data["img"]] if c.labeled_kd else [])
+                                                     + [data["pool_img"][:c.pool_rows]])
                         for c in cands if c.pool_rows}})
 
     def sync():
