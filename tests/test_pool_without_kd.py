@@ -111,12 +111,13 @@ def test_a_run_with_a_share_feeds_the_teacher_the_labeled_images_and_the_first_p
 
 
 def test_a_run_feeds_the_teacher_the_labeled_images_and_the_student_the_pool(tiny_data, tiny_teacher, tiny_pool,
-                                                                             tmp_path):
+                                                                             tmp_path, caplog):
     """A real run: each step the teacher's input is the student's labeled input (same images, nothing more), the
     student also reads as many pool images, and the log holds `pool_det` and the KD terms, all trained."""
     seen = recorded_run(tmp_path, tiny_data, tiny_teacher, tiny_pool, unlabeled_boxes=f"label+{LOW}",
                         unlabeled_kd=False, batch=3, nbs=3, mosaic=1.0, workers=0)
     labeled, pooled = seen["student"][0::2], seen["student"][1::2]
+    assert "; the teacher reads the labeled images only" in caplog.text  # the stage's log line
     assert len(seen["teacher"]) == len(labeled) == len(pooled) == 6  # 2 epochs of 3 steps
     for student_labeled, student_pool, teacher in zip(labeled, pooled, seen["teacher"]):
         assert torch.equal(teacher, student_labeled)
