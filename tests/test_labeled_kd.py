@@ -17,7 +17,7 @@ from yolo_kd.recipe import Recipe
 from ultralytics import YOLO
 
 from test_pool_labels import LOW
-from test_pool_without_kd import DENSE, with_pool_boxes
+from test_pool_without_kd import DENSE, first_pool_images, with_pool_boxes, with_running_stats
 from test_unlabeled import distiller, labeled_batch, recorded_run, student_with_args
 
 DETECTION = ("box_loss", "cls_loss", "dfl_loss")
@@ -45,6 +45,26 @@ def test_the_kd_terms_are_the_defaults_on_the_pool_images_alone(tiny_teacher, po
         assert pool_only[key] > 0 and torch.equal(pool_only[key], default[key]), key
     for key in (POOL_DETECTION_TERM, *([POOL_DENSE_TERM] if "unlabeled_topk" in pool_terms else [])):
         assert pool_only[key] > 0 and torch.allclose(pool_only[key], default[key], rtol=1e-5, atol=0), key
+
+
+def test_with_a_share_the_kd_terms_read_the_first_pool_images_alone(tiny_teacher):
+    """`unlabeled_kd=0.5` with `labeled_kd=false` on 4 pool images: the KD terms are the default's on a batch of the
+    first 2 pool images alone, unlike those on all 4 (the student on running statistics, so each image's outputs are
+    its own whatever else is in the batch)."""
+    student = student_with_args()
+    batch = with_pool_boxes(labeled_batch(pool_images=4))
+    images = torch.cat([batch["img"], batch["unlabeled_img"]])
+
+    def items(b, **kd):
+        return with_running_stats(distiller(tiny_teacher, student, unlabeled=["pool"], **kd), images).loss(b)[1]
+
+    share = items(copy.deepcopy(batch), unlabeled_kd=0.5, labeled_kd=False)
+    every = items(copy.deepcopy(batch), labeled_kd=False)
+    first_two = {"img": batch["unlabeled_img"][:2].clone(), **first_pool_images(batch, 2)["unlabeled_boxes"]}
+    alone = items(first_two)
+    for term in DENSE:
+        assert share[term] > 0 and torch.allclose(share[term], alone[term], rtol=1e-5, atol=0), term
+        assert not torch.isclose(share[term], every[term]), term
 
 
 def test_a_run_feeds_the_teacher_the_pool_images_only(tiny_data, tiny_teacher, tiny_pool, tmp_path, caplog):
