@@ -176,13 +176,14 @@ class Distiller(StudentSurface, nn.Module):
 
         img, source, extra = batch["img"], batch.get("teacher_img"), batch.get("unlabeled_img")
         labeled = len(img)
-        pool_kd = extra is not None and self.reads_unlabeled and self.teacher_reads_pool
+        reads_pool = extra is not None and self.reads_unlabeled  # this step reads the pool's images
+        pool_kd = reads_pool and self.teacher_reads_pool  # ... and its teacher forward and KD terms read them
         pool_only = pool_kd and not self.recipe.labeled_kd  # `labeled_kd: false`: the KD terms read the pool rows only
         start = 0 if pool_only else labeled  # the first pool row of the KD rows
         labeled_forward = self._student_preds if self.kd_stopped or pool_only else self._student_taps
         s_taps, preds = labeled_forward(img)  # self-training or pool_only: no taps of the labeled images
         pool_preds = None
-        if extra is not None and self.reads_unlabeled:  # a second forward: the labeled rows stay theirs
+        if reads_pool:  # a second forward: the labeled rows stay theirs
             if pool_kd:
                 pool_taps, pool_preds = self._unlabeled_forward(extra, self._student_taps)
                 read = self.recipe.pool_kd_rows(len(extra))  # `unlabeled_kd` a share: the KD terms read the first
