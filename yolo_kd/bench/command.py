@@ -2,7 +2,8 @@
 data, epochs, image size, seeds and augmentation, scored with pycocotools; plus a one-process step-time benchmark.
 
 Writes <project>/<name>/bench.md, bench.json and bench.png. Finished runs are reused when the bench is run again with
-the same settings, so an interrupted bench resumes where it stopped.
+the same settings, and a yolo-kd run cut off mid-training resumes from its last.pt (exactly, by the engine's resume;
+the other rows train again), so an interrupted bench resumes where it stopped.
 """
 
 from __future__ import annotations

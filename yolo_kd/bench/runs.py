@@ -1,7 +1,8 @@
 """One benchmark training run per subprocess: train (baseline, Ultralytics' built-in KD or yolo-kd), then score the
 result with pycocotools. A fresh process per run keeps runs independent and makes peak memory a per-run figure.
 
-`python -m yolo_kd.bench.runs job.json` runs the job described in job.json and writes its result.json next to it.
+`python -m yolo_kd.bench.runs job.json` runs the job described in job.json and writes its result.json next to it
+(`... job.json resume`: continues the job's cut-off training from its last.pt first).
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_job(job: Job) -> dict:
-    """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools."""
+def run_job(job: Job, resume: bool = False) -> dict:
+    """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools; `resume`:
+    continue the training `cut_off_epochs` found in the job's folder (yolo-kd's exact resume) instead of starting."""
     from ultralytics import YOLO
 
     from ..api import distill
@@ -79,8 +81,9 @@ def run_job(job: Job) -> dict:
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
     timer, wall, code = EpochTimer(), None, code_version()  # the code as this process imported it, before training
+    resumed_after = cut_off_epochs(job) if resume else None
     if job.train:
-        model = YOLO(job.model)
+        model = YOLO(str(job.folder / "weights" / "last.pt") if resume else job.model)
         model.add_callback("on_train_epoch_start", timer.start)
         model.add_callback("on_train_epoch_end", timer.stop)
         if job.kd:
@@ -88,7 +91,7 @@ def run_job(job: Job) -> dict:
         else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
             model.add_callback("on_train_epoch_start", reseed)
         started = time.perf_counter()
-        model.train(**job.train_args)
+        model.train(**({"resume": True} if resume else job.train_args))  # resume: last.pt's own train args
         wall = time.perf_counter() - started
     checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
@@ -99,6 +102,7 @@ def run_job(job: Job) -> dict:
         "mAP50-95": evaluation["coco"]["mAP50-95"], "mAP50": evaluation["coco"]["mAP50"],
         "epoch_seconds": timer.seconds,
         "train_wall_seconds": wall,  # model.train from call to return: the epochs and all between and around them
+        "resumed_after_epoch": resumed_after,  # epochs trained before a cut-off (the times above are the rest's)
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
         "machine": fingerprint(device),
@@ -113,8 +117,26 @@ def with_defaults(saved: dict) -> dict:
     return {**defaults, **saved}
 
 
+def cut_off_epochs(job: Job) -> int | None:
+    """How many epochs a cut-off yolo-kd run of this very job trained, or None. Cut off: the folder's job.json names
+    `job` and its last.pt still holds the engine's continuation (a finished run drops it), so the run resumes exactly
+    where it stopped. Rows trained by Ultralytics alone train again from the start (its resume is not exact)."""
+    import torch
+
+    from ..distiller import KD_STATE_KEY
+
+    job_file, last = job.folder / "job.json", job.folder / "weights" / "last.pt"
+    if not (job.train and job.kd and job_file.is_file() and last.is_file()):
+        return None
+    if with_defaults(json.loads(job_file.read_text())) != asdict(job):
+        return None
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    return ckpt["epoch"] + 1 if "continue" in (ckpt.get(KD_STATE_KEY) or {}) else None
+
+
 def launch(job: Job, python: str = sys.executable) -> dict:
-    """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one."""
+    """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one, and
+    resume its training when a previous bench was cut off in it (`cut_off_epochs`)."""
     folder = job.folder
     result_file = folder / "result.json"
     if result_file.is_file():
@@ -122,12 +144,17 @@ def launch(job: Job, python: str = sys.executable) -> dict:
         if with_defaults(saved.get("job") or {}) == asdict(job):
             return {**saved["result"], "reused": True}
     folder.mkdir(parents=True, exist_ok=True)
+    trained = cut_off_epochs(job)
+    if trained is not None:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.info(f"yolo-kd bench: '{job.label}' seed {job.seed} was cut off after epoch {trained}: resuming it")
     job_file = folder / "job.json"
     job_file.write_text(json.dumps(asdict(job), indent=2))
     log = folder / "bench.log"
-    with open(log, "w") as out:
-        code = subprocess.run([python, "-m", "yolo_kd.bench.runs", str(job_file)], stdout=out, stderr=subprocess.STDOUT,
-                              check=False).returncode
+    command = [python, "-m", "yolo_kd.bench.runs", str(job_file), *([] if trained is None else ["resume"])]
+    with open(log, "w" if trained is None else "a") as out:  # a resumed run's log continues the cut-off one's
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0 or not result_file.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"bench run '{job.label}' seed {job.seed} failed (exit {code}); log {log}:\n{tail}")
@@ -173,17 +200,17 @@ def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
     return results
 
 
-def main(job_file: str) -> None:
-    """Subprocess entry: set Ultralytics up air-gapped, run the job, write result.json with the job in it, so a
-    changed job is never mistaken for a finished one."""
+def main(job_file: str, resume: bool = False) -> None:
+    """Subprocess entry: set Ultralytics up air-gapped, run the job (`resume`: continue its cut-off training), write
+    result.json with the job in it, so a changed job is never mistaken for a finished one."""
     from ..offline import setup_offline
 
     setup_offline()
     spec = json.loads(Path(job_file).read_text())
     job = Job(**spec)
-    result = run_job(job)
+    result = run_job(job, resume=resume)
     (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], resume=sys.argv[2:] == ["resume"])

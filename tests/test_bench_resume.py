@@ -1,0 +1,74 @@
+"""A bench cut off in the middle of a yolo-kd row (a real SIGKILL after an epoch's last.pt) resumes that row when run
+again: the resumed row ends with the uninterrupted row's results and score; a changed job or a plain row starts over."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, replace
+
+import pytest
+from conftest import TINY_TRAIN, read_results
+
+from yolo_kd.bench.runs import Job, cut_off_epochs, launch
+
+EPOCHS = 3
+
+#: the bench's own subprocess entry, killed right after epoch 2's last.pt is written (a default callback: every
+#: model built in this process gets it)
+CUT_SCRIPT = """
+import os, signal, sys
+from ultralytics.utils.callbacks import base
+
+
+def cut(trainer):
+    if trainer.epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+base.default_callbacks["on_model_save"].append(cut)
+from yolo_kd.bench.runs import main
+
+main(sys.argv[1])
+"""
+
+
+def distilled_job(project, data, teacher) -> Job:
+    """A yolo-kd row at the bench's settings (no validation), scored from its last.pt (the tiny run's fitness may stay 0,
+    so no best.pt is written)."""
+    train_args = {**TINY_TRAIN, "data": str(data), "epochs": EPOCHS, "val": False, "exist_ok": True, "project": str(project),
+                  "name": "kd_s0"}
+    return Job(label="kd", kind="yolo-kd", model="yolov8n.yaml", seed=0, train_args=train_args,
+               kd={"teacher": str(teacher)}, eval_imgsz=64, scored="last")
+
+
+def same_row(a: dict, b: dict) -> list[str]:
+    """results.csv columns (all but the wall time) whose values differ at 4 decimals."""
+    return [k for k in a if k != "time" and round(float(a[k]), 4) != round(float(b[k]), 4)]
+
+
+def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, tiny_teacher, tmp_path):
+    whole = launch(distilled_job(tmp_path / "whole", tiny_data, tiny_teacher))
+    assert whole["resumed_after_epoch"] is None
+    job = distilled_job(tmp_path / "cut", tiny_data, tiny_teacher)
+    job.folder.mkdir(parents=True)
+    (job.folder / "job.json").write_text(json.dumps(asdict(job)))
+    script = tmp_path / "cut.py"
+    script.write_text(CUT_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), str(job.folder / "job.json")], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "YOLO_OFFLINE": "1"})
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert [r["epoch"] for r in read_results(job.folder)] == ["1", "2"] and not (job.folder / "result.json").exists()
+
+    assert cut_off_epochs(job) == 2
+    assert cut_off_epochs(replace(job, train_args={**job.train_args, "epochs": EPOCHS + 1})) is None  # another job
+    assert cut_off_epochs(replace(job, kd={})) is None  # a plain row starts over
+    resumed = launch(job)
+    assert resumed["resumed_after_epoch"] == 2 and len(resumed["epoch_seconds"]) == 1  # only epoch 3 trained here
+    assert f"from epoch 3 to {EPOCHS} total epochs" in (job.folder / "bench.log").read_text()
+    rows = read_results(job.folder)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert same_row(rows[-1], read_results(tmp_path / "whole" / "kd_s0")[-1]) == []
+    assert resumed["mAP50-95"] == pytest.approx(whole["mAP50-95"], abs=1e-6)
+    assert cut_off_epochs(job) is None  # finished: its last.pt no longer holds the continuation
