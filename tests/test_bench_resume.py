@@ -1,5 +1,6 @@
 """A bench cut off in the middle of a yolo-kd row (a real SIGKILL after an epoch's last.pt) resumes that row when run
-again: the resumed row ends with the uninterrupted row's results and score; a changed job or a plain row starts over."""
+again: the resumed row ends with the uninterrupted row's results and score; a changed job or a plain row starts over.
+A run whose process is still training in its folder is not started a second time."""
 
 import json
 import os
@@ -11,7 +12,8 @@ from dataclasses import asdict, replace
 import pytest
 from conftest import TINY_TRAIN, read_results
 
-from yolo_kd.bench.runs import Job, cut_off_epochs, launch
+from yolo_kd import KDConfigError
+from yolo_kd.bench.runs import RUNNING, Job, cut_off_epochs, launch
 
 EPOCHS = 3
 
@@ -60,6 +62,7 @@ def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, ti
                          timeout=600, env={**os.environ, "YOLO_OFFLINE": "1"})
     assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
     assert [r["epoch"] for r in read_results(job.folder)] == ["1", "2"] and not (job.folder / "result.json").exists()
+    assert (job.folder / RUNNING).is_file()  # the killed process's marker stays behind; its id is no longer live
 
     assert cut_off_epochs(job) == 2
     assert cut_off_epochs(replace(job, train_args={**job.train_args, "epochs": EPOCHS + 1})) is None  # another job
@@ -72,3 +75,25 @@ def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, ti
     assert same_row(rows[-1], read_results(tmp_path / "whole" / "kd_s0")[-1]) == []
     assert resumed["mAP50-95"] == pytest.approx(whole["mAP50-95"], abs=1e-6)
     assert cut_off_epochs(job) is None  # finished: its last.pt no longer holds the continuation
+    assert not (job.folder / RUNNING).exists()
+
+
+def test_a_run_still_training_in_its_folder_is_refused(tmp_path):
+    """A live bench process named by the folder's marker: refused in one line naming it, before anything is written.
+    A live process that is not a bench run (an id reused since) and a finished one are not in the way: the run
+    starts (here with `false` as the interpreter, so it fails at once instead of training)."""
+    job = Job(label="x", kind="baseline", model="m.yaml", seed=1, train_args={"project": str(tmp_path), "name": "x"})
+    job.folder.mkdir(parents=True)
+    bench_like = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "yolo_kd.bench.runs"])
+    try:
+        (job.folder / RUNNING).write_text(str(bench_like.pid))
+        with pytest.raises(KDConfigError, match=rf"still training in process {bench_like.pid} .*kill {bench_like.pid}"):
+            launch(job, python="false")
+        assert not (job.folder / "job.json").exists()
+    finally:
+        bench_like.kill()
+        bench_like.wait()
+    for pid in (bench_like.pid, os.getpid()):  # gone; alive but not a bench run
+        (job.folder / RUNNING).write_text(str(pid))
+        with pytest.raises(RuntimeError, match="bench run 'x' seed 1 failed"):
+            launch(job, python="false")

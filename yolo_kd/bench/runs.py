@@ -8,6 +8,7 @@ result with pycocotools. A fresh process per run keeps runs independent and make
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..errors import KDConfigError
 from .machine import fingerprint, on_cuda
 from .provenance import code_version
 
@@ -134,6 +136,21 @@ def cut_off_epochs(job: Job) -> int | None:
     return ckpt["epoch"] + 1 if "continue" in (ckpt.get(KD_STATE_KEY) or {}) else None
 
 
+RUNNING = ".running"  # a run folder's marker while a process trains in it: that process's id
+
+
+def training_process(folder: Path) -> int | None:
+    """The id of a live bench process still training in `folder` (its `.running` marker), or None. A bench stopped
+    from outside can leave its run's process behind; a second one in the same folder would break both."""
+    try:
+        pid = int((folder / RUNNING).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")  # where the system says, the id must still be a bench run's (ids are reused)
+    return pid if not cmdline.exists() or b"yolo_kd.bench.runs" in cmdline.read_bytes() else None
+
+
 def launch(job: Job, python: str = sys.executable) -> dict:
     """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one, and
     resume its training when a previous bench was cut off in it (`cut_off_epochs`)."""
@@ -143,6 +160,10 @@ def launch(job: Job, python: str = sys.executable) -> dict:
         saved = json.loads(result_file.read_text())
         if with_defaults(saved.get("job") or {}) == asdict(job):
             return {**saved["result"], "reused": True}
+    pid = training_process(folder)
+    if pid is not None:
+        raise KDConfigError(f"bench run '{job.label}' seed {job.seed} is still training in process {pid} ({folder}): "
+                            f"wait for it to finish or stop it (kill {pid}), then run the bench again")
     folder.mkdir(parents=True, exist_ok=True)
     trained = cut_off_epochs(job)
     if trained is not None:
@@ -202,14 +223,20 @@ def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
 
 def main(job_file: str, resume: bool = False) -> None:
     """Subprocess entry: set Ultralytics up air-gapped, run the job (`resume`: continue its cut-off training), write
-    result.json with the job in it, so a changed job is never mistaken for a finished one."""
+    result.json with the job in it, so a changed job is never mistaken for a finished one; the folder's `.running`
+    marker names this process meanwhile."""
     from ..offline import setup_offline
 
     setup_offline()
     spec = json.loads(Path(job_file).read_text())
     job = Job(**spec)
-    result = run_job(job, resume=resume)
-    (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
+    marker = job.folder / RUNNING
+    marker.write_text(str(os.getpid()))
+    try:
+        result = run_job(job, resume=resume)
+        (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
