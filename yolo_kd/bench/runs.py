@@ -2,7 +2,7 @@
 result with pycocotools. A fresh process per run keeps runs independent and makes peak memory a per-run figure.
 
 `python -m yolo_kd.bench.runs job.json` runs the job described in job.json and writes its result.json next to it
-(`... job.json resume`: continues the job's cut-off training from its last.pt first).
+(`... job.json N`: continues the job's training, cut off after N epochs, from its last.pt first).
 """
 
 from __future__ import annotations
@@ -49,17 +49,23 @@ class Job:
         return self.folder / "weights" / f"{self.scored}.pt" if self.train else Path(self.model)
 
 
-class EpochTimer:
-    """Callbacks recording each epoch's training-loop seconds (from epoch start to epoch end, no validation)."""
+PROGRESS = "progress.json"  # a training run's code version and epoch times so far: a cut-off run resumes with them
+RUNNING = ".running"  # a run folder's marker while a process trains in it: that process's id
 
-    def __init__(self):
-        self.started, self.seconds = 0.0, []
+
+class EpochTimer:
+    """Callbacks recording each epoch's training-loop seconds (from epoch start to epoch end, no validation); each
+    epoch's times are also written to `progress` with the code version, for a resumed run to continue from."""
+
+    def __init__(self, progress: Path, code: str, seconds: list[float]):
+        self.started, self.progress, self.code, self.seconds = 0.0, progress, code, list(seconds)
 
     def start(self, trainer) -> None:
         self.started = time.perf_counter()
 
     def stop(self, trainer) -> None:
         self.seconds.append(time.perf_counter() - self.started)
+        self.progress.write_text(json.dumps({"code": self.code, "epoch_seconds": self.seconds}))
 
 
 def peak_memory_mb(device: str) -> float:
@@ -73,19 +79,21 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_job(job: Job, resume: bool = False) -> dict:
-    """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools; `resume`:
-    continue the training `cut_off_epochs` found in the job's folder (yolo-kd's exact resume) instead of starting."""
+def run_job(job: Job, resumed_after: int | None = None) -> dict:
+    """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools; `resumed_after`:
+    the epochs of a cut-off run of the job (`cut_off_epochs`) to continue from (yolo-kd's exact resume), keeping their
+    times (the wall time of a resumed run is not known: None)."""
     from ultralytics import YOLO
 
     from ..api import distill
     from ..hooks import reseed
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
-    timer, wall, code = EpochTimer(), None, code_version()  # the code as this process imported it, before training
-    resumed_after = cut_off_epochs(job) if resume else None
+    code = code_version()  # the code as this process imported it, before training
+    earlier = json.loads((job.folder / PROGRESS).read_text())["epoch_seconds"][:resumed_after] if resumed_after else []
+    timer, wall = EpochTimer(job.folder / PROGRESS, code, earlier), None
     if job.train:
-        model = YOLO(str(job.folder / "weights" / "last.pt") if resume else job.model)
+        model = YOLO(str(job.folder / "weights" / "last.pt") if resumed_after else job.model)
         model.add_callback("on_train_epoch_start", timer.start)
         model.add_callback("on_train_epoch_end", timer.stop)
         if job.kd:
@@ -93,8 +101,8 @@ def run_job(job: Job, resume: bool = False) -> dict:
         else:  # the per-epoch random state yolo-kd runs re-derive, so a pair shares its augmentation stream
             model.add_callback("on_train_epoch_start", reseed)
         started = time.perf_counter()
-        model.train(**({"resume": True} if resume else job.train_args))  # resume: last.pt's own train args
-        wall = time.perf_counter() - started
+        model.train(**({"resume": True} if resumed_after else job.train_args))  # resume: last.pt's own train args
+        wall = None if resumed_after else time.perf_counter() - started
     checkpoint = job.checkpoint
     data, device = job.train_args["data"], job.train_args.get("device", "cpu")
     evaluation = evaluate_checkpoint(checkpoint, load_eval_set(job.eval_data or data), job.folder / "eval",
@@ -104,7 +112,7 @@ def run_job(job: Job, resume: bool = False) -> dict:
         "mAP50-95": evaluation["coco"]["mAP50-95"], "mAP50": evaluation["coco"]["mAP50"],
         "epoch_seconds": timer.seconds,
         "train_wall_seconds": wall,  # model.train from call to return: the epochs and all between and around them
-        "resumed_after_epoch": resumed_after,  # epochs trained before a cut-off (the times above are the rest's)
+        "resumed_after_epoch": resumed_after,  # epochs trained before a cut-off (timed then, from progress.json)
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
         "peak_mem_mb": peak_memory_mb(device) if job.train else None,
         "machine": fingerprint(device),
@@ -120,35 +128,39 @@ def with_defaults(saved: dict) -> dict:
 
 
 def cut_off_epochs(job: Job) -> int | None:
-    """How many epochs a cut-off yolo-kd run of this very job trained, or None. Cut off: the folder's job.json names
-    `job` and its last.pt still holds the engine's continuation (a finished run drops it), so the run resumes exactly
-    where it stopped. Rows trained by Ultralytics alone train again from the start (its resume is not exact)."""
+    """How many epochs a cut-off yolo-kd run of this very job trained, or None (the run starts over). Cut off: the
+    folder's job.json names `job`, its progress.json the code running now, and its last.pt still holds the engine's
+    continuation (a finished run drops it) short of the last epoch, so the run resumes exactly where it stopped. Rows
+    trained by Ultralytics alone start over (its resume is not exact)."""
     import torch
 
     from ..distiller import KD_STATE_KEY
 
-    job_file, last = job.folder / "job.json", job.folder / "weights" / "last.pt"
-    if not (job.train and job.kd and job_file.is_file() and last.is_file()):
+    job_file, progress, last = job.folder / "job.json", job.folder / PROGRESS, job.folder / "weights" / "last.pt"
+    if not (job.train and job.kd and job_file.is_file() and progress.is_file() and last.is_file()):
         return None
-    if with_defaults(json.loads(job_file.read_text())) != asdict(job):
+    if (with_defaults(json.loads(job_file.read_text())) != asdict(job)
+            or json.loads(progress.read_text()).get("code") != code_version()):
         return None
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    return ckpt["epoch"] + 1 if "continue" in (ckpt.get(KD_STATE_KEY) or {}) else None
-
-
-RUNNING = ".running"  # a run folder's marker while a process trains in it: that process's id
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - a checkpoint cut off while written: start over
+        return None
+    trained = ckpt.get("epoch", -1) + 1
+    resumable = "continue" in (ckpt.get(KD_STATE_KEY) or {}) and 0 < trained < job.train_args["epochs"]
+    return trained if resumable else None
 
 
 def training_process(folder: Path) -> int | None:
-    """The id of a live bench process still training in `folder` (its `.running` marker), or None. A bench stopped
+    """The id of a live process still training in `folder` (its `.running` marker names it, and its command line,
+    read from /proc, names the folder's job.json), or None; None too where the system has no /proc. A bench stopped
     from outside can leave its run's process behind; a second one in the same folder would break both."""
     try:
         pid = int((folder / RUNNING).read_text())
-        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    cmdline = Path(f"/proc/{pid}/cmdline")  # where the system says, the id must still be a bench run's (ids are reused)
-    return pid if not cmdline.exists() or b"yolo_kd.bench.runs" in cmdline.read_bytes() else None
+    return pid if os.fsencode(folder / "job.json") in cmdline else None
 
 
 def launch(job: Job, python: str = sys.executable) -> dict:
@@ -166,14 +178,17 @@ def launch(job: Job, python: str = sys.executable) -> dict:
                             f"wait for it to finish or stop it (kill {pid}), then run the bench again")
     folder.mkdir(parents=True, exist_ok=True)
     trained = cut_off_epochs(job)
-    if trained is not None:
+    if trained is None:  # another job's or a finished run's: not to be resumed by this one
+        for stale in (folder / "weights" / "last.pt", folder / PROGRESS):
+            stale.unlink(missing_ok=True)
+    else:
         from ultralytics.utils import LOGGER
 
         LOGGER.info(f"yolo-kd bench: '{job.label}' seed {job.seed} was cut off after epoch {trained}: resuming it")
     job_file = folder / "job.json"
     job_file.write_text(json.dumps(asdict(job), indent=2))
     log = folder / "bench.log"
-    command = [python, "-m", "yolo_kd.bench.runs", str(job_file), *([] if trained is None else ["resume"])]
+    command = [python, "-m", "yolo_kd.bench.runs", str(job_file), *([] if trained is None else [str(trained)])]
     with open(log, "w" if trained is None else "a") as out:  # a resumed run's log continues the cut-off one's
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     if code != 0 or not result_file.is_file():
@@ -221,10 +236,10 @@ def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
     return results
 
 
-def main(job_file: str, resume: bool = False) -> None:
-    """Subprocess entry: set Ultralytics up air-gapped, run the job (`resume`: continue its cut-off training), write
-    result.json with the job in it, so a changed job is never mistaken for a finished one; the folder's `.running`
-    marker names this process meanwhile."""
+def main(job_file: str, resumed_after: int | None = None) -> None:
+    """Subprocess entry: set Ultralytics up air-gapped, run the job (`resumed_after`: continue its cut-off training),
+    write result.json with the job in it, so a changed job is never mistaken for a finished one; the folder's
+    `.running` marker names this process meanwhile."""
     from ..offline import setup_offline
 
     setup_offline()
@@ -233,11 +248,11 @@ def main(job_file: str, resume: bool = False) -> None:
     marker = job.folder / RUNNING
     marker.write_text(str(os.getpid()))
     try:
-        result = run_job(job, resume=resume)
+        result = run_job(job, resumed_after)
         (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
     finally:
         marker.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], resume=sys.argv[2:] == ["resume"])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)
