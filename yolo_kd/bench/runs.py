@@ -144,7 +144,7 @@ def cut_off_epochs(job: Job) -> int | None:
         return None
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception:  # noqa: BLE001 - a checkpoint cut off while written: start over
+    except Exception:  # a checkpoint cut off while it was written (any unpickling error): start over
         return None
     trained = ckpt.get("epoch", -1) + 1
     resumable = "continue" in (ckpt.get(KD_STATE_KEY) or {}) and 0 < trained < job.train_args["epochs"]
