@@ -44,6 +44,15 @@ class Job:
         return Path(self.train_args["project"]) / self.train_args["name"]
 
     @property
+    def last(self) -> Path:
+        """The last.pt its training writes (and a cut-off run resumes from)."""
+        return self.folder / "weights" / "last.pt"
+
+    def named_by(self, saved: dict) -> bool:
+        """Whether a saved job (job.json, or result.json's "job") is this one (`with_defaults`)."""
+        return with_defaults(saved) == asdict(self)
+
+    @property
     def checkpoint(self) -> Path:
         """The weights the job scores: its best.pt (or last.pt) when it trains, else the model as given."""
         return self.folder / "weights" / f"{self.scored}.pt" if self.train else Path(self.model)
@@ -93,7 +102,7 @@ def run_job(job: Job, resumed_after: int | None = None) -> dict:
     earlier = json.loads((job.folder / PROGRESS).read_text())["epoch_seconds"][:resumed_after] if resumed_after else []
     timer, wall = EpochTimer(job.folder / PROGRESS, code, earlier), None
     if job.train:
-        model = YOLO(str(job.folder / "weights" / "last.pt") if resumed_after else job.model)
+        model = YOLO(str(job.last) if resumed_after else job.model)
         model.add_callback("on_train_epoch_start", timer.start)
         model.add_callback("on_train_epoch_end", timer.stop)
         if job.kd:
@@ -136,10 +145,10 @@ def cut_off_epochs(job: Job) -> int | None:
 
     from ..distiller import KD_STATE_KEY
 
-    job_file, progress, last = job.folder / "job.json", job.folder / PROGRESS, job.folder / "weights" / "last.pt"
+    job_file, progress, last = job.folder / "job.json", job.folder / PROGRESS, job.last
     if not (job.train and job.kd and job_file.is_file() and progress.is_file() and last.is_file()):
         return None
-    if (with_defaults(json.loads(job_file.read_text())) != asdict(job)
+    if (not job.named_by(json.loads(job_file.read_text()))
             or json.loads(progress.read_text()).get("code") != code_version()):
         return None
     try:
@@ -170,7 +179,7 @@ def launch(job: Job, python: str = sys.executable) -> dict:
     result_file = folder / "result.json"
     if result_file.is_file():
         saved = json.loads(result_file.read_text())
-        if with_defaults(saved.get("job") or {}) == asdict(job):
+        if job.named_by(saved.get("job") or {}):
             return {**saved["result"], "reused": True}
     pid = training_process(folder)
     if pid is not None:
@@ -179,7 +188,7 @@ def launch(job: Job, python: str = sys.executable) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     trained = cut_off_epochs(job)
     if trained is None:  # another job's or a finished run's: not to be resumed by this one
-        for stale in (folder / "weights" / "last.pt", folder / PROGRESS):
+        for stale in (job.last, folder / PROGRESS):
             stale.unlink(missing_ok=True)
     else:
         from ultralytics.utils import LOGGER
