@@ -1,7 +1,8 @@
 """A bench cut off in the middle of a yolo-kd row (a real SIGKILL after an epoch's last.pt) resumes that row when run
 again: the resumed row ends with the uninterrupted row's results and keeps the cut-off epochs' times; another job in
 the folder, other code or a checkpoint past its last epoch start over. A run whose process is still training in its
-folder is not started a second time."""
+folder is not started a second time: not while its bench runs, and not after that bench was killed and left its run
+training."""
 
 import json
 import os
@@ -18,7 +19,7 @@ import torch
 from conftest import TINY_TRAIN, read_results
 
 from yolo_kd import KDConfigError
-from yolo_kd.bench.runs import PROGRESS, RUNNING, Job, cut_off_epochs, launch
+from yolo_kd.bench.runs import LOCK, PROGRESS, Job, cut_off_epochs, launch
 
 EPOCHS = 3
 
@@ -72,7 +73,6 @@ def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, ti
     assert whole["resumed_after_epoch"] is None and whole["train_wall_seconds"] > 0
     job = distilled_job(tmp_path / "cut", tiny_data, tiny_teacher)
     cut_off_run(job, tmp_path)
-    assert (job.folder / RUNNING).is_file()  # the killed process's marker stays behind; its id is no longer live
     timed = json.loads((job.folder / PROGRESS).read_text())["epoch_seconds"]
     assert cut_off_epochs(job) == 2
 
@@ -84,7 +84,6 @@ def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, ti
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert same_row(rows[-1], read_results(tmp_path / "whole" / "kd_s0")[-1]) == []
     assert cut_off_epochs(job) is None  # finished: its last.pt no longer holds the continuation
-    assert not (job.folder / RUNNING).exists()
 
 
 def test_what_is_not_this_cut_off_run_starts_over(tiny_data, tiny_teacher, tmp_path):
@@ -116,26 +115,57 @@ def test_what_is_not_this_cut_off_run_starts_over(tiny_data, tiny_teacher, tmp_p
     assert cut_off_epochs(job) is None
 
 
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="processes are told apart by /proc")
+#: a bench's run that trains for a while (what `launch` starts with it as the interpreter); exec: the process
+#: named in the lock is the one that holds it
+SLOW_RUN = "#!/bin/sh\nexec sleep 60\n"
+
+#: a bench process launching one job with a given interpreter (argv: job.json, interpreter)
+BENCH = ("import json, sys; from yolo_kd.bench.runs import Job, launch; "
+         "launch(Job(**json.loads(open(sys.argv[1]).read())), python=sys.argv[2])")
+
+
+def held_by(job: Job, not_pid: int) -> int:
+    """The process id the folder's lock names, once it names another process than `not_pid`."""
+    for _ in range(600):
+        text = (job.folder / LOCK).read_text() if (job.folder / LOCK).is_file() else ""
+        if text and int(text) != not_pid:
+            return int(text)
+        time.sleep(0.05)
+    raise AssertionError("the run's process never took the lock")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock on Windows: the bench does not lock its folders")
 def test_a_run_still_training_in_its_folder_is_refused(tmp_path):
-    """A live process named by the folder's marker whose command line names the folder's job: refused in one line
-    naming it, before anything is written. A live process that is not that job's (an id reused since) and a finished
-    one are not in the way: the run starts (with `false` as the interpreter, so it fails at once instead of
-    training)."""
+    """While a bench runs a job, a second bench on the same job is refused in one line naming the run's process,
+    before anything is written; so is one after the first bench was killed (SIGKILL) and left its run training. Once
+    that process is gone the job starts (here it fails at once: `false` as the interpreter)."""
     job = Job(label="x", kind="baseline", model="m.yaml", seed=1, train_args={"project": str(tmp_path), "name": "x"})
-    job.folder.mkdir(parents=True)
-    bench_like = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(job.folder / "job.json")])
+    slow = tmp_path / "slow-python"
+    slow.write_text(SLOW_RUN)
+    slow.chmod(0o755)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(asdict(job)))
+    bench = subprocess.Popen([sys.executable, "-c", BENCH, str(spec), str(slow)])
+    run = None
     try:
-        while b"job.json" not in Path(f"/proc/{bench_like.pid}/cmdline").read_bytes():  # until it has exec'd
-            time.sleep(0.05)
-        (job.folder / RUNNING).write_text(str(bench_like.pid))
-        with pytest.raises(KDConfigError, match=rf"still training in process {bench_like.pid} .*kill {bench_like.pid}"):
+        run = held_by(job, bench.pid)  # the slow run the bench started
+        (job.folder / "job.json").unlink()
+        with pytest.raises(KDConfigError, match=rf"'x' seed 1 is still training in process {run} .*kill {run}"):
             launch(job, python="false")
         assert not (job.folder / "job.json").exists()
-    finally:
-        bench_like.kill()
-        bench_like.wait()
-    for pid in (bench_like.pid, os.getpid()):  # gone; alive but not this job's
-        (job.folder / RUNNING).write_text(str(pid))
-        with pytest.raises(RuntimeError, match="bench run 'x' seed 1 failed"):
+        bench.kill()
+        bench.wait()
+        with pytest.raises(KDConfigError, match=rf"still training in process {run} "):  # the bench's orphan
             launch(job, python="false")
+    finally:
+        bench.kill()
+        if run is not None:
+            os.kill(run, signal.SIGKILL)
+    for _ in range(600):  # until the killed run's process is gone (an orphan: reaped by init)
+        try:
+            os.kill(run, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    with pytest.raises(RuntimeError, match="bench run 'x' seed 1 failed"):
+        launch(job, python="false")

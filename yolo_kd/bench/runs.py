@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Job:
 
 
 PROGRESS = "progress.json"  # a training run's code version and epoch times so far: a cut-off run resumes with them
-RUNNING = ".running"  # a run folder's marker while a process trains in it: that process's id
+LOCK = ".lock"  # a run folder's lock while a bench trains in it; the file holds the id of the process training
 
 
 class EpochTimer:
@@ -160,31 +161,62 @@ def cut_off_epochs(job: Job) -> int | None:
     return trained if resumable else None
 
 
-def training_process(folder: Path) -> int | None:
-    """The id of a live process still training in `folder` (its `.running` marker names it, and its command line,
-    read from /proc, names the folder's job.json), or None; None too where the system has no /proc. A bench stopped
-    from outside can leave its run's process behind; a second one in the same folder would break both."""
+@contextmanager
+def run_lock(job: Job):
+    """Hold `job`'s run folder for one run, or refuse in one line naming the process that holds it: an exclusive
+    flock on the folder's `.lock`, passed on to the run's process, so it lasts while the bench or its run lives (a
+    bench stopped from outside leaves its run training; two benches started at once cannot both pass). Yields the
+    lock's descriptor, or None where there is no flock (Windows: no lock)."""
     try:
-        pid = int((folder / RUNNING).read_text())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    return pid if os.fsencode(folder / "job.json") in cmdline else None
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    job.folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(job.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise KDConfigError(f"bench run '{job.label}' seed {job.seed} is still training in process {pid} "
+                                f"({job.folder}): wait for it to finish or stop it (kill {pid}), then run the bench "
+                                "again") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def name_in_lock(fd: int | None, pid: int) -> None:
+    """Write the id of the process training into the held lock file (what a refused bench names)."""
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(pid).encode(), 0)
 
 
 def launch(job: Job, python: str = sys.executable) -> dict:
     """Run `job` in a fresh process (log in its folder); reuse its result.json when a previous bench wrote one, and
     resume its training when a previous bench was cut off in it (`cut_off_epochs`)."""
-    folder = job.folder
-    result_file = folder / "result.json"
+    done = finished_result(job)
+    if done:
+        return done
+    with run_lock(job) as lock:
+        return finished_result(job) or run_locked(job, python, lock)  # another bench may have finished it meanwhile
+
+
+def finished_result(job: Job) -> dict | None:
+    """The result a previous bench wrote for this very job (marked `reused`), or None."""
+    result_file = job.folder / "result.json"
     if result_file.is_file():
         saved = json.loads(result_file.read_text())
         if job.named_by(saved.get("job") or {}):
             return {**saved["result"], "reused": True}
-    pid = training_process(folder)
-    if pid is not None:
-        raise KDConfigError(f"bench run '{job.label}' seed {job.seed} is still training in process {pid} ({folder}): "
-                            f"wait for it to finish or stop it (kill {pid}), then run the bench again")
+    return None
+
+
+def run_locked(job: Job, python: str, lock: int | None) -> dict:
+    """`launch`'s run, the folder's lock held (`lock`: its descriptor, which the run's process inherits)."""
+    folder, result_file = job.folder, job.folder / "result.json"
     folder.mkdir(parents=True, exist_ok=True)
     trained = cut_off_epochs(job)
     if trained is None:  # another job's or a finished run's: not to be resumed by this one
@@ -199,7 +231,10 @@ def launch(job: Job, python: str = sys.executable) -> dict:
     log = folder / "bench.log"
     command = [python, "-m", "yolo_kd.bench.runs", str(job_file), *([] if trained is None else [str(trained)])]
     with open(log, "w" if trained is None else "a") as out:  # a resumed run's log continues the cut-off one's
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   pass_fds=() if lock is None else (lock,))
+        name_in_lock(lock, process.pid)
+        code = process.wait()
     if code != 0 or not result_file.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"bench run '{job.label}' seed {job.seed} failed (exit {code}); log {log}:\n{tail}")
@@ -247,20 +282,13 @@ def run_jobs(jobs: list, detail=lambda result: "") -> list[dict]:
 
 def main(job_file: str, resumed_after: int | None = None) -> None:
     """Subprocess entry: set Ultralytics up air-gapped, run the job (`resumed_after`: continue its cut-off training),
-    write result.json with the job in it, so a changed job is never mistaken for a finished one; the folder's
-    `.running` marker names this process meanwhile."""
+    write result.json with the job in it, so a changed job is never mistaken for a finished one."""
     from ..offline import setup_offline
 
     setup_offline()
     spec = json.loads(Path(job_file).read_text())
-    job = Job(**spec)
-    marker = job.folder / RUNNING
-    marker.write_text(str(os.getpid()))
-    try:
-        result = run_job(job, resumed_after)
-        (job.folder / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
-    finally:
-        marker.unlink(missing_ok=True)
+    result = run_job(Job(**spec), resumed_after)
+    (Path(job_file).parent / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
 
 
 if __name__ == "__main__":
