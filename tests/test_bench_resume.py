@@ -1,8 +1,8 @@
 """A bench cut off in the middle of a yolo-kd row (a real SIGKILL after an epoch's last.pt) resumes that row when run
-again: the resumed row ends with the uninterrupted row's results and keeps the cut-off epochs' times; another job in
-the folder, other code or a checkpoint past its last epoch start over. A run whose process is still training in its
-folder is not started a second time: not while its bench runs, and not after that bench was killed and left its run
-training."""
+again: the resumed row ends with the uninterrupted row's results and keeps the cut-off epochs' times and peak memory;
+another job in the folder, other code or a checkpoint past its last epoch start over. A run whose process is still
+training in its folder is not started a second time: not while its bench runs, and not after that bench was killed and
+left its run training."""
 
 import json
 import os
@@ -73,13 +73,17 @@ def test_a_cut_off_yolo_kd_row_resumes_to_the_uninterrupted_result(tiny_data, ti
     assert whole["resumed_after_epoch"] is None and whole["train_wall_seconds"] > 0
     job = distilled_job(tmp_path / "cut", tiny_data, tiny_teacher)
     cut_off_run(job, tmp_path)
-    timed = json.loads((job.folder / PROGRESS).read_text())["epoch_seconds"]
+    progress = json.loads((job.folder / PROGRESS).read_text())
+    timed = progress["epoch_seconds"]
+    assert 0 < progress["peak_mem_mb"] < 1e6
+    (job.folder / PROGRESS).write_text(json.dumps({**progress, "peak_mem_mb": 1e6}))  # as if the cut-off one peaked
     assert cut_off_epochs(job) == 2
 
     resumed = launch(job)
     assert f"from epoch 3 to {EPOCHS} total epochs" in (job.folder / "bench.log").read_text()
     assert resumed["resumed_after_epoch"] == 2 and resumed["train_wall_seconds"] is None
     assert resumed["epoch_seconds"][:2] == timed[:2] and len(resumed["epoch_seconds"]) == EPOCHS
+    assert resumed["peak_mem_mb"] == 1e6 and 0 < whole["peak_mem_mb"] < 1e6  # the higher of the two processes'
     rows = read_results(job.folder)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert same_row(rows[-1], read_results(tmp_path / "whole" / "kd_s0")[-1]) == []

@@ -65,17 +65,23 @@ LOCK = ".lock"  # a run folder's lock while a bench trains in it; the file holds
 
 class EpochTimer:
     """Callbacks recording each epoch's training-loop seconds (from epoch start to epoch end, no validation); each
-    epoch's times are also written to `progress` with the code version, for a resumed run to continue from."""
+    epoch's times are also written to `progress` with the code version and the peak memory so far (of this process
+    and of the cut-off one it continues, `peak_mb`), for a resumed run to continue from."""
 
-    def __init__(self, progress: Path, code: str, seconds: list[float]):
+    def __init__(self, progress: Path, code: str, seconds: list[float], device: str, peak_mb: float = 0.0):
         self.started, self.progress, self.code, self.seconds = 0.0, progress, code, list(seconds)
+        self.device, self.earlier_peak_mb = device, peak_mb
 
     def start(self, trainer) -> None:
         self.started = time.perf_counter()
 
     def stop(self, trainer) -> None:
         self.seconds.append(time.perf_counter() - self.started)
-        self.progress.write_text(json.dumps({"code": self.code, "epoch_seconds": self.seconds}))
+        self.progress.write_text(json.dumps({"code": self.code, "epoch_seconds": self.seconds,
+                                             "peak_mem_mb": self.peak_mb()}))
+
+    def peak_mb(self) -> float:
+        return max(self.earlier_peak_mb, peak_memory_mb(self.device))
 
 
 def peak_memory_mb(device: str) -> float:
@@ -92,7 +98,7 @@ def peak_memory_mb(device: str) -> float:
 def run_job(job: Job, resumed_after: int | None = None) -> dict:
     """Train (unless `job.train` is False: evaluate `job.model` as is) and evaluate with pycocotools; `resumed_after`:
     the epochs of a cut-off run of the job (`cut_off_epochs`) to continue from (yolo-kd's exact resume), keeping their
-    times (the wall time of a resumed run is not known: None)."""
+    times and peak memory (the wall time of a resumed run is not known: None)."""
     from ultralytics import YOLO
 
     from ..api import distill
@@ -100,8 +106,11 @@ def run_job(job: Job, resumed_after: int | None = None) -> dict:
     from ..evaluation import evaluate_checkpoint, load_eval_set
 
     code = code_version()  # the code as this process imported it, before training
-    earlier = json.loads((job.folder / PROGRESS).read_text())["epoch_seconds"][:resumed_after] if resumed_after else []
-    timer, wall = EpochTimer(job.folder / PROGRESS, code, earlier), None
+    data, device = job.train_args["data"], job.train_args.get("device", "cpu")
+    earlier = json.loads((job.folder / PROGRESS).read_text()) if resumed_after else {}
+    timer = EpochTimer(job.folder / PROGRESS, code, earlier.get("epoch_seconds", [])[:resumed_after], device,
+                       earlier.get("peak_mem_mb", 0.0))
+    wall = None
     if job.train:
         model = YOLO(str(job.last) if resumed_after else job.model)
         model.add_callback("on_train_epoch_start", timer.start)
@@ -114,7 +123,6 @@ def run_job(job: Job, resumed_after: int | None = None) -> dict:
         model.train(**({"resume": True} if resumed_after else job.train_args))  # resume: last.pt's own train args
         wall = None if resumed_after else time.perf_counter() - started
     checkpoint = job.checkpoint
-    data, device = job.train_args["data"], job.train_args.get("device", "cpu")
     evaluation = evaluate_checkpoint(checkpoint, load_eval_set(job.eval_data or data), job.folder / "eval",
                                      imgsz=job.eval_imgsz, device=device)
     return {
@@ -124,7 +132,7 @@ def run_job(job: Job, resumed_after: int | None = None) -> dict:
         "train_wall_seconds": wall,  # model.train from call to return: the epochs and all between and around them
         "resumed_after_epoch": resumed_after,  # epochs trained before a cut-off (timed then, from progress.json)
         "sec_per_epoch": statistics.median(timer.seconds) if timer.seconds else None,
-        "peak_mem_mb": peak_memory_mb(device) if job.train else None,
+        "peak_mem_mb": timer.peak_mb() if job.train else None,  # a resumed run's: the cut-off process's too
         "machine": fingerprint(device),
         "code": code,
     }
