@@ -190,6 +190,7 @@ def run_lock(job: Job):
             raise KDConfigError(f"bench run '{job.label}' seed {job.seed} is still training in process {pid} "
                                 f"({job.folder}): wait for it to finish or stop it (kill {pid}), then run the bench "
                                 "again") from None
+        name_in_lock(fd, os.getpid())  # the bench itself until its run's process starts
         yield fd
     finally:
         os.close(fd)
