@@ -4,6 +4,7 @@ another job in the folder, other code or a checkpoint past its last epoch start 
 training in its folder is not started a second time: not while its bench runs, and not after that bench was killed and
 left its run training."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -121,7 +122,7 @@ def test_what_is_not_this_cut_off_run_starts_over(tiny_data, tiny_teacher, tmp_p
 
 #: a bench's run that trains for a while (what `launch` starts with it as the interpreter); exec: the process
 #: named in the lock is the one that holds it
-SLOW_RUN = "#!/bin/sh\nexec sleep 60\n"
+SLOW_RUN = "#!/bin/sh\nexec sleep 600\n"
 
 #: a bench process launching one job with a given interpreter (argv: job.json, interpreter)
 BENCH = ("import json, sys; from yolo_kd.bench.runs import Job, launch; "
@@ -164,7 +165,8 @@ def test_a_run_still_training_in_its_folder_is_refused(tmp_path):
     finally:
         bench.kill()
         if run is not None:
-            os.kill(run, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run, signal.SIGKILL)
     for _ in range(600):  # until the killed run's process is gone (an orphan: reaped by init)
         try:
             os.kill(run, 0)
