@@ -49,6 +49,11 @@ class Job:
         """The last.pt its training writes (and a cut-off run resumes from)."""
         return self.folder / "weights" / "last.pt"
 
+    @property
+    def result_file(self) -> Path:
+        """The result.json a finished run writes (the job and its result), which a later bench reuses."""
+        return self.folder / "result.json"
+
     def named_by(self, saved: dict) -> bool:
         """Whether a saved job (job.json, or result.json's "job") is this one (`with_defaults`)."""
         return with_defaults(saved) == asdict(self)
@@ -215,9 +220,8 @@ def launch(job: Job, python: str = sys.executable) -> dict:
 
 def finished_result(job: Job) -> dict | None:
     """The result a previous bench wrote for this very job (marked `reused`), or None."""
-    result_file = job.folder / "result.json"
-    if result_file.is_file():
-        saved = json.loads(result_file.read_text())
+    if job.result_file.is_file():
+        saved = json.loads(job.result_file.read_text())
         if job.named_by(saved.get("job") or {}):
             return {**saved["result"], "reused": True}
     return None
@@ -225,7 +229,7 @@ def finished_result(job: Job) -> dict | None:
 
 def run_locked(job: Job, python: str, lock: int | None) -> dict:
     """`launch`'s run, the folder's lock held (`lock`: its descriptor, which the run's process inherits)."""
-    folder, result_file = job.folder, job.folder / "result.json"
+    folder = job.folder
     folder.mkdir(parents=True, exist_ok=True)
     trained = cut_off_epochs(job)
     if trained is None:  # another job's or a finished run's: not to be resumed by this one
@@ -244,10 +248,10 @@ def run_locked(job: Job, python: str, lock: int | None) -> dict:
                                    pass_fds=() if lock is None else (lock,))
         name_in_lock(lock, process.pid)
         code = process.wait()
-    if code != 0 or not result_file.is_file():
+    if code != 0 or not job.result_file.is_file():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"bench run '{job.label}' seed {job.seed} failed (exit {code}); log {log}:\n{tail}")
-    return json.loads(result_file.read_text())["result"]
+    return json.loads(job.result_file.read_text())["result"]
 
 
 def slug(text: str) -> str:
@@ -296,8 +300,9 @@ def main(job_file: str, resumed_after: int | None = None) -> None:
 
     setup_offline()
     spec = json.loads(Path(job_file).read_text())
-    result = run_job(Job(**spec), resumed_after)
-    (Path(job_file).parent / "result.json").write_text(json.dumps({"job": spec, "result": result}, indent=2))
+    job = Job(**spec)
+    result = run_job(job, resumed_after)
+    job.result_file.write_text(json.dumps({"job": spec, "result": result}, indent=2))
 
 
 if __name__ == "__main__":

@@ -281,9 +281,9 @@ def scarce_bench(opts: dict, train_args: dict, data: str, out: Path) -> dict:
         job, train_args, opts["model"], opts["imgsz"], str(teacher_job.checkpoint),
         {str(split.labeled_yaml), *map(str, out.joinpath("split").glob("data_guard*.yaml"))}, sub_epochs, full_epochs))
     earlier = sum(bool(r.get("earlier")) for r in results)
-    if teacher_result is None and teacher_job.folder.joinpath("result.json").is_file() and any(
+    if teacher_result is None and teacher_job.result_file.is_file() and any(
             r["kind"] not in {"baseline", "ceiling"} for r in results):  # earlier distilled or pseudo-label runs
-        teacher_result = json.loads(teacher_job.folder.joinpath("result.json").read_text())["result"]
+        teacher_result = json.loads(teacher_job.result_file.read_text())["result"]
     rows = summarize(results)
     settings = {"data": data, "model": opts["model"], "teacher": opts["teacher"], "epochs": opts["epochs"],
                 "imgsz": opts["imgsz"], "batch": batch, "seeds": sorted({r["seed"] for r in results}),
